@@ -1,0 +1,37 @@
+"""ctjax: the C_T data-copying statistic on every layer of a vision encoder.
+
+Public API (see README.md and ../shared/PROTOCOL.md for the method):
+
+  c_t, ct_score, ct_curve, CTReference, CTResult   -- the C_T engine (ctjax.stats)
+  embed                                             -- all-layer embeddings of images
+  FingerprintLibrary                                -- C_T-curve fingerprints
+  models, datasets, fingerprint                     -- submodules, imported lazily
+"""
+import importlib
+
+from ctjax.stats.ct import CTResult, c_t, ct_score
+from ctjax.stats.reference import CTReference, ct_curve
+
+__version__ = "0.1.0"
+
+_LAZY_ATTRS = {
+    "embed": ("ctjax.embedding", "embed"),
+    "FingerprintLibrary": ("ctjax.fingerprint", "FingerprintLibrary"),
+}
+_LAZY_MODULES = ("models", "datasets", "fingerprint", "embedding", "preprocess",
+                 "report", "generators", "probes", "baselines", "parallel",
+                 "cache", "demo")
+
+__all__ = ["CTResult", "CTReference", "c_t", "ct_score", "ct_curve",
+           *_LAZY_ATTRS, *_LAZY_MODULES]
+
+
+def __getattr__(name):
+  # Heavy parts (Flax models, plotting) load on first use, so `import ctjax`
+  # stays cheap for code that only needs the statistics.
+  if name in _LAZY_ATTRS:
+    module, attr = _LAZY_ATTRS[name]
+    return getattr(importlib.import_module(module), attr)
+  if name in _LAZY_MODULES:
+    return importlib.import_module(f"ctjax.{name}")
+  raise AttributeError(f"module 'ctjax' has no attribute {name!r}")
