@@ -1,0 +1,146 @@
+"""k-means with k-means++ seeding and restarts, under jit.
+
+Restarts are a `vmap` over PRNG keys and the run of lowest inertia wins (as in
+scikit-learn's ``n_init``). Lloyd iterations run in a `while_loop` until the
+squared centre shift falls below ``tol`` times the mean per-feature variance
+(scikit-learn's criterion) or ``max_iter`` is reached. Cluster sums use
+`segment_sum`; every buffer has a static shape.
+"""
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["centers", "labels", "inertia", "n_iter"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class KMeans:
+  """A k-means fit.
+
+  Attributes:
+    centers: ``[k, d]`` cluster centres.
+    labels: ``[N]`` int32 cell of every training point.
+    inertia: ``[]`` sum of squared distances to the assigned centre.
+    n_iter: ``[]`` Lloyd iterations run by the winning restart.
+  """
+  centers: jax.Array
+  labels: jax.Array
+  inertia: jax.Array
+  n_iter: jax.Array
+
+
+def sq_distances(x: jax.Array, centers: jax.Array,
+                 x_sq: jax.Array | None = None) -> jax.Array:
+  """Squared Euclidean distances ``[n, k]`` between ``x [n, d]`` and ``centers [k, d]``."""
+  if x_sq is None:
+    x_sq = jnp.sum(x * x, axis=1)
+  c_sq = jnp.sum(centers * centers, axis=1)
+  cross = jnp.matmul(x, centers.T, precision=_HI)
+  return jnp.maximum(x_sq[:, None] - 2.0 * cross + c_sq[None, :], 0.0)
+
+
+def assign(x: jax.Array, centers: jax.Array) -> jax.Array:
+  """Index ``[n]`` (int32) of the nearest centre for each row of ``x [n, d]``."""
+  return jnp.argmin(sq_distances(x, centers), axis=1).astype(jnp.int32)
+
+
+def _kmeans_plus_plus(key, x, x_sq, k):
+  """Greedy k-means++ (several candidates per step, keep the best potential)."""
+  n = x.shape[0]
+  trials = 2 + int(math.log(k))
+  key, sub = jax.random.split(key)
+  first = jax.random.randint(sub, (), 0, n)
+  centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(x[first])
+  closest = sq_distances(x, x[first][None], x_sq)[:, 0]
+
+  def body(i, carry):
+    centers, closest, key = carry
+    key, sub = jax.random.split(key)
+    total = jnp.sum(closest)
+    # Sampling proportional to D²; when every point coincides with a centre
+    # (total = 0) fall back to uniform sampling.
+    logits = jnp.where(total > 0, jnp.log(jnp.maximum(closest, 0.0)), 0.0)
+    cand = jax.random.categorical(sub, logits, shape=(trials,))
+    d_cand = sq_distances(x, x[cand], x_sq)            # [n, trials]
+    new_closest = jnp.minimum(closest[:, None], d_cand)
+    best = jnp.argmin(jnp.sum(new_closest, axis=0))
+    centers = centers.at[i].set(x[cand[best]])
+    return centers, new_closest[:, best], key
+
+  centers, _, _ = jax.lax.fori_loop(1, k, body, (centers, closest, key))
+  return centers
+
+
+def _lloyd(x, x_sq, centers, max_iter, tol_abs):
+  """Lloyd iterations from ``centers``; returns (centres, n_iter)."""
+  k = centers.shape[0]
+
+  def update(centers):
+    d2 = sq_distances(x, centers, x_sq)
+    labels = jnp.argmin(d2, axis=1)
+    sums = jax.ops.segment_sum(x, labels, num_segments=k)
+    counts = jax.ops.segment_sum(jnp.ones_like(x_sq), labels, num_segments=k)
+    new = sums / jnp.maximum(counts, 1.0)[:, None]
+    # An empty cluster is moved onto one of the points farthest from their
+    # centres (one distinct point per empty cluster), as scikit-learn does.
+    empty = counts == 0
+    far = jax.lax.top_k(jnp.min(d2, axis=1), k)[1]
+    rank = jnp.cumsum(empty) - 1
+    new = jnp.where(empty[:, None], x[far[jnp.clip(rank, 0, k - 1)]], new)
+    return new
+
+  def cond(state):
+    _, shift, it = state
+    return (it < max_iter) & (shift > tol_abs)
+
+  def body(state):
+    centers, _, it = state
+    new = update(centers)
+    return new, jnp.sum((new - centers) ** 2), it + 1
+
+  init = (centers, jnp.array(jnp.inf, x.dtype), jnp.array(0, jnp.int32))
+  centers, _, n_iter = jax.lax.while_loop(cond, body, init)
+  return centers, n_iter
+
+
+def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 10,
+           max_iter: int = 300, tol: float = 1e-4) -> KMeans:
+  """k-means on ``x [N, d]`` into ``k`` cells; jit-able (k, n_init static).
+
+  Args:
+    x: ``[N, d]`` points.
+    k: number of cells.
+    key: PRNG key; restart i uses ``split(key, n_init)[i]``.
+    n_init: restarts (vmapped); the lowest inertia wins.
+    max_iter: Lloyd iteration cap per restart.
+    tol: relative tolerance on the squared centre shift (scaled by the mean
+      per-feature variance of ``x``, as in scikit-learn).
+
+  Returns:
+    A `KMeans` with the winning restart's centres and the final assignment.
+  """
+  n = x.shape[0]
+  if n < k:
+    raise ValueError(f"k-means needs at least k={k} points, got {n}")
+  x_sq = jnp.sum(x * x, axis=1)
+  tol_abs = tol * jnp.mean(jnp.var(x, axis=0))
+
+  def one_run(key):
+    centers = _kmeans_plus_plus(key, x, x_sq, k)
+    centers, n_iter = _lloyd(x, x_sq, centers, max_iter, tol_abs)
+    d2 = sq_distances(x, centers, x_sq)
+    return centers, jnp.sum(jnp.min(d2, axis=1)), n_iter
+
+  centers, inertia, n_iter = jax.vmap(one_run)(jax.random.split(key, n_init))
+  best = jnp.argmin(inertia)
+  centers = centers[best]
+  d2 = sq_distances(x, centers, x_sq)
+  labels = jnp.argmin(d2, axis=1).astype(jnp.int32)
+  return KMeans(centers=centers, labels=labels,
+                inertia=jnp.sum(jnp.min(d2, axis=1)), n_iter=n_iter[best])
