@@ -1,0 +1,279 @@
+"""Loading Hugging Face checkpoints of the ViT family into ctjax encoders.
+
+A table maps every ctjax parameter to a checkpoint tensor and a transpose
+rule. The abstract model comes from ``nnx.eval_shape``; tensors are read with
+safetensors' NumPy loader (torch is only needed for ``pytorch_model.bin``);
+every missing, unexpected or mis-shaped tensor is collected and reported in
+one ValueError before anything is merged.
+"""
+import json
+import os
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from flax import nnx
+
+from ctjax.models.config import EncoderConfig, from_hf_config
+from ctjax.models.encoder import Encoder
+from ctjax.models.vit import VisionTransformer
+
+# Prefixes of task models (ViTForImageClassification etc.) around the encoder.
+_PREFIXES = ("vit.", "deit.", "dinov2.", "dinov2_with_registers.")
+# Tensors outside the encoder that checkpoints may carry; ignored.
+_IGNORED = ("pooler.", "classifier.", "cls_classifier.", "distillation_classifier.",
+            "embeddings.mask_token", "decoder.", "lm_head.")
+
+# Rule = (checkpoint name, checkpoint shape, function checkpoint array -> ctjax array).
+Rule = tuple[str, tuple[int, ...], Callable[[np.ndarray], np.ndarray]]
+
+
+def _t(w):
+  return w.T
+
+
+def _linear(prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict[str, Rule]:
+  rules = {"kernel": (f"{prefix}.weight", (n_out, n_in), _t)}
+  if bias:
+    rules["bias"] = (f"{prefix}.bias", (n_out,), lambda b: b)
+  return rules
+
+
+def _norm(prefix: str, d: int) -> dict[str, Rule]:
+  return {"scale": (f"{prefix}.weight", (d,), lambda w: w),
+          "bias": (f"{prefix}.bias", (d,), lambda b: b)}
+
+
+def _block_rules(c: EncoderConfig, i: int) -> dict:
+  d, h, k, f = c.hidden_size, c.num_heads, c.head_dim, c.mlp_dim
+  p = f"encoder.layer.{i}"
+  dino = c.model_type.startswith("dinov2")
+
+  def qkv(name):
+    rules = {"kernel": (f"{p}.attention.attention.{name}.weight", (h * k, d),
+                        lambda w: w.T.reshape(d, h, k))}
+    if c.qkv_bias:
+      rules["bias"] = (f"{p}.attention.attention.{name}.bias", (h * k,),
+                       lambda b: b.reshape(h, k))
+    return rules
+
+  block = {
+      "norm1": _norm(f"{p}.norm1" if dino else f"{p}.layernorm_before", d),
+      "norm2": _norm(f"{p}.norm2" if dino else f"{p}.layernorm_after", d),
+      "attn": {
+          "query": qkv("query"), "key": qkv("key"), "value": qkv("value"),
+          "out": {"kernel": (f"{p}.attention.output.dense.weight", (d, h * k),
+                             lambda w: w.T.reshape(h, k, d)),
+                  "bias": (f"{p}.attention.output.dense.bias", (d,), lambda b: b)},
+      },
+  }
+  if c.swiglu:  # weights_in stacks [gate; up] along the output axis.
+    block["mlp"] = {
+        "gate": {"kernel": (f"{p}.mlp.weights_in.weight", (2 * f, d), lambda w: w[:f].T),
+                 "bias": (f"{p}.mlp.weights_in.bias", (2 * f,), lambda b: b[:f])},
+        "up": {"kernel": (f"{p}.mlp.weights_in.weight", (2 * f, d), lambda w: w[f:].T),
+               "bias": (f"{p}.mlp.weights_in.bias", (2 * f,), lambda b: b[f:])},
+        "down": _linear(f"{p}.mlp.weights_out", f, d),
+    }
+  elif dino:
+    block["mlp"] = {"fc1": _linear(f"{p}.mlp.fc1", d, f), "fc2": _linear(f"{p}.mlp.fc2", f, d)}
+  else:
+    block["mlp"] = {"fc1": _linear(f"{p}.intermediate.dense", d, f),
+                    "fc2": _linear(f"{p}.output.dense", f, d)}
+  if c.layer_scale:
+    block["ls1"] = {"scale": (f"{p}.layer_scale1.lambda1", (d,), lambda w: w)}
+    block["ls2"] = {"scale": (f"{p}.layer_scale2.lambda1", (d,), lambda w: w)}
+  return block
+
+
+def checkpoint_rules(c: EncoderConfig) -> dict[tuple, Rule]:
+  """ctjax parameter path -> (checkpoint name, checkpoint shape, transform)."""
+  d, pch = c.hidden_size, c.patch_size
+  n_pos = c.num_prefix_tokens + c.grid_size ** 2
+  tree = {
+      "patch_embed": {"proj": {
+          "kernel": ("embeddings.patch_embeddings.projection.weight",
+                     (d, c.num_channels, pch, pch), lambda w: w.transpose(2, 3, 1, 0)),
+          "bias": ("embeddings.patch_embeddings.projection.bias", (d,), lambda b: b)}},
+      "cls_token": ("embeddings.cls_token", (1, 1, d), lambda t: t.reshape(1, d)),
+      "pos_embed": ("embeddings.position_embeddings", (1, n_pos, d), lambda t: t[0]),
+      "blocks": {i: _block_rules(c, i) for i in range(c.num_layers)},
+      "norm": _norm("layernorm", d),
+  }
+  if c.model_type == "deit":
+    tree["dist_token"] = ("embeddings.distillation_token", (1, 1, d), lambda t: t.reshape(1, d))
+  if c.num_registers:
+    tree["register_tokens"] = ("embeddings.register_tokens", (1, c.num_registers, d),
+                               lambda t: t[0])
+  flat = {}
+
+  def walk(node, path):
+    if isinstance(node, tuple):
+      flat[path] = node
+    else:
+      for key, child in node.items():
+        walk(child, path + (key,))
+
+  walk(tree, ())
+  return flat
+
+
+def _normalise_names(tensors: Mapping[str, np.ndarray]) -> dict[str, str]:
+  """Encoder-relative name -> original name, dropping heads outside the encoder."""
+  names = {}
+  for name in tensors:
+    short = name
+    for prefix in _PREFIXES:
+      if short.startswith(prefix):
+        short = short[len(prefix):]
+        break
+    if short.startswith(_IGNORED):
+      continue
+    names[short] = name
+  return names
+
+
+def load_state(config: EncoderConfig, tensors: Mapping[str, np.ndarray], source: str = "checkpoint"):
+  """Converts checkpoint tensors into (graphdef, nnx.State) of a VisionTransformer.
+
+  Args:
+    config: the encoder's EncoderConfig.
+    tensors: checkpoint name -> array (PyTorch layout), e.g. a safetensors file.
+    source: what to call the checkpoint in error messages.
+
+  Raises:
+    ValueError listing every missing, unexpected and mis-shaped tensor.
+  """
+  abstract = nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  rules = checkpoint_rules(config)
+  names = _normalise_names(tensors)
+  pure = nnx.to_pure_dict(state)
+  used, missing, mismatched = set(), [], []
+  for path, leaf in jax_flat(pure):
+    if path not in rules:
+      raise AssertionError(f"no checkpoint rule for ctjax parameter {path}")  # a ctjax bug
+    name, hf_shape, fn = rules[path]
+    if name not in names:
+      if name not in missing:
+        missing.append(name)
+      continue
+    used.add(name)
+    array = np.asarray(tensors[names[name]])
+    if tuple(array.shape) != tuple(hf_shape):
+      msg = f"{names[name]}: shape {tuple(array.shape)}, expected {tuple(hf_shape)}"
+      if msg not in mismatched:
+        mismatched.append(msg)
+      continue
+    value = np.asarray(fn(array), dtype=np.float32)
+    assert value.shape == tuple(leaf.shape), (path, value.shape, leaf.shape)
+    _set(pure, path, value)
+  unexpected = sorted(names[n] for n in set(names) - used)
+  if missing or unexpected or mismatched:
+    parts = [f"cannot load {source} into a {config.model_type} encoder "
+             f"(L={config.num_layers}, D={config.hidden_size}, patch={config.patch_size}, "
+             f"image={config.image_size}):"]
+    if missing:
+      parts.append(f"  missing tensors ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+      parts.append(f"  unexpected tensors ({len(unexpected)}): {', '.join(unexpected)}")
+    if mismatched:
+      parts.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+    raise ValueError("\n".join(parts))
+  nnx.replace_by_pure_dict(state, pure)
+  return graphdef, state
+
+
+def jax_flat(tree, path=()):
+  """(path tuple, leaf) pairs of a nested dict, depth first."""
+  if isinstance(tree, dict):
+    for key, child in tree.items():
+      yield from jax_flat(child, path + (key,))
+  else:
+    yield path, tree
+
+
+def _set(tree, path, value):
+  for key in path[:-1]:
+    tree = tree[key]
+  tree[path[-1]] = value
+
+
+def resolve(path_or_repo_id: str) -> str:
+  """A local folder: the path itself, or the repo's snapshot in the HF cache.
+
+  Set HF_HUB_OFFLINE=1 to resolve from the cache without network access.
+  """
+  if os.path.isdir(path_or_repo_id):
+    return path_or_repo_id
+  if os.path.exists(path_or_repo_id):
+    raise ValueError(f"{path_or_repo_id!r} is a file; pass the checkpoint folder "
+                     "(config.json + model.safetensors)")
+  from huggingface_hub import snapshot_download
+  try:
+    return snapshot_download(
+        path_or_repo_id,
+        allow_patterns=["config.json", "preprocessor_config.json", "*.safetensors",
+                        "model.safetensors.index.json"])
+  except Exception as e:  # noqa: BLE001 -- many hub error types; re-raised with context.
+    raise ValueError(f"{path_or_repo_id!r} is neither a folder nor a repo id found in the "
+                     f"Hugging Face cache ({type(e).__name__}: {e})") from e
+
+
+def read_tensors(folder: str) -> dict[str, np.ndarray]:
+  """All tensors of model.safetensors (sharded or not), else pytorch_model.bin."""
+  from safetensors import safe_open
+  index = os.path.join(folder, "model.safetensors.index.json")
+  if os.path.exists(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  elif os.path.exists(os.path.join(folder, "model.safetensors")):
+    files = ["model.safetensors"]
+  else:
+    files = []
+  tensors = {}
+  for name in files:
+    with safe_open(os.path.join(folder, name), framework="numpy") as f:
+      for key in f.keys():
+        tensors[key] = f.get_tensor(key)
+  if files:
+    return tensors
+  bin_path = os.path.join(folder, "pytorch_model.bin")
+  if os.path.exists(bin_path):
+    try:
+      import torch
+    except ImportError:
+      raise ValueError(f"{bin_path} needs torch to read; install torch or convert the "
+                       "checkpoint to model.safetensors") from None
+    state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+  raise ValueError(f"{folder} holds no model.safetensors, model.safetensors.index.json "
+                   "or pytorch_model.bin")
+
+
+def read_config(folder: str) -> EncoderConfig:
+  """EncoderConfig from config.json (via AutoConfig) and preprocessor_config.json."""
+  from transformers import AutoConfig
+  if not os.path.exists(os.path.join(folder, "config.json")):
+    raise ValueError(f"{folder} has no config.json")
+  hf_config = AutoConfig.from_pretrained(folder)
+  mean = std = None
+  pre = os.path.join(folder, "preprocessor_config.json")
+  if os.path.exists(pre):
+    with open(pre) as f:
+      pre_cfg = json.load(f)
+    mean, std = pre_cfg.get("image_mean"), pre_cfg.get("image_std")
+  return from_hf_config(hf_config, image_mean=mean, image_std=std)
+
+
+def from_pretrained(path_or_repo_id: str) -> Encoder:
+  """Loads a ViT / DeiT / DINOv2 (with registers) checkpoint.
+
+  Args:
+    path_or_repo_id: a folder with config.json and model.safetensors (or
+      pytorch_model.bin), or a Hugging Face repo id present in the local cache
+      (downloaded if the hub is reachable and HF_HUB_OFFLINE is unset).
+  """
+  folder = resolve(path_or_repo_id)
+  config = read_config(folder)
+  graphdef, state = load_state(config, read_tensors(folder), source=folder)
+  return Encoder(config, graphdef, state, source=str(path_or_repo_id))

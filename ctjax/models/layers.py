@@ -1,0 +1,163 @@
+"""Building blocks of the ViT family, in Flax NNX.
+
+Shapes: B batch, T tokens, D width, H heads, K head width, F MLP width,
+P patch side, C channels. Kernels are stored ``[in, out]`` (Flax order);
+convert.py transposes PyTorch's ``[out, in]``.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_init = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+def activation(name: str):
+  """The Hugging Face ACT2FN function of that name."""
+  if name == "gelu":
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if name == "quick_gelu":
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  if name == "relu":
+    return jax.nn.relu
+  if name in ("silu", "swish"):
+    return jax.nn.silu
+  raise ValueError(f"unknown activation {name!r}")
+
+
+class Dense(nnx.Module):
+  """``y = x @ kernel + bias``; kernel ``[..in, ..out]`` contracted by an einsum.
+
+  ``spec`` names the contraction, e.g. ``'btd,dhk->bthk'`` for a query
+  projection with kernel ``[D, H, K]``.
+  """
+
+  def __init__(self, spec: str, kernel_shape, bias_shape=None, *, rngs: nnx.Rngs):
+    self.spec = spec
+    self.kernel = nnx.Param(_init(rngs.params(), kernel_shape, jnp.float32))
+    self.bias = nnx.Param(jnp.zeros(bias_shape, jnp.float32)) if bias_shape else None
+
+  def __call__(self, x):
+    y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(x.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis with the biased (two-pass) variance, as torch."""
+
+  def __init__(self, dim: int, eps: float):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+
+  def __call__(self, x):
+    """x: ``[..., D]`` -> ``[..., D]`` (statistics in float32)."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+class PatchEmbed(nnx.Module):
+  """Non-overlapping P x P patches -> D-wide tokens (a stride-P convolution)."""
+
+  def __init__(self, patch: int, channels: int, dim: int, *, rngs: nnx.Rngs):
+    self.patch = patch
+    self.proj = Dense("bhpwqc,pqcd->bhwd", (patch, patch, channels, dim), (dim,), rngs=rngs)
+
+  def __call__(self, pixels):
+    """pixels: ``[B, Hpx, Wpx, C]`` -> tokens ``[B, gh*gw, D]``, gh = Hpx // P.
+
+    Rows and columns beyond the last whole patch are dropped, as the
+    convolution does.
+    """
+    b, h, w, c = pixels.shape
+    p = self.patch
+    gh, gw = h // p, w // p
+    x = pixels[:, :gh * p, :gw * p].reshape(b, gh, p, gw, p, c)
+    x = self.proj(x)
+    return x.reshape(b, gh * gw, x.shape[-1])
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention without masking."""
+
+  def __init__(self, dim: int, heads: int, head_dim: int, qkv_bias: bool, *, rngs: nnx.Rngs):
+    bias = (heads, head_dim) if qkv_bias else None
+    self.query = Dense("btd,dhk->bthk", (dim, heads, head_dim), bias, rngs=rngs)
+    self.key = Dense("btd,dhk->bthk", (dim, heads, head_dim), bias, rngs=rngs)
+    self.value = Dense("btd,dhk->bthk", (dim, heads, head_dim), bias, rngs=rngs)
+    self.out = Dense("bthk,hkd->btd", (heads, head_dim, dim), (dim,), rngs=rngs)
+    self.scale = head_dim ** -0.5
+
+  def __call__(self, x):
+    """x: ``[B, T, D]`` -> ``[B, T, D]``."""
+    q = self.query(x) * jnp.asarray(self.scale, x.dtype)
+    k, v = self.key(x), self.value(x)
+    logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+    return self.out(jnp.einsum("bhts,bshk->bthk", weights, v))
+
+
+class Mlp(nnx.Module):
+  """fc1 -> activation -> fc2."""
+
+  def __init__(self, dim: int, hidden: int, act: str, *, rngs: nnx.Rngs):
+    self.fc1 = Dense("btd,df->btf", (dim, hidden), (hidden,), rngs=rngs)
+    self.fc2 = Dense("btf,fd->btd", (hidden, dim), (dim,), rngs=rngs)
+    self.act = activation(act)
+
+  def __call__(self, x):
+    """x: ``[B, T, D]`` -> ``[B, T, D]``."""
+    return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nnx.Module):
+  """down(silu(gate(x)) * up(x)), DINOv2-giant's MLP."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
+    self.gate = Dense("btd,df->btf", (dim, hidden), (hidden,), rngs=rngs)
+    self.up = Dense("btd,df->btf", (dim, hidden), (hidden,), rngs=rngs)
+    self.down = Dense("btf,fd->btd", (hidden, dim), (dim,), rngs=rngs)
+
+  def __call__(self, x):
+    """x: ``[B, T, D]`` -> ``[B, T, D]``."""
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class LayerScale(nnx.Module):
+  """Per-channel scale ``[D]`` on a residual branch (DINOv2)."""
+
+  def __init__(self, dim: int, value: float):
+    self.scale = nnx.Param(jnp.full((dim,), value, jnp.float32))
+
+  def __call__(self, x):
+    return x * self.scale[...].astype(x.dtype)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: x + LS(attn(LN(x))), then x + LS(mlp(LN(x)))."""
+
+  def __init__(self, config, *, rngs: nnx.Rngs):
+    d = config.hidden_size
+    self.norm1 = LayerNorm(d, config.layer_norm_eps)
+    self.attn = Attention(d, config.num_heads, config.head_dim, config.qkv_bias, rngs=rngs)
+    self.norm2 = LayerNorm(d, config.layer_norm_eps)
+    if config.swiglu:
+      self.mlp = SwiGLU(d, config.mlp_dim, rngs=rngs)
+    else:
+      self.mlp = Mlp(d, config.mlp_dim, config.hidden_act, rngs=rngs)
+    self.ls1 = LayerScale(d, config.layerscale_value) if config.layer_scale else None
+    self.ls2 = LayerScale(d, config.layerscale_value) if config.layer_scale else None
+
+  def __call__(self, x):
+    """x: ``[B, T, D]`` -> ``[B, T, D]``."""
+    h = self.attn(self.norm1(x))
+    x = x + (self.ls1(h) if self.ls1 is not None else h)
+    h = self.mlp(self.norm2(x))
+    return x + (self.ls2(h) if self.ls2 is not None else h)
