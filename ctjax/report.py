@@ -197,7 +197,7 @@ def plot_curves(curves: Mapping[str, Any], path, *, layers=None,
     raise ValueError(f"layers has shape {x.shape}, curves have {n_layers} "
                      "layers")
 
-  fig = _figure(7.0, 4.2)
+  fig = _figure(8.0, 4.2)
   ax = fig.add_subplot()
   finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()])
   lo = min(finite.min(), -band) if finite.size else -band
@@ -223,7 +223,8 @@ def plot_curves(curves: Mapping[str, Any], path, *, layers=None,
   if n_layers <= 30:
     ax.set_xticks(x)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc="best", ncol=2 if len(arrays) > 5 else 1)
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+            ncol=2 if len(arrays) > 14 else 1, frameon=False)
   return _save(fig, path)
 
 
@@ -259,7 +260,8 @@ def _matrix_plot(matrix, labels, path, *, title, cbar_label, cmap, fmt,
     for i in range(m.shape[0]):
       for j in range(m.shape[1]):
         if np.isfinite(m[i, j]):
-          ax.text(j, i, format(m[i, j], fmt), ha="center", va="center",
+          v = int(round(m[i, j])) if fmt == "d" else m[i, j]
+          ax.text(j, i, format(v, fmt), ha="center", va="center",
                   fontsize=7, color="white" if m[i, j] > mid else "black")
   return _save(fig, path)
 
