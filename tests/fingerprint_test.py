@@ -378,3 +378,47 @@ def test_evaluate_open_set_adds_unknown_column():
                                 [[1, 0, 0], [0, 0, 1], [0, 0, 0]])
   with pytest.raises(ValueError, match=r"query 0 \('A'\).*3 layers"):
     fp.evaluate(lib, [("A", [1.0, 0.0, 0.0])])
+
+
+# -- with the real C_T engine ------------------------------------------------
+
+
+def test_integration_with_ct_reference(tmp_path, rng):
+  from ctjax.stats.reference import CTReference  # pylint: disable=g-import-not-at-top
+  n_layers, dim = 2, 6
+  train = rng.normal(size=(n_layers, 300, dim))
+  test = rng.normal(size=(n_layers, 150, dim))
+  ref = CTReference.fit(train, test, n_components=4, n_cells=2, metric="l2",
+                        n_init=2, meta={"encoder": "fake", "layers": [0, 1]})
+
+  def generator(copy_layer, m):
+    # Near-copies of training points on `copy_layer`, fresh samples elsewhere.
+    g = rng.normal(size=(n_layers, m, dim))
+    pick = rng.integers(0, 300, size=m)
+    g[copy_layer] = train[copy_layer, pick] + 0.01 * rng.normal(size=(m, dim))
+    return g
+
+  lib = fp.FingerprintLibrary()
+  enrolled_a = lib.add_batches("copies-0", generator(0, 130), ref,
+                               batch_size=60)
+  lib.add_batches("copies-1", generator(1, 120), ref, batch_size=60)
+  assert enrolled_a.shape == (2, n_layers)  # 10 of 130 samples dropped
+  assert lib.reference == fp.reference_identity(ref)
+  # Copying shows as a strongly negative C_T on the copied layer only.
+  assert (enrolled_a[:, 0] < -3).all() and (enrolled_a[:, 1] > -3).all()
+  g = generator(1, 60)
+  np.testing.assert_array_equal(fp.batch_curves(g, ref, 60)[0],
+                                ref.score(g).ct)
+  assert lib.identify_batches(g, ref, batch_size=60)[0][0] == "copies-1"
+  assert lib.identify_batches(generator(0, 120), ref, batch_size=60)[0][:2] == (
+      "copies-0", 1.0)
+  # The identity survives saving the library and the reference.
+  lib.save(tmp_path / "lib.json")
+  ref.save(tmp_path / "ref.npz")
+  back = fp.FingerprintLibrary.load(tmp_path / "lib.json")
+  back.check_reference(CTReference.load(tmp_path / "ref.npz"))
+  other = CTReference.fit(train, test, n_components=4, n_cells=2, metric="l2",
+                          n_init=2, seed=1, meta={"encoder": "fake",
+                                                  "layers": [0, 1]})
+  with pytest.raises(ValueError, match="different C_T reference.*seed"):
+    back.add_batches("x", g, other, batch_size=60)
