@@ -251,6 +251,11 @@ class FingerprintLibrary:
   def __len__(self) -> int:
     return len(self._curves)
 
+  def by_label(self) -> dict:
+    """label -> its enrolled curves ``[n_label, L]`` (e.g. for plotting)."""
+    lab = np.asarray(self.labels)
+    return {l: self.curves[lab == l] for l in self.label_set}
+
   def check_reference(self, reference) -> None:
     """Raises ValueError unless ``reference`` matches the library's.
 

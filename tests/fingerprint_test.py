@@ -200,6 +200,7 @@ def test_add_batches_splits_and_drops_remainder(rng):
   np.testing.assert_allclose(curves[0], emb[:, :500].mean(axis=(1, 2)))
   np.testing.assert_allclose(curves[1], emb[:, 500:1000].mean(axis=(1, 2)))
   assert lib.labels == ["gen", "gen"]
+  np.testing.assert_array_equal(lib.by_label()["gen"], curves)
   assert lib.reference["hash"] == "aaa"
   assert lib.reference["layers"] == [0, 1, 2]
   with pytest.raises(ValueError, match="fewer than one batch"):
