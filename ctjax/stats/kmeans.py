@@ -111,7 +111,9 @@ def _lloyd(x, x_sq, centers, max_iter, tol_abs):
 
 def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 10,
            max_iter: int = 300, tol: float = 1e-4) -> KMeans:
-  """k-means on ``x [N, d]`` into ``k`` cells; jit-able (k, n_init static).
+  """k-means on ``x [N, d]`` into ``k`` cells.
+
+  Jit-compiled (k, n_init, max_iter static); callable inside other jits.
 
   Args:
     x: ``[N, d]`` points.
@@ -125,9 +127,14 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 10,
   Returns:
     A `KMeans` with the winning restart's centres and the final assignment.
   """
-  n = x.shape[0]
-  if n < k:
-    raise ValueError(f"k-means needs at least k={k} points, got {n}")
+  x = jnp.asarray(x)
+  if x.shape[0] < k:
+    raise ValueError(f"k-means needs at least k={k} points, got {x.shape[0]}")
+  return _kmeans(x, k, key, n_init=n_init, max_iter=max_iter, tol=tol)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter"))
+def _kmeans(x, k, key, *, n_init, max_iter, tol):
   x_sq = jnp.sum(x * x, axis=1)
   tol_abs = tol * jnp.mean(jnp.var(x, axis=0))
 

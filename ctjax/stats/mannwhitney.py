@@ -10,6 +10,7 @@ test distances sorted by (cell, distance). The per-cell sums, which reach
 n·m ≈ 10⁹ and more, are taken on the host in int64 (`cell_sums`), never in
 float32.
 """
+import functools
 import math
 
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
+@functools.partial(jax.jit, static_argnames=("n_cells",))
 def sort_by_cell(dists: jax.Array, cells: jax.Array, n_cells: int):
   """Sorts test distances by (cell, distance).
 
@@ -57,6 +59,7 @@ def _count_below(sorted_dists, lo, hi, values, strict):
   return lo - base
 
 
+@jax.jit
 def twice_u(sorted_dists: jax.Array, starts: jax.Array, q_dists: jax.Array,
             q_cells: jax.Array) -> jax.Array:
   """2·U contribution ``[m]`` (int32) of each query against its cell's tests.

@@ -89,7 +89,7 @@ def _scores(metric: str, q, q_aux, t, t_aux):
   """Ranking scores ``[b, r]`` (lower is nearer) of ``q [b, d]`` against ``t [r, d]``."""
   dots = jnp.matmul(q, t.T, precision=_HI)
   if metric == "l2":
-    return aux[None, :] - 2.0 * dots
+    return t_aux[None, :] - 2.0 * dots
   return -jnp.abs(dots * q_aux[:, None] * t_aux[None, :])
 
 

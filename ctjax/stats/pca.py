@@ -90,6 +90,7 @@ def covariance(x: jax.Array, mean: jax.Array, *, chunk: int = 4096,
   return scatter
 
 
+@functools.partial(jax.jit, static_argnames=("n_components", "chunk", "block"))
 def fit_pca(x: jax.Array, n_components: int, *, chunk: int = 4096,
             block: int = 256) -> PCA:
   """Fits PCA on ``x [N, D]`` (centred), keeping ``n_components`` axes.

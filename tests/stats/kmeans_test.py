@@ -1,0 +1,50 @@
+"""k-means against scikit-learn."""
+import jax
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from ctjax.stats import kmeans as km
+
+
+@pytest.mark.parametrize("k,spread", [(10, 1.0), (5, 4.0), (8, 10.0)])
+def test_inertia_within_one_percent_of_sklearn(k, spread):
+  x, _ = make_blobs(3000, n_features=16, centers=12, cluster_std=spread,
+                    random_state=k)
+  x = x.astype(np.float32)
+  ours = km.kmeans(x, k, jax.random.PRNGKey(0), n_init=10)
+  ref = KMeans(k, n_init=10, random_state=0).fit(x)
+  assert float(ours.inertia) <= ref.inertia_ * 1.01
+  # Inertia is that of the returned labels and centres.
+  d2 = ((x - np.asarray(ours.centers)[np.asarray(ours.labels)]) ** 2).sum()
+  np.testing.assert_allclose(float(ours.inertia), d2, rtol=1e-4)
+  assert len(np.unique(np.asarray(ours.labels))) == k
+
+
+def test_labels_are_nearest_centres(rng):
+  x = rng.normal(size=(500, 4)).astype(np.float32)
+  res = km.kmeans(x, 6, jax.random.PRNGKey(1), n_init=3)
+  c = np.asarray(res.centers)
+  want = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+  np.testing.assert_array_equal(np.asarray(res.labels), want)
+
+
+def test_seeded_and_deterministic(rng):
+  x = rng.normal(size=(400, 3)).astype(np.float32)
+  a = km.kmeans(x, 4, jax.random.PRNGKey(3))
+  b = km.kmeans(x, 4, jax.random.PRNGKey(3))
+  np.testing.assert_array_equal(np.asarray(a.centers), np.asarray(b.centers))
+
+
+def test_duplicate_points_no_empty_cell():
+  # 3 distinct values but k = 3: every cell must get a point.
+  x = np.repeat(np.eye(3, dtype=np.float32), 50, axis=0)
+  res = km.kmeans(x, 3, jax.random.PRNGKey(0))
+  assert sorted(np.bincount(np.asarray(res.labels), minlength=3)) == [50, 50, 50]
+  assert float(res.inertia) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_too_few_points():
+  with pytest.raises(ValueError, match="at least k=5"):
+    km.kmeans(np.zeros((3, 2), np.float32), 5, jax.random.PRNGKey(0))

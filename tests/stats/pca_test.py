@@ -1,0 +1,49 @@
+"""PCA against a float64 NumPy eigendecomposition."""
+import numpy as np
+import pytest
+from scipy.linalg import subspace_angles
+
+from ctjax.stats import pca as pca_lib
+
+
+def _gapped(rng, n=4000, d=96, k=8):
+  # k strong directions (variances 100..30) over an isotropic floor of 1.
+  basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+  scales = np.concatenate([np.linspace(10, 5.5, k), np.ones(d - k)])
+  x = (rng.normal(size=(n, d)) * scales) @ basis.T + rng.normal(size=d) * 3
+  return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("block", [256, 32, 40])   # full, and symmetric blocks
+@pytest.mark.parametrize("chunk", [4096, 333])
+def test_variances_and_subspace(rng, block, chunk):
+  x = _gapped(rng)
+  k = 8
+  fit = pca_lib.fit_pca(x, k, chunk=chunk, block=block)
+  x64 = x.astype(np.float64)
+  cov = np.cov(x64, rowvar=False)
+  evals, evecs = np.linalg.eigh(cov)
+  np.testing.assert_allclose(np.asarray(fit.variances), evals[::-1][:k],
+                             rtol=1e-4)
+  proj = np.asarray(pca_lib.transform(fit, x)).astype(np.float64)
+  np.testing.assert_allclose(proj.var(axis=0, ddof=1), evals[::-1][:k],
+                             rtol=1e-4)
+  angles = subspace_angles(np.asarray(fit.components, np.float64),
+                           evecs[:, ::-1][:, :k])
+  assert angles.max() < 1e-3
+  np.testing.assert_allclose(float(fit.total_variance), np.trace(cov),
+                             rtol=1e-4)
+
+
+def test_matches_sklearn_projection_up_to_sign(rng):
+  from sklearn.decomposition import PCA
+  x = _gapped(rng, n=1000, d=20, k=4)
+  ours = np.asarray(pca_lib.transform(pca_lib.fit_pca(x, 4), x))
+  ref = PCA(4, svd_solver="full").fit_transform(x.astype(np.float64))
+  signs = np.sign((ours * ref).sum(0))
+  np.testing.assert_allclose(ours * signs, ref, rtol=2e-3, atol=2e-3)
+
+
+def test_bad_n_components():
+  with pytest.raises(ValueError, match="n_components=9"):
+    pca_lib.fit_pca(np.zeros((5, 8), np.float32), 9)
