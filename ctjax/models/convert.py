@@ -8,6 +8,7 @@ one ValueError before anything is merged.
 """
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -117,10 +118,31 @@ def checkpoint_rules(c: EncoderConfig) -> dict[tuple, Rule]:
   return flat
 
 
-def _normalise_names(tensors: Mapping[str, np.ndarray]) -> dict[str, str]:
-  """Encoder-relative name -> original name, dropping heads outside the encoder."""
-  names = {}
-  for name in tensors:
+# transformers >= 5 names its modules differently in memory (state_dict());
+# save_pretrained writes the names above. Both are accepted.
+_QKV = {"q": "query", "k": "key", "v": "value"}
+
+
+def _rename_v5(name: str, model_type: str) -> str:
+  name = re.sub(r"^layers\.(\d+)\.", r"encoder.layer.\1.", name)
+  name = re.sub(r"\.attention\.([qkv])_proj\.",
+                lambda m: f".attention.attention.{_QKV[m.group(1)]}.", name)
+  name = name.replace(".attention.o_proj.", ".attention.output.dense.")
+  name = name.replace(".mlp.down_proj.", ".mlp.weights_out.")
+  if model_type in ("vit", "deit"):
+    name = name.replace(".mlp.fc1.", ".intermediate.dense.").replace(".mlp.fc2.", ".output.dense.")
+  return name
+
+
+def canonical_tensors(tensors: Mapping[str, np.ndarray], model_type: str) -> dict:
+  """Encoder-relative checkpoint name -> (original name, array).
+
+  Strips task-model prefixes ("vit." ...), drops heads outside the encoder
+  (pooler, classifiers, mask token) and maps transformers-5 in-memory names
+  (layers.N.attention.q_proj, mlp.gate_proj/up_proj) to the saved ones.
+  """
+  out = {}
+  for name, array in tensors.items():
     short = name
     for prefix in _PREFIXES:
       if short.startswith(prefix):
@@ -128,8 +150,16 @@ def _normalise_names(tensors: Mapping[str, np.ndarray]) -> dict[str, str]:
         break
     if short.startswith(_IGNORED):
       continue
-    names[short] = name
-  return names
+    out[_rename_v5(short, model_type)] = (name, array)
+  for key in [k for k in out if ".mlp.gate_proj." in k]:  # re-fuse SwiGLU [gate; up]
+    up_key = key.replace(".gate_proj.", ".up_proj.")
+    if up_key in out:
+      gate_name, gate = out.pop(key)
+      _, up = out.pop(up_key)
+      out[key.replace(".gate_proj.", ".weights_in.")] = (
+          gate_name.replace("gate_proj", "gate_proj+up_proj"),
+          np.concatenate([np.asarray(gate), np.asarray(up)], axis=0))
+  return out
 
 
 def load_state(config: EncoderConfig, tensors: Mapping[str, np.ndarray], source: str = "checkpoint"):
@@ -146,28 +176,29 @@ def load_state(config: EncoderConfig, tensors: Mapping[str, np.ndarray], source:
   abstract = nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   rules = checkpoint_rules(config)
-  names = _normalise_names(tensors)
+  found = canonical_tensors(tensors, config.model_type)
   pure = nnx.to_pure_dict(state)
   used, missing, mismatched = set(), [], []
   for path, leaf in jax_flat(pure):
     if path not in rules:
       raise AssertionError(f"no checkpoint rule for ctjax parameter {path}")  # a ctjax bug
     name, hf_shape, fn = rules[path]
-    if name not in names:
+    if name not in found:
       if name not in missing:
         missing.append(name)
       continue
     used.add(name)
-    array = np.asarray(tensors[names[name]])
+    original, array = found[name]
+    array = np.asarray(array)
     if tuple(array.shape) != tuple(hf_shape):
-      msg = f"{names[name]}: shape {tuple(array.shape)}, expected {tuple(hf_shape)}"
+      msg = f"{original}: shape {tuple(array.shape)}, expected {tuple(hf_shape)}"
       if msg not in mismatched:
         mismatched.append(msg)
       continue
     value = np.asarray(fn(array), dtype=np.float32)
     assert value.shape == tuple(leaf.shape), (path, value.shape, leaf.shape)
     _set(pure, path, value)
-  unexpected = sorted(names[n] for n in set(names) - used)
+  unexpected = sorted(found[n][0] for n in set(found) - used)
   if missing or unexpected or mismatched:
     parts = [f"cannot load {source} into a {config.model_type} encoder "
              f"(L={config.num_layers}, D={config.hidden_size}, patch={config.patch_size}, "

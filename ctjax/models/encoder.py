@@ -55,7 +55,7 @@ class Encoder:
   def __init__(self, config: EncoderConfig, graphdef, params, source: str = ""):
     self.config = config
     self.graphdef = graphdef
-    self.params = params
+    self.params = jax.device_put(params)  # once, not on every call
     self.source = source
     self._jitted = jax.jit(forward, static_argnums=(0, 3))
 
@@ -138,5 +138,31 @@ def from_config(config: EncoderConfig, seed: int = 0) -> Encoder:
   if not isinstance(config, EncoderConfig):
     from ctjax.models.config import from_hf_config
     config = from_hf_config(config)
-  module = VisionTransformer(config, rngs=nnx.Rngs(params=seed))
-  return Encoder.from_module(module, source=f"random:{seed}")
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0))))
+  nnx.replace_by_pure_dict(state, _random_params(nnx.to_pure_dict(state), config, seed))
+  return Encoder(config, graphdef, state, source=f"random:{seed}")
+
+
+def _random_params(abstract, config: EncoderConfig, seed: int, path=()):
+  """NumPy initialisation of a pure-dict parameter tree (same rules as transformers).
+
+  Kernels, tokens and position embeddings ~ N(0, 0.02²) truncated at 2 std;
+  biases 0; LayerNorm scales 1; layer scales ``config.layerscale_value``.
+  Host-side because XLA:CPU compiles each PRNG call slowly.
+  """
+  if isinstance(abstract, dict):
+    return {k: _random_params(v, config, seed, path + (k,)) for k, v in abstract.items()}
+  shape = abstract.shape
+  if path[-1] == "bias":
+    return np.zeros(shape, np.float32)
+  if path[-1] == "scale":
+    value = config.layerscale_value if path[-2] in ("ls1", "ls2") else 1.0
+    return np.full(shape, value, np.float32)
+  key = hashlib.blake2b("/".join(map(str, path)).encode(), digest_size=8).digest()
+  rng = np.random.default_rng([seed, int.from_bytes(key, "little")])
+  x = rng.standard_normal(shape)
+  bad = np.abs(x) > 2
+  while bad.any():
+    x[bad] = rng.standard_normal(int(bad.sum()))
+    bad = np.abs(x) > 2
+  return (0.02 * x).astype(np.float32)
