@@ -62,11 +62,14 @@ def _kmeans_plus_plus(key, x, x_sq, k):
   def body(i, carry):
     centers, closest, key = carry
     key, sub = jax.random.split(key)
-    total = jnp.sum(closest)
-    # Sampling proportional to D²; when every point coincides with a centre
-    # (total = 0) fall back to uniform sampling.
-    logits = jnp.where(total > 0, jnp.log(jnp.maximum(closest, 0.0)), 0.0)
-    cand = jax.random.categorical(sub, logits, shape=(trials,))
+    # Sampling proportional to D² by inverting the cumulative sum (cheaper to
+    # compile than Gumbel-max over N); when every point coincides with a
+    # centre (total = 0) fall back to uniform sampling.
+    cum = jnp.cumsum(jnp.maximum(closest, 0.0))
+    total = cum[-1]
+    cum = jnp.where(total > 0, cum, jnp.arange(1, n + 1, dtype=cum.dtype))
+    u = jax.random.uniform(sub, (trials,), cum.dtype) * cum[-1]
+    cand = jnp.clip(jnp.searchsorted(cum, u, side="right"), 0, n - 1)
     d_cand = sq_distances(x, x[cand], x_sq)            # [n, trials]
     new_closest = jnp.minimum(closest[:, None], d_cand)
     best = jnp.argmin(jnp.sum(new_closest, axis=0))
