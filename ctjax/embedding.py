@@ -1,0 +1,320 @@
+"""All-layer embeddings of an image collection: ``embed(encoder, images)``.
+
+Images (an array, a folder of PNG/JPEG, an .npy/.npz file) are streamed in
+chunks; each batch is preprocessed and encoded in one jitted call (one
+compilation per batch shape; the last batch is padded), pooled per layer
+(CLS token or mean of patch tokens), and the ``[L+1, N, D]`` float32 result
+is cached on disk when ``cache_dir`` is given. With several local devices the
+batch axis is sharded across them (``_data_parallel``).
+"""
+import dataclasses
+import functools
+import hashlib
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctjax import preprocess as pp
+from ctjax.cache import EmbeddingCache
+from ctjax.models.encoder import forward
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+POOLS = ("cls", "mean")
+CACHE_VERSION = 1
+
+
+# ----------------------------------------------------------------- sources
+
+
+class ArraySource:
+  """Images held as one array ``[N, H, W, C]`` / ``[N, H, W]`` (or a memmap)."""
+
+  resize = True
+
+  def __init__(self, images, name: str = "array"):
+    self.images = images
+    self.name = name
+    pp.check_images(images)
+    if len(images) == 0:
+      raise ValueError(f"{name} holds no images")
+    if np.issubdtype(np.dtype(images.dtype), np.floating):
+      lo, hi = float(np.min(images)), float(np.max(images))
+      if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"float images in {name} must lie in [0, 1]; got [{lo:.3g}, {hi:.3g}] "
+                         "(pass uint8 for 0..255 data)")
+
+  def __len__(self):
+    return len(self.images)
+
+  def fingerprint(self) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{np.dtype(self.images.dtype).str}|{tuple(self.images.shape)}|".encode())
+    step = 4096
+    for i in range(0, len(self.images), step):
+      h.update(np.ascontiguousarray(self.images[i:i + step]).tobytes())
+    return h.hexdigest()
+
+  def load(self, start: int, stop: int):
+    """-> (images ``[n, H, W, C]``, names of skipped items)."""
+    return np.asarray(self.images[start:stop]), []
+
+
+class FolderSource:
+  """PNG/JPEG files under a folder (recursive), in sorted relative-path order.
+
+  Images of equal size are resized on device; if sizes differ, each image is
+  resized and cropped on the host with PIL (the same pipeline) instead.
+  """
+
+  def __init__(self, folder: str, config: pp.PreprocessConfig, skip_bad: bool):
+    self.folder = os.fspath(folder)
+    self.config = config
+    self.skip_bad = skip_bad
+    paths = []
+    for root, dirs, files in os.walk(self.folder):
+      dirs.sort()
+      paths += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    self.paths = sorted(paths, key=lambda p: os.path.relpath(p, self.folder).replace(os.sep, "/"))
+    if not self.paths:
+      raise ValueError(f"folder {self.folder} contains no {'/'.join(IMAGE_EXTENSIONS)} images")
+    sizes = {self._header_size(p) for p in self.paths} - {None}
+    self.resize = len(sizes) <= 1
+
+  def _header_size(self, path):
+    from PIL import Image
+    try:
+      with Image.open(path) as im:
+        return im.size
+    except Exception as e:  # noqa: BLE001 -- PIL raises many types for bad files.
+      if not self.skip_bad:
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+      return None
+
+  def __len__(self):
+    return len(self.paths)
+
+  def fingerprint(self) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for p in self.paths:
+      st = os.stat(p)
+      h.update(f"{os.path.relpath(p, self.folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+  def _read(self, path):
+    from PIL import Image
+    with Image.open(path) as im:
+      im.load()
+      im = im.convert("RGB")
+      if self.resize:
+        return np.asarray(im, np.uint8)
+      return pp.host_resize_crop(im, self.config)
+
+  def load(self, start: int, stop: int):
+    """-> (uint8 images ``[n, H, W, 3]``, paths of unreadable files skipped)."""
+    images, skipped = [], []
+    for path in self.paths[start:stop]:
+      try:
+        images.append(self._read(path))
+      except Exception as e:  # noqa: BLE001 -- PIL raises many types for bad files.
+        if not self.skip_bad:
+          raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        skipped.append(path)
+    if not images:
+      return np.zeros((0, 1, 1, 3), np.uint8), skipped
+    return np.stack(images), skipped
+
+
+def as_source(images, config: pp.PreprocessConfig, skip_bad: bool = False):
+  """An ArraySource or FolderSource for an array, a folder, or an .npy/.npz file."""
+  if isinstance(images, (str, os.PathLike)):
+    path = os.fspath(images)
+    if os.path.isdir(path):
+      return FolderSource(path, config, skip_bad)
+    if not os.path.exists(path):
+      raise ValueError(f"no such file or folder: {path}")
+    if path.endswith(".npy"):
+      return ArraySource(np.load(path, mmap_mode="r"), name=path)
+    if path.endswith(".npz"):
+      with np.load(path) as z:
+        keys = list(z.keys())
+        key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+        if key is None:
+          raise ValueError(f"{path} holds arrays {keys}; name the images array 'images'")
+        return ArraySource(z[key], name=f"{path}:{key}")
+    raise ValueError(f"{path}: expected a folder of images, an .npy or an .npz file")
+  if isinstance(images, (list, tuple)):
+    shapes = {np.shape(im) for im in images}
+    if len(shapes) > 1:
+      raise ValueError(f"images in the list differ in shape ({sorted(shapes)[:3]}...); "
+                       "pass a folder or resize them first")
+    images = np.stack([np.asarray(im) for im in images]) if images else np.zeros((0, 1, 1, 3))
+  if isinstance(images, jax.Array):
+    images = np.asarray(images)
+  if not isinstance(images, np.ndarray):
+    raise ValueError(f"unsupported images of type {type(images).__name__}; pass an array "
+                     "[N, H, W, C], a folder, or an .npy/.npz path")
+  return ArraySource(images)
+
+
+# ----------------------------------------------------------------- compute
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepSpec:
+  """Everything static about one jitted embedding step (hashable)."""
+  graphdef: object
+  preprocess: pp.PreprocessConfig
+  resize: bool
+  layers: tuple[int, ...]
+  pool: str
+  dtype: str
+  num_prefix: int
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step(spec: _StepSpec, params, images):
+  """images ``[B, H, W, C]`` raw -> pooled ``[len(layers), B, D]`` float32."""
+  pixels = pp.preprocess_fn(images, spec.preprocess, spec.resize)
+  hidden = forward(spec.graphdef, params, pixels, jnp.dtype(spec.dtype)).hidden_states
+  if spec.layers != tuple(range(hidden.shape[0])):
+    hidden = hidden[np.asarray(spec.layers)]
+  if spec.pool == "cls":
+    pooled = hidden[:, :, 0]
+  else:
+    pooled = hidden[:, :, spec.num_prefix:].astype(jnp.float32).mean(axis=2)
+  return pooled.astype(jnp.float32)
+
+
+def _data_parallel(params, batch_size: int):
+  """Sharding policy: the batch axis over all local devices, parameters replicated.
+
+  Returns (batch size rounded up to a multiple of the device count, params
+  placed on the devices, a function putting a host batch on the devices).
+  """
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    return batch_size, params, jnp.asarray
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+  spec = jax.sharding.PartitionSpec
+  batch_size = -(-batch_size // len(devices)) * len(devices)
+  params = jax.device_put(params, jax.sharding.NamedSharding(mesh, spec()))
+  batch_sharding = jax.sharding.NamedSharding(mesh, spec("data"))
+  return batch_size, params, lambda x: jax.device_put(x, batch_sharding)
+
+
+def _resolve_layers(layers, num_states: int) -> tuple[int, ...]:
+  if layers is None:
+    return tuple(range(num_states))
+  out = []
+  for layer in ([layers] if isinstance(layers, int) else layers):
+    if not -num_states <= int(layer) < num_states:
+      raise ValueError(f"layer {layer} is out of range for an encoder with {num_states} "
+                       f"hidden states (0..{num_states - 1})")
+    out.append(int(layer) % num_states)
+  if not out:
+    raise ValueError("layers is empty")
+  return tuple(out)
+
+
+def embed(encoder, images, *, pool: str = "cls", layers=None, batch_size: int = 64,
+          dtype="float32", cache_dir=None, skip_bad: bool = False, progress: bool = True,
+          chunk_size: int | None = None) -> np.ndarray:
+  """Pooled embeddings of every (or the selected) hidden state.
+
+  Args:
+    encoder: a ctjax.models.Encoder.
+    images: ``[N, H, W, C]`` (C in {1, 3}) or ``[N, H, W]`` array, uint8 or
+      float in [0, 1]; or a folder of PNG/JPEG images (recursive, sorted by
+      relative path); or an .npy / .npz file (array named "images" or the only one).
+    pool: "cls" (the first token, as the paper) or "mean" (mean of the patch
+      tokens, excluding CLS/distillation/register tokens).
+    layers: hidden-state indices to keep (0 = embedding output); None = all.
+    batch_size: images per jitted call (rounded up to a multiple of the local
+      device count); the last batch is padded, so there is one compilation.
+    dtype: compute dtype, "float32" or "bfloat16" (accelerators).
+    cache_dir: if set, results are cached under it, keyed by the encoder's
+      identity, preprocessing, pool, layers, dtype and a fingerprint of the data;
+      an interrupted run resumes from its finished chunks.
+    skip_bad: unreadable images are skipped with a warning instead of an error.
+    progress: show a tqdm progress bar.
+    chunk_size: images per cached chunk (default 32 batches).
+
+  Returns:
+    float32 array ``[len(layers), N, D]`` (N counts only readable images).
+  """
+  if pool not in POOLS:
+    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+  dtype = jnp.dtype(dtype).name
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  layers = _resolve_layers(layers, encoder.num_hidden_states)
+  pconfig = pp.PreprocessConfig.from_encoder(encoder)
+  source = as_source(images, pconfig, skip_bad)
+  n = len(source)
+
+  entry = None
+  if cache_dir is not None:
+    entry = EmbeddingCache(cache_dir, {
+        "version": CACHE_VERSION, "encoder": encoder.identity, "preprocess": pconfig.identity(),
+        "host_resize": not source.resize, "pool": pool, "layers": list(layers), "dtype": dtype,
+        "data": source.fingerprint(), "n": n})
+    done = entry.load()
+    if done is not None:
+      _warn_skipped(done[1])
+      return done[0]
+
+  batch_size, params, put = _data_parallel(encoder.params, batch_size)
+  chunk_size = chunk_size or 32 * batch_size
+  spec = _StepSpec(encoder.graphdef, pconfig, source.resize, layers, pool, dtype,
+                   encoder.num_prefix_tokens)
+  from tqdm.auto import tqdm
+  bar = tqdm(total=n, unit="img", desc="embed", disable=not progress)
+  chunks, skipped = [], []
+  for start in range(0, n, chunk_size):
+    stop = min(start + chunk_size, n)
+    cached = entry.get_chunk(start, stop) if entry is not None else None
+    if cached is None:
+      batch, bad = source.load(start, stop)
+      result = _encode(spec, params, put, batch, batch_size, encoder.config.hidden_size)
+      if entry is not None:
+        entry.put_chunk(start, stop, result, bad)
+    else:
+      result, bad = cached
+    chunks.append(result)
+    skipped += bad
+    bar.update(stop - start)
+  bar.close()
+  out = np.concatenate(chunks, axis=1)
+  if out.shape[1] == 0:
+    raise ValueError(f"none of the {n} images could be read")
+  if entry is not None:
+    entry.finish(out, skipped)
+  _warn_skipped(skipped)
+  return out
+
+
+def _encode(spec: _StepSpec, params, put, images: np.ndarray, batch_size: int,
+            dim: int) -> np.ndarray:
+  """images ``[n, H, W, C]`` -> ``[len(layers), n, D]``, in padded batches."""
+  n = len(images)
+  outs = []
+  for start in range(0, n, batch_size):
+    batch = images[start:start + batch_size]
+    pad = batch_size - len(batch)
+    if pad:
+      batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+    outs.append((_step(spec, params, put(batch)), batch_size - pad))  # dispatched async
+  if not outs:
+    return np.zeros((len(spec.layers), 0, dim), np.float32)
+  return np.concatenate([np.asarray(o)[:, :k] for o, k in outs], axis=1)
+
+
+def _warn_skipped(skipped) -> None:
+  if skipped:
+    shown = ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+    warnings.warn(f"skipped {len(skipped)} unreadable image(s): {shown}", stacklevel=3)
