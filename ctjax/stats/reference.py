@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctjax import parallel
 from ctjax.stats import ct as ct_lib
 from ctjax.stats import kmeans as km
 from ctjax.stats import mannwhitney
@@ -37,13 +38,27 @@ def _fit_one_layer(train, test, key, *, n_components, n_cells, n_init, metric,
   """Fit for one layer. train ``[N, D]``, test ``[n, D]``."""
   pca = pca_lib.fit_pca(train, n_components)
   pt = pca_lib.transform(pca, train)
-  pp = pca_lib.transform(pca, test)
   fit = km.kmeans(pt, n_cells, key, n_init=n_init)
-  test_cells = km.assign(pp, fit.centers)
-  index = nb.build_index(pt, fit.labels, n_cells, metric)
+  index, pp, test_cells = _index_one_layer(pca, fit, pt, test,
+                                           n_cells=n_cells, metric=metric)
   dist, idx = nb.nearest_in_cell(index, pp, test_cells,
                                  tile_queries=tile_queries,
                                  tile_train=tile_train)
+  return _finish_one_layer(pca, fit, index, test_cells, dist, idx,
+                           n_cells=n_cells)
+
+
+def _index_one_layer(pca, fit, pt, test, *, n_cells, metric):
+  """Cell index of projected T ``pt [N, d]``; projected test ``[n, d]`` and its
+  cells ``[n]``."""
+  pp = pca_lib.transform(pca, test)
+  test_cells = km.assign(pp, fit.centers)
+  index = nb.build_index(pt, fit.labels, n_cells, metric)
+  return index, pp, test_cells
+
+
+def _finish_one_layer(pca, fit, index, test_cells, dist, idx, *, n_cells):
+  """The fitted arrays of one layer, given the test distances ``dist [n]``."""
   sorted_d, starts = mannwhitney.sort_by_cell(dist, test_cells, n_cells)
   scale = jnp.sum(pca.mean * pca.mean)
   degenerate = pca.total_variance <= _DEGENERATE_RTOL * scale + 1e-30
@@ -65,12 +80,72 @@ def _fit_layers(train, test, keys, **kw):
   return jax.lax.map(lambda a: _fit_one_layer(*a, **kw), (train, test, keys))
 
 
-def _score_one_layer(f, gen, valid, *, n_cells, metric, tile_queries,
-                     tile_train):
+# The same fit in stages, for a sharded search (mesh) or a streaming fit: PCA
+# and k-means, then the cell index, the search, and the fitted arrays.
+@functools.partial(jax.jit, static_argnames=("n_components", "n_cells",
+                                             "n_init"))
+def _pca_kmeans_layers(train, keys, *, n_components, n_cells, n_init):
+  def one(a):
+    pca = pca_lib.fit_pca(a[0], n_components)
+    pt = pca_lib.transform(pca, a[0])
+    return pca, km.kmeans(pt, n_cells, a[1], n_init=n_init), pt
+  return jax.lax.map(one, (train, keys))
+
+
+@functools.partial(jax.jit, static_argnames=("n_cells", "metric"))
+def _index_layers(pca, fit, pt, test, *, n_cells, metric):
+  return jax.lax.map(lambda a: _index_one_layer(*a, n_cells=n_cells,
+                                                metric=metric),
+                     (pca, fit, pt, test))
+
+
+@functools.partial(jax.jit, static_argnames=("tile_queries", "tile_train"))
+def _search_layers(index, queries, q_cells, *, tile_queries, tile_train):
+  return jax.lax.map(lambda a: nb.nearest_in_cell(
+      a[0], a[1], a[2], tile_queries=tile_queries, tile_train=tile_train),
+                     (index, queries, q_cells))
+
+
+@functools.partial(jax.jit, static_argnames=("n_cells",))
+def _finish_layers(pca, fit, index, test_cells, dist, idx, *, n_cells):
+  return jax.lax.map(lambda a: _finish_one_layer(*a, n_cells=n_cells),
+                     (pca, fit, index, test_cells, dist, idx))
+
+
+def _fit_staged(pca, fit, pt, test, *, n_cells, metric, tile_queries,
+                tile_train, mesh):
+  """Fitted arrays from per-layer PCA and k-means (stacked over L) and
+  projected T ``pt [L, N, d]``; test ``[L, n, D]``. Returns (arrays, sharded
+  index or None)."""
+  index, pp, test_cells = _index_layers(pca, fit, pt, jnp.asarray(test),
+                                        n_cells=n_cells, metric=metric)
+  sharded = None
+  if mesh is None:
+    dist, idx = _search_layers(index, pp, test_cells,
+                               tile_queries=tile_queries, tile_train=tile_train)
+  else:
+    sharded = parallel.shard_index(index.points, index.cells, index.order,
+                                   n_cells=n_cells, metric=metric, mesh=mesh)
+    dist, idx = parallel.nearest_in_cell(sharded, pp, test_cells,
+                                         tile_queries=tile_queries,
+                                         tile_train=tile_train)
+  out = _finish_layers(pca, fit, index, test_cells, dist, idx,
+                       n_cells=n_cells)
+  return out, sharded
+
+
+def _score_cells_one_layer(f, gen, valid, *, n_cells):
+  """Projected generated points ``[m, d]`` and their cells ``[m]`` (k: padding)."""
   pca = pca_lib.PCA(mean=f["pca_mean"], components=f["pca_components"],
                     variances=f["pca_variances"], total_variance=jnp.zeros(()))
   pg = pca_lib.transform(pca, gen)
   cells = jnp.where(valid, km.assign(pg, f["centers"]), n_cells)
+  return pg, cells
+
+
+def _score_one_layer(f, gen, valid, *, n_cells, metric, tile_queries,
+                     tile_train):
+  pg, cells = _score_cells_one_layer(f, gen, valid, n_cells=n_cells)
   index = nb.CellIndex(points=f["points"], aux=f["aux"], cells=f["cells"],
                        starts=f["starts"], order=f["order"], metric=metric)
   dist, idx = nb.nearest_in_cell(index, pg, cells, tile_queries=tile_queries,
@@ -84,6 +159,20 @@ def _score_one_layer(f, gen, valid, *, n_cells, metric, tile_queries,
 def _score_layers(fitted, gen, valid, **kw):
   return jax.lax.map(lambda a: _score_one_layer(a[0], a[1], valid, **kw),
                      (fitted, gen))
+
+
+# The same score in stages around a sharded search (mesh).
+@functools.partial(jax.jit, static_argnames=("n_cells",))
+def _score_cells_layers(fitted, gen, valid, *, n_cells):
+  return jax.lax.map(lambda a: _score_cells_one_layer(a[0], a[1], valid,
+                                                      n_cells=n_cells),
+                     (fitted, gen))
+
+
+@jax.jit
+def _twice_u_layers(test_sorted, test_starts, dist, cells):
+  return jax.lax.map(lambda a: mannwhitney.twice_u(*a),
+                     (test_sorted, test_starts, dist, cells))
 
 
 @jax.jit
@@ -135,6 +224,45 @@ def _atomic_write_bytes(path, data: bytes):
     raise
 
 
+def _layer_keys(seed, n_layers):
+  """k-means key of every layer: ``fold_in(PRNGKey(seed), l)``; ``[L, 2]``."""
+  return jax.vmap(lambda l: jax.random.fold_in(jax.random.PRNGKey(seed), l))(
+      jnp.arange(n_layers))
+
+
+def _layer_name_list(layer_names, n_layers):
+  names = [str(x) for x in (layer_names if layer_names is not None
+                            else range(n_layers))]
+  if len(names) != n_layers:
+    raise ValueError(f"{len(names)} layer_names for {n_layers} layers")
+  return names
+
+
+def _check_fit_args(n_layers, n_train, dim, test_shape, *, n_cells,
+                    n_components, layer_names):
+  """Validates fit sizes; returns (n_components, layer names)."""
+  if test_shape[0] != n_layers or test_shape[2] != dim:
+    raise ValueError(f"train {(n_layers, n_train, dim)} and test "
+                     f"{tuple(test_shape)} must have the same number of "
+                     f"layers and dimension")
+  n_test = test_shape[1]
+  if n_cells < 1:
+    raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+  if n_train < n_cells:
+    raise ValueError(f"fewer training points ({n_train}) than cells "
+                     f"(n_cells={n_cells})")
+  if n_test < n_cells:
+    raise ValueError(f"fewer test points ({n_test}) than cells "
+                     f"(n_cells={n_cells}); every cell needs a test point")
+  if n_components == DEFAULT_COMPONENTS:
+    n_components = min(n_components, n_train, dim)
+  elif not 1 <= n_components <= min(n_train, dim):
+    raise ValueError(
+        f"n_components={n_components} must be in [1, min(N, D)] = "
+        f"[1, {min(n_train, dim)}] (N={n_train} training points, D={dim})")
+  return n_components, _layer_name_list(layer_names, n_layers)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class CTReference:
   """A reference (training set T and test set P) fitted for C_T on every layer.
@@ -161,7 +289,7 @@ class CTReference:
           n_cells: int = 10, metric: str = "cosine", seed: int = 0,
           n_init: int = 10, meta: dict | None = None,
           layer_names=None, tile_queries: int = 64,
-          tile_train: int = 2048) -> "CTReference":
+          tile_train: int = 2048, mesh=None) -> "CTReference":
     """Fits PCA, k-means cells and test-set distances for every layer.
 
     Args:
@@ -177,6 +305,10 @@ class CTReference:
         layers...); it is part of `identity`.
       layer_names: names used in messages (default "0", "1", ...).
       tile_queries, tile_train: nearest-neighbour tile sizes.
+      mesh: ``None`` (one device), ``"all"`` (every device) or a
+        `jax.sharding.Mesh` with a ``"data"`` axis: the test set's nearest
+        neighbours are searched with the projected training points sharded
+        over the mesh (`ctjax.parallel`); the result is the same.
 
     Raises:
       ValueError: NaN/Inf (naming the layer), mismatched shapes, fewer
@@ -188,54 +320,116 @@ class CTReference:
     train = _stack_layers("train", train)
     test = _stack_layers("test", test)
     n_layers, n_train, dim = train.shape
-    if test.shape[0] != n_layers or test.shape[2] != dim:
-      raise ValueError(f"train {tuple(train.shape)} and test "
-                       f"{tuple(test.shape)} must have the same number of "
-                       f"layers and dimension")
-    n_test = test.shape[1]
-    if n_cells < 1:
-      raise ValueError(f"n_cells must be >= 1, got {n_cells}")
-    if n_train < n_cells:
-      raise ValueError(f"fewer training points ({n_train}) than cells "
-                       f"(n_cells={n_cells})")
-    if n_test < n_cells:
-      raise ValueError(f"fewer test points ({n_test}) than cells "
-                       f"(n_cells={n_cells}); every cell needs a test point")
-    if n_components == DEFAULT_COMPONENTS:
-      n_components = min(n_components, n_train, dim)
-    elif not 1 <= n_components <= min(n_train, dim):
-      raise ValueError(
-          f"n_components={n_components} must be in [1, min(N, D)] = "
-          f"[1, {min(n_train, dim)}] (N={n_train} training points, D={dim})")
-    names = [str(x) for x in (layer_names if layer_names is not None
-                              else range(n_layers))]
-    if len(names) != n_layers:
-      raise ValueError(f"{len(names)} layer_names for {n_layers} layers")
+    n_components, names = _check_fit_args(
+        n_layers, n_train, dim, test.shape, n_cells=n_cells,
+        n_components=n_components, layer_names=layer_names)
     _check_finite("train", train, names)
     _check_finite("test", test, names)
-    keys = jax.vmap(lambda l: jax.random.fold_in(jax.random.PRNGKey(seed), l))(
-        jnp.arange(n_layers))
-    out = _fit_layers(jnp.asarray(train), jnp.asarray(test), keys,
-                      n_components=n_components, n_cells=n_cells,
-                      n_init=n_init, metric=metric,
-                      tile_queries=tile_queries, tile_train=tile_train)
-    degenerate = np.asarray(out["degenerate"])
-    n_train_c = np.asarray(out["n_train_cells"])
-    n_test_c = np.asarray(out["n_test_cells"])
-    for l in range(n_layers):
-      if degenerate[l]:
-        warnings.warn(f"layer {names[l]}: every embedding is the same (zero "
-                      f"variance); its C_T is undefined and reported as NaN",
-                      RuntimeWarning, stacklevel=2)
-      else:
-        ct_lib.check_cells(n_train_c[l], n_test_c[l], layer=names[l],
-                           n_cells_arg=n_cells)
+    keys = _layer_keys(seed, n_layers)
+    sharded = None
+    if mesh is None:
+      out = _fit_layers(jnp.asarray(train), jnp.asarray(test), keys,
+                        n_components=n_components, n_cells=n_cells,
+                        n_init=n_init, metric=metric,
+                        tile_queries=tile_queries, tile_train=tile_train)
+    else:
+      mesh = parallel.resolve_mesh(mesh)
+      pca, km_fit, pt = _pca_kmeans_layers(
+          jnp.asarray(train), keys, n_components=n_components,
+          n_cells=n_cells, n_init=n_init)
+      out, sharded = _fit_staged(pca, km_fit, pt, test, n_cells=n_cells,
+                                 metric=metric, tile_queries=tile_queries,
+                                 tile_train=tile_train, mesh=mesh)
     config = dict(n_components=int(n_components), n_cells=int(n_cells),
                   n_init=int(n_init), metric=metric, seed=int(seed),
                   n_layers=int(n_layers), dim=int(dim), n_train=int(n_train),
-                  n_test=int(n_test), layer_names=names, meta=dict(meta or {}),
+                  n_test=int(test.shape[1]), layer_names=names,
+                  meta=dict(meta or {}), tile_queries=int(tile_queries),
+                  tile_train=int(tile_train))
+    return cls._checked(config, out, mesh, sharded)
+
+  @classmethod
+  def fit_streaming(cls, train, test, *,
+                    n_components: int = DEFAULT_COMPONENTS, n_cells: int = 10,
+                    metric: str = "cosine", seed: int = 0, n_init: int = 10,
+                    sample_size: int | None = 100_000, chunk_size: int = 8192,
+                    memory_budget: int | None = None,
+                    meta: dict | None = None, layer_names=None,
+                    mesh=None) -> "CTReference":
+    """`fit` for a training set larger than memory, read in chunks.
+
+    PCA comes from the covariance accumulated exactly over the chunks (two
+    passes); a third pass projects T to d dimensions (kept, ``[L, N, d]``) and
+    collects a seeded sample on which k-means runs; every projected point is
+    then assigned to its cell in chunks. With ``sample_size=None`` (or ≥ N)
+    k-means sees all of T and the result equals `fit` up to rounding. See
+    `ctjax.stats.streaming`.
+
+    Args:
+      train: ``[L, N, D]`` array-like read in row chunks (``np.memmap``,
+        ``np.ndarray``...), or a callable returning a fresh iterable of
+        ``[L, c, D]`` chunks (called once per pass, three passes).
+      test: ``[L, n, D]`` held-out test embeddings P (in memory).
+      sample_size: training points k-means is fitted on (seeded by ``seed``).
+      chunk_size: rows per chunk when ``train`` is an array.
+      memory_budget: bytes for one nearest-neighbour tile's working set; sets
+        ``tile_queries``/``tile_train`` (`streaming.tiles_for_budget`).
+      mesh: as in `fit`.
+      Other arguments: as in `fit`.
+    """
+    from ctjax.stats import streaming  # pylint: disable=g-import-not-at-top
+    if metric not in nb.METRICS:
+      raise ValueError(f"metric must be one of {nb.METRICS}, got {metric!r}")
+    source = streaming.ChunkSource(train, chunk_size)
+    test = _stack_layers("test", test)
+    names = _layer_name_list(layer_names, source.n_layers)
+    n_train, mean = streaming.mean_pass(source, names)
+    n_components, names = _check_fit_args(
+        source.n_layers, n_train, source.dim, test.shape, n_cells=n_cells,
+        n_components=n_components, layer_names=names)
+    _check_finite("test", test, names)
+    pca = streaming.pca_pass(source, mean, n_train, n_components)
+    pt, km_fit = streaming.kmeans_pass(
+        source, pca, _layer_keys(seed, source.n_layers), n_cells=n_cells,
+        n_init=n_init, sample_size=sample_size, seed=seed)
+    if memory_budget is None:
+      tile_queries, tile_train = 64, 2048
+    else:
+      tile_queries, tile_train = streaming.tiles_for_budget(
+          memory_budget, n_components, n_train)
+    mesh = None if mesh is None else parallel.resolve_mesh(mesh)
+    out, sharded = _fit_staged(pca, km_fit, pt, test, n_cells=n_cells,
+                               metric=metric, tile_queries=tile_queries,
+                               tile_train=tile_train, mesh=mesh)
+    config = dict(n_components=int(n_components), n_cells=int(n_cells),
+                  n_init=int(n_init), metric=metric, seed=int(seed),
+                  n_layers=int(source.n_layers), dim=int(source.dim),
+                  n_train=int(n_train), n_test=int(test.shape[1]),
+                  layer_names=names, meta=dict(meta or {}),
                   tile_queries=int(tile_queries), tile_train=int(tile_train))
-    return cls(config=config, arrays=dict(out))
+    if sample_size is not None and sample_size < n_train:
+      config["kmeans_sample"] = int(sample_size)
+    return cls._checked(config, out, mesh, sharded)
+
+  @classmethod
+  def _checked(cls, config, out, mesh, sharded) -> "CTReference":
+    """The reference, after per-layer checks (degenerate layers, empty cells)."""
+    names = config["layer_names"]
+    degenerate = np.asarray(out["degenerate"])
+    n_train_c = np.asarray(out["n_train_cells"])
+    n_test_c = np.asarray(out["n_test_cells"])
+    for l in range(config["n_layers"]):
+      if degenerate[l]:
+        warnings.warn(f"layer {names[l]}: every embedding is the same (zero "
+                      f"variance); its C_T is undefined and reported as NaN",
+                      RuntimeWarning, stacklevel=3)
+      else:
+        ct_lib.check_cells(n_train_c[l], n_test_c[l], layer=names[l],
+                           n_cells_arg=config["n_cells"])
+    ref = cls(config=config, arrays=dict(out))
+    if sharded is not None:
+      ref._sharded_index_cache()[mesh] = sharded
+    return ref
 
   # ---------------------------------------------------------------- score
   @property
@@ -247,7 +441,7 @@ class CTReference:
     return list(self.config["layer_names"])
 
   def score(self, gen, *, tau: float | None = None,
-            return_neighbors: bool = False) -> ct_lib.CTResult:
+            return_neighbors: bool = False, mesh=None) -> ct_lib.CTResult:
     """C_T of a generated batch on every layer.
 
     Args:
@@ -256,6 +450,10 @@ class CTReference:
       tau: threshold on a cell's generated share; ``None`` = 20/m.
       return_neighbors: also return, per layer, each generated and test
         point's nearest same-cell training index and distance.
+      mesh: ``None`` (one device), ``"all"`` or a `jax.sharding.Mesh` with a
+        ``"data"`` axis: the projected training points are sharded over the
+        mesh (dealt out once per mesh and cached) and the nearest neighbours
+        reduced across devices (`ctjax.parallel`); the result is the same.
 
     Returns:
       A `CTResult`: ``ct [L]``, ``z``/``included``/``test_frac``/
@@ -281,9 +479,18 @@ class CTReference:
           axis=1)
     valid = jnp.arange(m_pad) < m
     fitted = {k: self.arrays[k] for k in _SCORE_KEYS}
-    tu, cells, dist, idx = _score_layers(
-        fitted, gen, valid, n_cells=cfg["n_cells"], metric=cfg["metric"],
-        tile_queries=cfg["tile_queries"], tile_train=cfg["tile_train"])
+    if mesh is None:
+      tu, cells, dist, idx = _score_layers(
+          fitted, gen, valid, n_cells=cfg["n_cells"], metric=cfg["metric"],
+          tile_queries=cfg["tile_queries"], tile_train=cfg["tile_train"])
+    else:
+      pg, cells = _score_cells_layers(fitted, gen, valid,
+                                      n_cells=cfg["n_cells"])
+      dist, idx = parallel.nearest_in_cell(
+          self.sharded_index(mesh), pg, cells,
+          tile_queries=cfg["tile_queries"], tile_train=cfg["tile_train"])
+      tu = _twice_u_layers(fitted["test_sorted"], fitted["test_starts"], dist,
+                           cells)
     k = cfg["n_cells"]
     cells = np.asarray(cells)[:, :m]
     sums = mannwhitney.cell_sums(np.asarray(tu)[:, :m], cells, k)
@@ -297,6 +504,20 @@ class CTReference:
           test_index=np.asarray(self.arrays["test_index"]),
           test_dist=np.asarray(self.arrays["test_dist"]), gen_cells=cells))
     return res
+
+  def _sharded_index_cache(self) -> dict:
+    return self.__dict__.setdefault("_sharded_indexes", {})
+
+  def sharded_index(self, mesh) -> "parallel.ShardedIndex":
+    """The projected training points dealt out over ``mesh`` (cached)."""
+    mesh = parallel.resolve_mesh(mesh)
+    cache = self._sharded_index_cache()
+    if mesh not in cache:
+      cache[mesh] = parallel.shard_index(
+          self.arrays["points"], self.arrays["cells"], self.arrays["order"],
+          n_cells=self.config["n_cells"], metric=self.config["metric"],
+          mesh=mesh)
+    return cache[mesh]
 
   # ------------------------------------------------------------- identity
   def identity(self) -> dict:
