@@ -140,7 +140,8 @@ def train_loop(step, static, carry, data, key, num_steps, *, desc,
       compile once and are reused across seeds.
     static: hashable static settings (graphdef, config) given to ``step``.
     carry: pytree of training state (params, optimiser state).
-    data: ``[N, D]`` training data, kept on device.
+    data: training data (an array ``[N, D]`` or a pytree of arrays), kept on
+      device.
     key: PRNG key.
     num_steps: number of optimisation steps.
     desc: progress bar label.
@@ -152,7 +153,7 @@ def train_loop(step, static, carry, data, key, num_steps, *, desc,
   if num_steps < 1:
     raise ValueError(f"{desc}: num_steps must be >= 1, got {num_steps}.")
   length = _chunk_length(num_steps, max_chunk)
-  data = jnp.asarray(data)
+  data = jax.tree.map(jnp.asarray, data)
   losses = []
   with tqdm(total=num_steps, desc=desc, disable=not progress,
             leave=False) as bar:
