@@ -39,7 +39,9 @@ def forward(graphdef, params, pixels, dtype=jnp.float32) -> EncoderOutput:
     params = jax.tree.map(
         lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
   model = nnx.merge(graphdef, params)
-  return model(pixels.astype(dtype))
+  # float32 means float32: no TF32 matmuls on GPU (bfloat16 is the fast path).
+  with jax.default_matmul_precision("highest" if dtype == jnp.float32 else "default"):
+    return model(pixels.astype(dtype))
 
 
 class Encoder:
