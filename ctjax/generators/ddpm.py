@@ -174,35 +174,43 @@ def restore(model):
                                            "ddpm parameters"), cfg
 
 
-def _predict_x0(net, x, t, abar_t):
-  """Noise estimate -> clipped x0 and the eps consistent with it."""
-  eps = net(x, jnp.full((x.shape[0],), t))
+def _predict_x0(eps_fn, x, t, abar_t):
+  """Noise estimate -> x0 clipped to [-1, 1] and the eps consistent with it."""
+  eps = eps_fn(x, t)
   x0 = jnp.clip((x - jnp.sqrt(1 - abar_t) * eps) / jnp.sqrt(abar_t), -1, 1)
   eps = (x - jnp.sqrt(abar_t) * x0) / jnp.sqrt(1 - abar_t)
   return x0, eps
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "dim"))
-def _draw_ancestral(params, key, *, graphdef, cfg, dim):
-  net = nnx.merge(graphdef, params)
-  abar = jnp.asarray(cosine_alpha_bar(cfg.timesteps), jnp.float32)
+def ancestral_loop(eps_fn, x, key, abar):
+  """Ancestral DDPM sampling from ``x`` = x_T down to x_0.
+
+  Args:
+    eps_fn: ``(x [B, D], t scalar int) -> eps [B, D]`` noise estimate.
+    x: ``[B, D]`` starting noise.
+    key: PRNG key of the per-step noise.
+    abar: ``[T]`` cumulative alphas.
+
+  Returns:
+    ``[B, D]`` samples.
+  """
+  abar = jnp.asarray(abar, jnp.float32)
   abar_prev = jnp.concatenate([jnp.ones((1,), jnp.float32), abar[:-1]])
   beta = 1.0 - abar / abar_prev
-  k0, kloop = jax.random.split(key)
-  x = jax.random.normal(k0, (cfg.sample_batch, dim))
 
   def body(x, inp):
     t, k = inp
-    x0, _ = _predict_x0(net, x, t, abar[t])
-    # Posterior q(x_{t-1} | x_t, x0) (Ho et al. eq. 7).
+    x0, _ = _predict_x0(eps_fn, x, t, abar[t])
+    # Posterior q(x_{t-1} | x_t, x0) (Ho et al. 2020, eqs. 6-7).
     c0 = jnp.sqrt(abar_prev[t]) * beta[t] / (1 - abar[t])
     ct = jnp.sqrt(1 - beta[t]) * (1 - abar_prev[t]) / (1 - abar[t])
     var = beta[t] * (1 - abar_prev[t]) / (1 - abar[t])
     noise = jax.random.normal(k, x.shape) * (t > 0)
     return c0 * x0 + ct * x + jnp.sqrt(var) * noise, None
 
-  ts = jnp.arange(cfg.timesteps - 1, -1, -1)
-  x, _ = jax.lax.scan(body, x, (ts, jax.random.split(kloop, cfg.timesteps)))
+  steps = abar.shape[0]
+  ts = jnp.arange(steps - 1, -1, -1)
+  x, _ = jax.lax.scan(body, x, (ts, jax.random.split(key, steps)))
   return x
 
 
@@ -214,22 +222,47 @@ def ddim_timesteps(timesteps, steps):
                    .astype(np.int32))[::-1].copy()
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "dim"))
-def _draw_ddim(params, key, *, graphdef, cfg, dim):
-  net = nnx.merge(graphdef, params)
-  abar = jnp.asarray(cosine_alpha_bar(cfg.timesteps), jnp.float32)
-  ts = ddim_timesteps(cfg.timesteps, cfg.ddim_steps)
+def ddim_loop(eps_fn, x, abar, ts):
+  """Deterministic DDIM (eta = 0) from ``x`` = x_T over timesteps ``ts``.
+
+  Args:
+    eps_fn: ``(x [B, D], t scalar int) -> eps [B, D]``.
+    x: ``[B, D]`` starting noise.
+    abar: ``[T]`` cumulative alphas.
+    ts: descending int ``[S]`` timesteps (``ddim_timesteps``).
+  """
+  abar = jnp.asarray(abar, jnp.float32)
+  ts = np.asarray(ts, np.int32)
   prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
-  x = jax.random.normal(key, (cfg.sample_batch, dim))
 
   def body(x, inp):
     t, tp = inp
-    x0, eps = _predict_x0(net, x, t, abar[t])
+    x0, eps = _predict_x0(eps_fn, x, t, abar[t])
     abar_p = jnp.where(tp >= 0, abar[jnp.maximum(tp, 0)], 1.0)
     return jnp.sqrt(abar_p) * x0 + jnp.sqrt(1 - abar_p) * eps, None
 
   x, _ = jax.lax.scan(body, x, (jnp.asarray(ts), jnp.asarray(prev)))
   return x
+
+
+def _eps_fn(net):
+  return lambda x, t: net(x, jnp.full((x.shape[0],), t))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "dim"))
+def _draw_ancestral(params, key, *, graphdef, cfg, dim):
+  k0, kloop = jax.random.split(key)
+  x = jax.random.normal(k0, (cfg.sample_batch, dim))
+  return ancestral_loop(_eps_fn(nnx.merge(graphdef, params)), x, kloop,
+                        cosine_alpha_bar(cfg.timesteps))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "dim"))
+def _draw_ddim(params, key, *, graphdef, cfg, dim):
+  x = jax.random.normal(key, (cfg.sample_batch, dim))
+  return ddim_loop(_eps_fn(nnx.merge(graphdef, params)), x,
+                   cosine_alpha_bar(cfg.timesteps),
+                   ddim_timesteps(cfg.timesteps, cfg.ddim_steps))
 
 
 def _sample(draw, model, n, seed):

@@ -84,6 +84,21 @@ def _opt(cfg):
   return optax.adam(cfg.learning_rate, b1=cfg.beta1)
 
 
+def discriminator_loss(real_logits, fake_logits):
+  """-log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))), batch mean.
+
+  Args:
+    real_logits: ``[B]`` D on real images.
+    fake_logits: ``[B]`` D on generated images.
+  """
+  return jnp.mean(jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits))
+
+
+def generator_loss(fake_logits):
+  """Non-saturating generator loss -log sigmoid(D(G(z))), batch mean."""
+  return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
 def _step(carry, data, key, static):
   graphdef, cfg = static
   g_p, d_p, d_opt, g_opt = carry
@@ -96,13 +111,12 @@ def _step(carry, data, key, static):
     gan = nnx.merge(graphdef, {"generator": g_params,
                                "discriminator": d_params})
     fake = jax.lax.stop_gradient(gan.generator(z1))
-    return jnp.mean(jax.nn.softplus(-gan.discriminator(real)) +
-                    jax.nn.softplus(gan.discriminator(fake)))
+    return discriminator_loss(gan.discriminator(real), gan.discriminator(fake))
 
   def g_loss(g_params, d_params):
     gan = nnx.merge(graphdef, {"generator": g_params,
                                "discriminator": d_params})
-    return jnp.mean(jax.nn.softplus(-gan.discriminator(gan.generator(z2))))
+    return generator_loss(gan.discriminator(gan.generator(z2)))
 
   ld, grads = jax.value_and_grad(d_loss)(d_p, g_p)
   updates, d_opt = _opt(cfg).update(grads, d_opt, d_p)
