@@ -216,6 +216,9 @@ def _search(index: ShardedIndex, queries, q_cells, *, tile_queries, tile_train):
     dist, idx = jax.lax.map(
         one, (points, aux, cells, starts, order, queries, q_cells))
     # (distance, index) minimum over devices: nearest first, then lowest index.
+    # Padding rows (index -1) only ever match padding queries; these get
+    # (inf, -1) as in the single-device search.
+    dist = jnp.where(idx >= 0, dist, jnp.inf)
     best = jax.lax.pmin(dist, AXIS)
     cand = jnp.where((dist == best) & (idx >= 0), idx, _NO_INDEX)
     gidx = jax.lax.pmin(cand, AXIS)
