@@ -1,0 +1,227 @@
+"""The shipped default encoders, their training code and the Hugging Face exporter."""
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import ctjax.models as cm
+from ctjax import datasets as ds
+from ctjax import encoder_training as et
+from ctjax import preprocess as pp
+from ctjax.models import convert
+
+SHIPPED = [d for d in et.DEFAULTS
+           if os.path.exists(os.path.join(et.ASSETS_DIR, f"vit-{d}", "model.safetensors"))]
+
+
+def _fashion_available():
+  try:
+    ds.load("fashion_mnist")
+  except ValueError:
+    return False
+  return True
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return ds.load("digits")
+
+
+@pytest.fixture(scope="module")
+def digits_encoder():
+  return et.default_encoder("digits")
+
+
+def test_digits_and_fashion_are_shipped():
+  assert "digits" in SHIPPED
+  assert "fashion_mnist" in SHIPPED
+
+
+def _pure(encoder):
+  return dict(convert.jax_flat(nnx.to_pure_dict(encoder.params)))
+
+
+@pytest.mark.parametrize("dataset", SHIPPED)
+def test_shipped_folder_loads_with_its_training_config(dataset):
+  folder = et.asset_folder(dataset)
+  for name in ("config.json", "model.safetensors", "preprocessor_config.json", et.HEAD_FILE,
+               et.REPORT_FILE):
+    assert os.path.exists(os.path.join(folder, name)), name
+  encoder = cm.from_pretrained(folder)
+  assert encoder.config == et.DEFAULTS[dataset].encoder
+  report = et.training_report(dataset)
+  assert report["dataset"] == dataset
+  assert report["command"].startswith(f"python -m ctjax.encoder_training --dataset {dataset}")
+  for key in ("seed", "steps", "train_seconds", "test_accuracy"):
+    assert key in report, key
+  head = et.default_head(dataset)
+  assert head.kernel.shape == (encoder.config.hidden_size, 10) and head.bias.shape == (10,)
+  # The shipped weights are trained: far from the random control.
+  control = et.random_encoder(dataset, seed=report["seed"])
+  assert control.config == encoder.config
+  trained, random = _pure(encoder), _pure(control)
+  assert trained.keys() == random.keys()
+  assert not np.allclose(trained[("pos_embed",)], random[("pos_embed",)], atol=1e-2)
+
+
+def test_shipped_package_is_small():
+  total = sum(os.path.getsize(os.path.join(root, f))
+              for root, _, files in os.walk(et.ASSETS_DIR) for f in files)
+  assert total < 5 * 2**20
+
+
+def test_digits_accuracy_matches_training_report(digits, digits_encoder):
+  report = et.training_report("digits")
+  acc = et.accuracy(digits_encoder, et.default_head("digits"), digits.test_images,
+                    digits.test_labels)
+  assert abs(acc - report["test_accuracy"]) <= 0.005
+  assert acc >= 0.9
+
+
+@pytest.mark.skipif("fashion_mnist" not in SHIPPED or not _fashion_available(),
+                    reason="Fashion-MNIST files or shipped weights missing")
+def test_fashion_mnist_accuracy_matches_training_report():
+  data = ds.load("fashion_mnist")
+  report = et.training_report("fashion_mnist")
+  acc = et.accuracy(et.default_encoder("fashion_mnist"), et.default_head("fashion_mnist"),
+                    data.test_images, data.test_labels, batch_size=1000)
+  assert abs(acc - report["test_accuracy"]) <= 0.005
+  assert acc >= 0.8
+
+
+def test_random_encoder_is_seeded():
+  a, b, c = (et.random_encoder("digits", seed=s) for s in (0, 0, 1))
+  assert a.weights_hash == b.weights_hash != c.weights_hash
+  assert a.config == et.default_encoder("digits").config
+
+
+def test_unknown_dataset_and_missing_head_raise(tmp_path):
+  with pytest.raises(ValueError, match="cifar"):
+    et.default_encoder("cifar")
+  with pytest.raises(ValueError, match="head.safetensors"):
+    et.load_head(str(tmp_path))
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_training_input_is_the_embedding_pipeline_input(digits):
+  config = et.DEFAULTS["digits"].encoder
+  images = digits.test_images[:64]
+  resized = et.resized_images(images, config)
+  assert resized.shape == (64, 18, 18, 1)
+  ours = et._normalise(jnp.asarray(et.centre_crop(resized, config.image_size)), config)
+  want = pp.preprocess(images, pp.PreprocessConfig.from_encoder(cm.from_config(config)))
+  np.testing.assert_allclose(ours, want, atol=1e-6, rtol=0)
+
+
+def test_augment_crops_windows_of_the_padded_image(rng):
+  x = rng.random((6, 10, 10, 1)).astype(np.float32)
+  for pad, flip in ((0, False), (2, True)):
+    out = np.asarray(et.augment(jax.random.key(3), jnp.asarray(x), 8, pad, flip))
+    assert out.shape == (6, 8, 8, 1)
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    span = 10 + 2 * pad - 8 + 1
+    for i in range(6):
+      windows = [padded[i, r:r + 8, c:c + 8] for r in range(span) for c in range(span)]
+      if flip:
+        windows += [w[:, ::-1] for w in windows]
+      assert any(np.array_equal(out[i], w) for w in windows), (pad, flip, i)
+
+
+def test_twenty_steps_on_a_subset_decrease_the_loss(digits):
+  config = et.TrainConfig(
+      dataset="digits", encoder=et._vit(16, 4, 32, 2, 2, 64), steps=20, batch_size=64,
+      learning_rate=3e-3, warmup_steps=2, train_subset=256, pad=1, seed=0)
+  result = et.train(config, digits, log_every=0)
+  assert result.losses.shape == (20,)
+  # Zero-initialised head: the first loss is exactly log(10).
+  np.testing.assert_allclose(result.losses[0], np.log(10), rtol=1e-5)
+  assert result.losses[-5:].mean() < result.losses[:5].mean() - 0.1
+  assert result.encoder.weights_hash != cm.from_config(config.encoder, seed=0).weights_hash
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_to_hf_tensors_round_trips_through_from_pretrained(tmp_path, rng):
+  config = et._vit(16, 4, 32, 2, 2, 48)
+  encoder = cm.from_config(config, seed=5)
+  folder = et.export(str(tmp_path / "vit"), encoder)
+  loaded = cm.from_pretrained(folder)
+  assert loaded.config == config
+  assert loaded.weights_hash == encoder.weights_hash
+  pixels = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
+  np.testing.assert_array_equal(loaded.hidden_states(pixels), encoder.hidden_states(pixels))
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(model_type="deit"),
+    dict(model_type="dinov2", layer_scale=True, layerscale_value=0.1),
+    dict(model_type="dinov2", layer_scale=True, swiglu=True, qkv_bias=False),
+    dict(model_type="dinov2_with_registers", layer_scale=True, num_registers=2),
+], ids=["deit", "dinov2", "dinov2-swiglu", "dinov2-registers"])
+def test_to_hf_tensors_inverts_load_state_for_every_family(overrides):
+  config = cm.EncoderConfig(hidden_size=16, num_layers=2, num_heads=2, head_dim=8, mlp_dim=24,
+                            patch_size=4, image_size=8, **overrides)
+  encoder = cm.from_config(config, seed=2)
+  _, state = cm.load_state(config, et.to_hf_tensors(encoder))
+  back = dict(convert.jax_flat(nnx.to_pure_dict(state)))
+  for path, value in _pure(encoder).items():
+    np.testing.assert_array_equal(back[path], value, err_msg=str(path))
+
+
+def test_shipped_digits_folder_matches_transformers(tmp_path, digits, digits_encoder):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  folder = et.asset_folder("digits")
+  model = transformers.ViTModel.from_pretrained(folder, add_pooling_layer=False).eval()
+  pixels = np.asarray(pp.preprocess(digits.test_images[:32],
+                                    pp.PreprocessConfig.from_encoder(digits_encoder)))
+  torch_pixels = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+  with torch.no_grad():
+    out = model(torch_pixels, output_hidden_states=True)
+  ours = digits_encoder(pixels)
+  assert len(out.hidden_states) == ours.hidden_states.shape[0] == 5
+  for layer, want in enumerate(out.hidden_states):
+    np.testing.assert_allclose(ours.hidden_states[layer], want.numpy(), atol=1e-4, rtol=0,
+                               err_msg=f"hidden state {layer}")
+  np.testing.assert_allclose(ours.last_hidden_state, out.last_hidden_state.numpy(), atol=1e-4,
+                             rtol=0)
+  # The head is ViTForImageClassification's classifier: same logits in torch.
+  from safetensors.numpy import save_file
+  head = et.default_head("digits")
+  clf_folder = tmp_path / "clf"
+  et.hf_config(digits_encoder.config, num_labels=10).save_pretrained(clf_folder)
+  tensors = {f"vit.{k}": v for k, v in et.to_hf_tensors(digits_encoder).items()}
+  save_file({**tensors, **et.head_tensors(head)}, str(clf_folder / "model.safetensors"))
+  clf, info = transformers.ViTForImageClassification.from_pretrained(
+      clf_folder, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  clf.eval()
+  with torch.no_grad():
+    want_logits = clf(torch_pixels).logits.numpy()
+  logits = et.logits_fn(digits_encoder.graphdef, digits_encoder.params, head, jnp.asarray(pixels))
+  np.testing.assert_allclose(logits, want_logits, atol=1e-4, rtol=0)
+
+
+def test_preprocessor_config_describes_the_pipeline(digits, digits_encoder):
+  transformers = pytest.importorskip("transformers")
+  folder = et.asset_folder("digits")
+  with open(os.path.join(folder, "preprocessor_config.json")) as f:
+    saved = json.load(f)
+  assert saved["crop_size"] == {"height": 16, "width": 16}
+  assert saved["size"] == {"height": 18, "width": 18}
+  processor = transformers.DeiTImageProcessorPil(
+      **{k: v for k, v in saved.items() if k != "image_processor_type"})
+  from PIL import Image
+  images = digits.test_images[:8]
+  want = processor([Image.fromarray(im) for im in images], return_tensors="np")["pixel_values"]
+  ours = np.asarray(pp.preprocess(images, pp.PreprocessConfig.from_encoder(digits_encoder)))
+  # PIL resizes on uint8 (rounding); ctjax in float: within 2/255 on 0..1, i.e. 4/255 after /0.5.
+  np.testing.assert_allclose(ours, want.transpose(0, 2, 3, 1), atol=4 / 255 + 1e-6, rtol=0)
