@@ -68,7 +68,7 @@ def _run(command):
   if command == "demo":
     from ctjax import demo  # pylint: disable=g-import-not-at-top
     return demo.run(dataset=f.dataset, out=f.out or f"ctjax_out/demo-{f.dataset}",
-                    seed=f.seed, quick=f.quick)
+                    seed=f.seed, quick=f.quick, cache_dir=cache)
   if command == "score":
     return cli.score(train=f.train, test=f.test, gen=f.gen,
                      reference=f.reference, out=out,
