@@ -52,24 +52,18 @@ def _result_arrays(prefix, ref, res):
   return out
 
 
-def _ties():
-  """Exact triplicates (rows i, i + 41, i + 82: three different devices out
-  of 8); a query equal to them must get the lowest index."""
-  rng = np.random.default_rng(3)
-  base = rng.normal(size=(41, 4)).astype(np.float32)
-  pts = np.concatenate([base, base, base])[None]             # [1, 123, 4]
-  cells = np.tile(np.arange(41) % 3, 3)[None].astype(np.int32)
-  return pts, cells, base[None, ::2], cells[:, :41:2]
-
-
 # ---------------------------------------------------------------- workers
 def _kernel_case(seed=4):
-  """Random points for the bare sharded kernel (N not a multiple of 8)."""
+  """Random points for the bare sharded kernel (N not a multiple of 8). Rows
+  500-599 duplicate rows 0-99 (other devices: 500 mod 8 = 4) and the first
+  20 queries are copies of rows 0, 5, ..., 95: the lower index must win."""
   rng = np.random.default_rng(seed)
   pts = rng.normal(size=(2, 1001, 6)).astype(np.float32)
   cells = rng.integers(0, 4, (2, 1001)).astype(np.int32)
+  pts[:, 500:600], cells[:, 500:600] = pts[:, :100], cells[:, :100]
   queries = rng.normal(size=(2, 200, 6)).astype(np.float32)
   q_cells = rng.integers(0, 5, (2, 200)).astype(np.int32)   # 4 = padding
+  queries[:, :20], q_cells[:, :20] = pts[:, :100:5], cells[:, :100:5]
   return pts, cells, queries, q_cells
 
 
@@ -84,15 +78,14 @@ def _worker_devices(out_path):
   out.update(_result_arrays("two", ref8, ref8.score(
       gen, return_neighbors=True, mesh=jax.devices()[:2])))
   mesh = parallel.make_mesh()
-  for name, (pts, cells, queries, q_cells, k) in (
-      ("kernel", _kernel_case() + (4,)), ("ties", _ties() + (3,))):
-    for metric in ("cosine", "l2"):
-      index = parallel.shard_index(pts, cells, n_cells=k, metric=metric,
-                                   mesh=mesh)
-      dist, idx = parallel.nearest_in_cell(index, queries, q_cells,
-                                           tile_queries=32, tile_train=64)
-      out[f"{name}/{metric}/dist"] = np.asarray(dist)
-      out[f"{name}/{metric}/idx"] = np.asarray(idx)
+  pts, cells, queries, q_cells = _kernel_case()
+  for metric in ("cosine", "l2"):
+    index = parallel.shard_index(pts, cells, n_cells=4, metric=metric,
+                                 mesh=mesh)
+    dist, idx = parallel.nearest_in_cell(index, queries, q_cells,
+                                         tile_queries=32, tile_train=64)
+    out[f"kernel/{metric}/dist"] = np.asarray(dist)
+    out[f"kernel/{metric}/idx"] = np.asarray(idx)
   np.savez(out_path, **out)
 
 
@@ -208,7 +201,8 @@ def test_sharded_neighbours_match_brute_force(runs):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_sharded_kernel_equals_engine_kernel(runs, metric):
+def test_sharded_kernel_equals_engine_kernel_ties_to_lowest_index(runs,
+                                                                 metric):
   pts, cells, queries, q_cells = _kernel_case()
   got_d = runs["eight"][f"kernel/{metric}/dist"]
   got_i = runs["eight"][f"kernel/{metric}/idx"]
@@ -218,19 +212,11 @@ def test_sharded_kernel_equals_engine_kernel(runs, metric):
     np.testing.assert_array_equal(got_i[l], i)
     np.testing.assert_allclose(got_d[l], d, rtol=1e-6, atol=1e-6)
     pad = q_cells[l] == 4
-    assert np.all(got_i[l][pad] == -1) and np.all(np.isinf(got_d[l][pad]))
-
-
-@pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_ties_go_to_the_lowest_index(runs, metric):
-  pts, cells, queries, q_cells = _ties()
-  got = runs["eight"][f"ties/{metric}/idx"][0]
-  np.testing.assert_allclose(runs["eight"][f"ties/{metric}/dist"], 0.0,
-                             atol=1e-12)
-  np.testing.assert_array_equal(got, np.arange(0, 41, 2))
-  index = nb.build_index(pts[0], cells[0], 3, metric)       # one device
-  np.testing.assert_array_equal(
-      nb.nearest_in_cell(index, queries[0], q_cells[0])[1], got)
+    assert pad.any() and np.all(got_i[l][pad] == -1)
+    assert np.all(np.isinf(got_d[l][pad]))
+    # Exact copies present twice, on different devices: the lower index.
+    np.testing.assert_array_equal(got_i[l][:20], np.arange(0, 100, 5))
+    np.testing.assert_allclose(got_d[l][:20], 0.0, atol=1e-6)
 
 
 def test_two_processes_on_loopback(runs):
