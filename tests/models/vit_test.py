@@ -103,6 +103,8 @@ def test_random_init_is_seeded_and_identity_tracks_weights():
   tree = nnx.to_pure_dict(a.params)
   assert tree["pos_embed"].shape == (2 + 4, 192)  # CLS + distillation + 2x2 patches
   assert 0.015 < float(np.std(tree["blocks"][0]["mlp"]["fc1"]["kernel"])) < 0.025
+  from_hf = cm.from_config(tf.Dinov2WithRegistersConfig(**TINY, image_size=28, patch_size=14), 3)
+  assert from_hf.identity.startswith("dinov2_with_registers-L2-D32-H2-P14-S28-R4-")
 
 
 def test_wrong_channel_count_is_rejected():
