@@ -20,7 +20,7 @@ _LAZY_ATTRS = {
 }
 _LAZY_MODULES = ("models", "datasets", "fingerprint", "embedding", "preprocess",
                  "report", "generators", "probes", "baselines", "parallel",
-                 "cache", "demo")
+                 "cache", "demo", "encoder_training", "cli")
 
 __all__ = ["CTResult", "CTReference", "c_t", "ct_score", "ct_curve",
            *_LAZY_ATTRS, *_LAZY_MODULES]
