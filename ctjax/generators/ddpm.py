@@ -46,17 +46,18 @@ class Config:
   time_dim: int = 32
   timesteps: int = 100
   ddim_steps: int = 20
-  num_steps: int = 2500
-  batch_size: int = 128
+  num_steps: int = 2000
+  batch_size: int = 64
   learning_rate: float = 2e-3
   ema_decay: float = 0.995
   sample_batch: int = 500
 
 
 PRESETS = {"digits": Config(),
-           "fashion_mnist": Config(hidden=1024, depth=4, timesteps=500,
-                                   ddim_steps=50, num_steps=10000,
-                                   learning_rate=1e-3, ema_decay=0.999)}
+           "fashion_mnist": Config(hidden=512, depth=2, time_dim=64,
+                                   timesteps=200, ddim_steps=40,
+                                   num_steps=4000, batch_size=128,
+                                   learning_rate=1e-3, ema_decay=0.998)}
 
 
 def cosine_alpha_bar(timesteps):

@@ -30,7 +30,7 @@ class Config:
   """
   hidden: int = 128
   latent: int = 16
-  num_steps: int = 3000
+  num_steps: int = 2000
   batch_size: int = 128
   learning_rate: float = 5e-4
   beta1: float = 0.5
@@ -38,7 +38,7 @@ class Config:
 
 
 PRESETS = {"digits": Config(),
-           "fashion_mnist": Config(hidden=512, latent=64, num_steps=8000,
+           "fashion_mnist": Config(hidden=512, latent=64, num_steps=5000,
                                    learning_rate=2e-4)}
 
 

@@ -29,7 +29,7 @@ class Config:
   """
   hidden: int = 128
   latent: int = 8
-  num_steps: int = 2000
+  num_steps: int = 1500
   batch_size: int = 128
   learning_rate: float = 2e-3
   beta: float = 1.0
@@ -37,7 +37,7 @@ class Config:
 
 
 PRESETS = {"digits": Config(),
-           "fashion_mnist": Config(hidden=512, latent=16, num_steps=6000)}
+           "fashion_mnist": Config(hidden=512, latent=16, num_steps=5000)}
 
 
 class VAE(nnx.Module):
