@@ -5,6 +5,7 @@ with `jax.lax.map` inside one jitted call (sequential over layers, so memory is
 one layer's working set): `fit` is one compiled call, `score` is another.
 Only the final exact sums and the float64 Z/C_T arithmetic happen on the host.
 """
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -224,6 +225,31 @@ def _atomic_write_bytes(path, data: bytes):
     raise
 
 
+def _to_device(x):
+  """One copy onto the default device (``jnp.asarray`` of a NumPy array
+  briefly holds two on the CPU: 4 GB more instead of 2 for CIFAR-scale T)."""
+  return x if isinstance(x, jax.Array) else jax.device_put(x)
+
+
+@contextlib.contextmanager
+def _lapack_one_thread():
+  """Runs the block with one BLAS/LAPACK thread.
+
+  On the CPU, XLA's eigh calls the OpenBLAS LAPACK that SciPy ships; its
+  spinning worker threads collapse when the cores are shared (measured here:
+  0.1 s becomes 7 s for one 768 x 768 eigh on a loaded 2-core machine). For
+  these small matrices one thread costs next to nothing. XLA's own matrix
+  products do not use OpenBLAS and are unaffected.
+  """
+  try:
+    from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    yield
+    return
+  with threadpool_limits(limits=1, user_api="blas"):
+    yield
+
+
 def _layer_keys(seed, n_layers):
   """k-means key of every layer: ``fold_in(PRNGKey(seed), l)``; ``[L, 2]``."""
   return jax.vmap(lambda l: jax.random.fold_in(jax.random.PRNGKey(seed), l))(
@@ -328,14 +354,15 @@ class CTReference:
     keys = _layer_keys(seed, n_layers)
     sharded = None
     if mesh is None:
-      out = _fit_layers(jnp.asarray(train), jnp.asarray(test), keys,
-                        n_components=n_components, n_cells=n_cells,
-                        n_init=n_init, metric=metric,
-                        tile_queries=tile_queries, tile_train=tile_train)
+      with _lapack_one_thread():
+        out = jax.block_until_ready(_fit_layers(
+            _to_device(train), _to_device(test), keys,
+            n_components=n_components, n_cells=n_cells, n_init=n_init,
+            metric=metric, tile_queries=tile_queries, tile_train=tile_train))
     else:
       mesh = parallel.resolve_mesh(mesh)
       pca, km_fit, pt = _pca_kmeans_layers(
-          jnp.asarray(train), keys, n_components=n_components,
+          _to_device(train), keys, n_components=n_components,
           n_cells=n_cells, n_init=n_init)
       out, sharded = _fit_staged(pca, km_fit, pt, test, n_cells=n_cells,
                                  metric=metric, tile_queries=tile_queries,
@@ -472,7 +499,7 @@ class CTReference:
     # Pad to a bucket of 128 rows so batches of nearby sizes share one
     # compilation; padded rows get the sentinel cell k and count nowhere.
     m_pad = -(-m // 128) * 128
-    gen = jnp.asarray(gen)
+    gen = _to_device(gen)
     if m_pad != m:
       gen = jnp.concatenate(
           [gen, jnp.zeros((gen.shape[0], m_pad - m, gen.shape[2]), gen.dtype)],
