@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ctjax.generators import cache, common, ddpm, gan, gmm, kde, vae
 
@@ -147,7 +148,8 @@ def samples_or_load(family, dataset_name, images, seed, n, cache_dir=None,
     uint8 ``[n, *images.shape[1:]]``.
   """
   fam = get_family(family)
-  sample_seed = default_sample_seed(seed) if sample_seed is None else sample_seed
+  if sample_seed is None:
+    sample_seed = default_sample_seed(seed)
   images = common.check_images(images, "training images")
   hp = hparams_for(family, dataset_name, **(hparams or {}))
   path = None
@@ -176,11 +178,17 @@ def samples_for_all(dataset_name, images, n, seeds=SEEDS, families=None,
     for ``seeds[i]``; ``seconds[family]`` the wall time of all its runs
     (training, or cache loading, plus sampling).
   """
+  families = tuple(families or FAMILIES)
   samples, seconds = {}, {}
-  for family in families or tuple(FAMILIES):
-    start = time.perf_counter()
-    samples[family] = [samples_or_load(family, dataset_name, images, s, n,
-                                       cache_dir, progress=progress)
-                       for s in seeds]
-    seconds[family] = time.perf_counter() - start
+  with tqdm(total=len(families) * len(seeds), desc="generator runs",
+            disable=not progress) as bar:
+    for family in families:
+      start = time.perf_counter()
+      samples[family] = []
+      for s in seeds:
+        bar.set_postfix_str(f"{family} seed {s}")
+        samples[family].append(samples_or_load(
+            family, dataset_name, images, s, n, cache_dir, progress=progress))
+        bar.update(1)
+      seconds[family] = time.perf_counter() - start
   return samples, seconds
