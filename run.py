@@ -60,7 +60,9 @@ FLAGS = flags.FLAGS
 
 
 def _run(command):
+  import ctjax  # pylint: disable=g-import-not-at-top
   from ctjax import cli  # pylint: disable=g-import-not-at-top
+  ctjax.enable_compilation_cache()
   f = FLAGS
   cache = f.cache_dir or None
   out = f.out or f"ctjax_out/{command}"

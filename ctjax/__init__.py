@@ -23,6 +23,7 @@ _LAZY_MODULES = ("models", "datasets", "fingerprint", "embedding", "preprocess",
                  "cache", "demo", "encoder_training", "cli")
 
 __all__ = ["CTResult", "CTReference", "c_t", "ct_score", "ct_curve",
+           "enable_compilation_cache",
            *_LAZY_ATTRS, *_LAZY_MODULES]
 
 
@@ -35,3 +36,22 @@ def __getattr__(name):
   if name in _LAZY_MODULES:
     return importlib.import_module(f"ctjax.{name}")
   raise AttributeError(f"module 'ctjax' has no attribute {name!r}")
+
+
+def enable_compilation_cache(path: str | None = None) -> str:
+  """Turns on JAX's persistent compilation cache (off by default in JAX).
+
+  The fit and score kernels take tens of seconds to compile on a CPU; with the
+  cache a second process reuses the compiled code. run.py and the benchmarks
+  call this; a library user may too. Returns the folder used
+  (default ``$CTJAX_JAX_CACHE`` or ``~/.cache/ctjax/jax``).
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  path = path or os.environ.get("CTJAX_JAX_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "ctjax", "jax")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path

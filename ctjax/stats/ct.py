@@ -195,7 +195,7 @@ def _as_cells(name, cells, n_points):
 
 def c_t(test, test_cells, gen, gen_cells, train, train_cells, *, tau: float,
         metric: str = "l2", tile_queries: int | None = 64,
-        tile_train: int = 2048, return_neighbors: bool = False) -> CTResult:
+        tile_train: int = 4096, return_neighbors: bool = False) -> CTResult:
   """C_T of one embedding space with cells supplied by the caller.
 
   This is Meehan et al.'s test as published: the caller partitions the space.

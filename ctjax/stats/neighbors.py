@@ -125,7 +125,7 @@ def _tile_search(index: CellIndex, q, q_cells, q_aux, tile_train):
 
 def nearest_in_cell(index: CellIndex, queries: jax.Array, q_cells: jax.Array,
                     *, tile_queries: int | None = 64,
-                    tile_train: int = 2048):
+                    tile_train: int = 4096):
   """Nearest training point in the query's own cell.
 
   Args:

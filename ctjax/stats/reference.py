@@ -315,7 +315,7 @@ class CTReference:
           n_cells: int = 10, metric: str = "cosine", seed: int = 0,
           n_init: int = 10, meta: dict | None = None,
           layer_names=None, tile_queries: int = 64,
-          tile_train: int = 2048, mesh=None) -> "CTReference":
+          tile_train: int = 4096, mesh=None) -> "CTReference":
     """Fits PCA, k-means cells and test-set distances for every layer.
 
     Args:
