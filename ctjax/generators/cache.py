@@ -7,10 +7,11 @@ loading never unpickles anything.
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from ctjax.cache import atomic_write
 
 from ctjax.generators.common import GeneratorModel
 
@@ -20,19 +21,7 @@ _PARAM = "param:"
 
 def save_npz_atomic(path, arrays):
   """Writes ``arrays`` (name -> array) to ``path`` atomically."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_npz(path):

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 
 import jax
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctjax import parallel
+from ctjax.cache import atomic_write
 from ctjax.stats import ct as ct_lib
 from ctjax.stats import kmeans as km
 from ctjax.stats import mannwhitney
@@ -208,21 +208,6 @@ def _check_finite(name, x, layer_names):
     bad = [layer_names[i] for i in np.flatnonzero(~ok)]
     raise ValueError(f"{name} has NaN or Inf values in layer(s) "
                      f"{', '.join(map(str, bad))}")
-
-
-def _atomic_write_bytes(path, data: bytes):
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def _to_device(x):
@@ -576,7 +561,7 @@ class CTReference:
     header = dict(format=FORMAT, version=VERSION, config=self.config)
     np.savez(buf, __header__=np.frombuffer(json.dumps(header).encode(),
                                            np.uint8), **arrays)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write(os.fspath(path), lambda f: f.write(buf.getvalue()))
 
   @classmethod
   def load(cls, path) -> "CTReference":
