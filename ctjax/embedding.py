@@ -7,6 +7,7 @@ compilation per batch shape; the last batch is padded), pooled per layer
 is cached on disk when ``cache_dir`` is given. With several local devices the
 batch axis is sharded across them (``_data_parallel``).
 """
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -255,8 +256,39 @@ def embed(encoder, images, *, pool: str = "cls", layers=None, batch_size: int = 
   layers = _resolve_layers(layers, encoder.num_hidden_states)
   pconfig = pp.PreprocessConfig.from_encoder(encoder)
   source = as_source(images, pconfig, skip_bad)
-  n = len(source)
+  if jax.process_count() > 1:
+    # Several JAX processes (hosts): each embeds its contiguous share of the
+    # inputs on its own devices; the shares come back in input order.
+    from ctjax import parallel  # pylint: disable=g-import-not-at-top
+    n_total = len(source)
+    local = _embed_source(encoder, _process_share(source, skip_bad), pconfig,
+                          layers, pool, dtype, batch_size, cache_dir,
+                          progress, chunk_size)
+    return np.moveaxis(parallel.gather_in_order(np.moveaxis(local, 1, 0),
+                                                n_total), 0, 1)
+  return _embed_source(encoder, source, pconfig, layers, pool, dtype,
+                       batch_size, cache_dir, progress, chunk_size)
 
+
+def _process_share(source, skip_bad: bool):
+  """This process's contiguous share of ``source`` (`parallel.process_share`)."""
+  from ctjax import parallel  # pylint: disable=g-import-not-at-top
+  if skip_bad:
+    raise ValueError("skip_bad=True needs a single JAX process: with several, "
+                     "every share must keep its size to be gathered in order")
+  share = parallel.process_share(len(source))
+  if isinstance(source, FolderSource):
+    sub = copy.copy(source)
+    sub.paths = source.paths[share]
+    return sub
+  return ArraySource(source.images[share],
+                     name=f"{source.name}[{share.start}:{share.stop}]")
+
+
+def _embed_source(encoder, source, pconfig, layers, pool, dtype, batch_size,
+                  cache_dir, progress, chunk_size):
+  """`embed` of one source on this process's devices: ``[L, n, D]``."""
+  n = len(source)
   entry = None
   if cache_dir is not None:
     entry = EmbeddingCache(cache_dir, {

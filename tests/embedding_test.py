@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -176,3 +177,26 @@ def test_data_parallel_over_two_devices(tiny, images, tmp_path):
              JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
   subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
   np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, atol=1e-5)
+
+
+def test_process_shares_cover_inputs_in_order(monkeypatch, tmp_path):
+  """Several JAX processes: each takes a contiguous share, in input order."""
+  from PIL import Image
+  from ctjax import embedding, preprocess
+  cfg = preprocess.PreprocessConfig(image_size=8)
+  images = np.arange(7 * 4 * 4 * 3, dtype=np.uint8).reshape(7, 4, 4, 3)
+  for i, im in enumerate(images):
+    Image.fromarray(im).save(tmp_path / f"{i:02d}.png")
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  arrays, paths = [], []
+  for p in range(3):
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    arrays.append(embedding._process_share(
+        embedding.as_source(images, cfg), False).load(0, 7)[0])
+    paths += embedding._process_share(
+        embedding.as_source(str(tmp_path), cfg), False).paths
+  assert [len(a) for a in arrays] == [3, 2, 2]
+  np.testing.assert_array_equal(np.concatenate(arrays), images)
+  assert [os.path.basename(p) for p in paths] == [f"{i:02d}.png" for i in range(7)]
+  with pytest.raises(ValueError, match="skip_bad=True needs a single JAX process"):
+    embedding._process_share(embedding.as_source(images, cfg), True)
