@@ -68,7 +68,7 @@ def _run(command):
   out = f.out or f"ctjax_out/{command}"
   common = dict(encoder=f.encoder, pool=f.pool, cache_dir=cache)
   if command == "demo":
-    from ctjax import demo  # pylint: disable=g-import-not-at-top
+    from ctjax.audit import demo  # pylint: disable=g-import-not-at-top
     return demo.run(dataset=f.dataset, out=f.out or f"ctjax_out/demo-{f.dataset}",
                     seed=f.seed, quick=f.quick, cache_dir=cache)
   if command == "score":

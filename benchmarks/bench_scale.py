@@ -41,7 +41,7 @@ def _one(args):
   import numpy as np  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, _ROOT)
   import ctjax  # pylint: disable=g-import-not-at-top
-  from ctjax import parallel  # pylint: disable=g-import-not-at-top
+  from ctjax import sharding  # pylint: disable=g-import-not-at-top
   from ctjax.stats import neighbors as nb  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
@@ -60,7 +60,7 @@ def _one(args):
   train = sample(n_train)
   test = sample(args.n_test)
   gen = sample(args.m)
-  mesh = parallel.make_mesh() if args.mesh else None
+  mesh = sharding.make_mesh() if args.mesh else None
   t0 = time.perf_counter()
   ref = ctjax.CTReference.fit_streaming(
       train, test, n_components=d, n_cells=k, n_init=3, sample_size=20_000,

@@ -1,16 +1,19 @@
 """ctjax: the C_T data-copying statistic on every layer of a vision encoder.
 
-Public API (see README.md and ../shared/PROTOCOL.md for the method):
+Public API (see README.md, and docs/method.md for the method):
 
-  c_t, ct_score, ct_curve, CTReference, CTResult   -- the C_T engine (ctjax.stats)
+  c_t, ct_score, ct_curve, CTReference, CTResult   -- the C_T engine
   embed                                             -- all-layer embeddings of images
   FingerprintLibrary                                -- C_T-curve fingerprints
-  models, datasets, fingerprint                     -- submodules, imported lazily
+
+Submodules: stats (numerics), models (encoders), embedding, preprocess,
+fingerprint, sharding, storage, report; audit (the built-in default run) and
+cli are not imported by the library.
 """
 import importlib
 
-from ctjax.stats.ct import CTResult, c_t, ct_score
-from ctjax.stats.reference import CTReference, ct_curve
+from ctjax.reference import CTReference, ct_curve, ct_score
+from ctjax.stats.ct import CTResult, c_t
 
 __version__ = "0.1.0"
 
@@ -18,13 +21,11 @@ _LAZY_ATTRS = {
     "embed": ("ctjax.embedding", "embed"),
     "FingerprintLibrary": ("ctjax.fingerprint", "FingerprintLibrary"),
 }
-_LAZY_MODULES = ("models", "datasets", "fingerprint", "embedding", "preprocess",
-                 "report", "generators", "probes", "baselines", "parallel",
-                 "cache", "demo", "encoder_training", "cli")
+_LAZY_MODULES = ("models", "embedding", "preprocess", "fingerprint", "report",
+                 "sharding", "storage", "audit")
 
 __all__ = ["CTResult", "CTReference", "c_t", "ct_score", "ct_curve",
-           "enable_compilation_cache",
-           *_LAZY_ATTRS, *_LAZY_MODULES]
+           "enable_compilation_cache", *_LAZY_ATTRS]
 
 
 def __getattr__(name):

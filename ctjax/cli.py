@@ -5,13 +5,12 @@ flags, writes its files into an output folder, and returns a small dict of
 what it computed. Bad input raises `UserError` (a ValueError) with one line
 that names the path or setting; run.py prints it and exits with code 2.
 """
-import dataclasses
 import os
 
 import numpy as np
 
 from ctjax import report
-from ctjax.stats.reference import CTReference
+from ctjax.reference import CTReference
 
 
 class UserError(ValueError):
@@ -28,7 +27,7 @@ def load_encoder(spec: str):
   """
   from ctjax import models  # pylint: disable=g-import-not-at-top
   if spec.startswith(("default:", "random:")):
-    from ctjax import encoder_training  # pylint: disable=g-import-not-at-top
+    from ctjax.audit import encoder_training  # pylint: disable=g-import-not-at-top
     kind, _, rest = spec.partition(":")
     name, _, seed = rest.partition(":")
     if kind == "default":

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctjax import preprocess as pp
-from ctjax.cache import EmbeddingCache
+from ctjax.storage import EmbeddingCache
 from ctjax.models.encoder import forward
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -259,24 +259,24 @@ def embed(encoder, images, *, pool: str = "cls", layers=None, batch_size: int = 
   if jax.process_count() > 1:
     # Several JAX processes (hosts): each embeds its contiguous share of the
     # inputs on its own devices; the shares come back in input order.
-    from ctjax import parallel  # pylint: disable=g-import-not-at-top
+    from ctjax import sharding  # pylint: disable=g-import-not-at-top
     n_total = len(source)
     local = _embed_source(encoder, _process_share(source, skip_bad), pconfig,
                           layers, pool, dtype, batch_size, cache_dir,
                           progress, chunk_size)
-    return np.moveaxis(parallel.gather_in_order(np.moveaxis(local, 1, 0),
+    return np.moveaxis(sharding.gather_in_order(np.moveaxis(local, 1, 0),
                                                 n_total), 0, 1)
   return _embed_source(encoder, source, pconfig, layers, pool, dtype,
                        batch_size, cache_dir, progress, chunk_size)
 
 
 def _process_share(source, skip_bad: bool):
-  """This process's contiguous share of ``source`` (`parallel.process_share`)."""
-  from ctjax import parallel  # pylint: disable=g-import-not-at-top
+  """This process's contiguous share of ``source`` (`sharding.process_share`)."""
+  from ctjax import sharding  # pylint: disable=g-import-not-at-top
   if skip_bad:
     raise ValueError("skip_bad=True needs a single JAX process: with several, "
                      "every share must keep its size to be gathered in order")
-  share = parallel.process_share(len(source))
+  share = sharding.process_share(len(source))
   if isinstance(source, FolderSource):
     sub = copy.copy(source)
     sub.paths = source.paths[share]

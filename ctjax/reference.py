@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctjax import parallel
-from ctjax.cache import atomic_write
+from ctjax import sharding
+from ctjax.storage import atomic_write
 from ctjax.stats import ct as ct_lib
 from ctjax.stats import kmeans as km
 from ctjax.stats import mannwhitney
@@ -125,9 +125,9 @@ def _fit_staged(pca, fit, pt, test, *, n_cells, metric, tile_queries,
     dist, idx = _search_layers(index, pp, test_cells,
                                tile_queries=tile_queries, tile_train=tile_train)
   else:
-    sharded = parallel.shard_index(index.points, index.cells, index.order,
+    sharded = sharding.shard_index(index.points, index.cells, index.order,
                                    n_cells=n_cells, metric=metric, mesh=mesh)
-    dist, idx = parallel.nearest_in_cell(sharded, pp, test_cells,
+    dist, idx = sharding.nearest_in_cell(sharded, pp, test_cells,
                                          tile_queries=tile_queries,
                                          tile_train=tile_train)
   out = _finish_layers(pca, fit, index, test_cells, dist, idx,
@@ -319,7 +319,7 @@ class CTReference:
       mesh: ``None`` (one device), ``"all"`` (every device) or a
         `jax.sharding.Mesh` with a ``"data"`` axis: the test set's nearest
         neighbours are searched with the projected training points sharded
-        over the mesh (`ctjax.parallel`); the result is the same.
+        over the mesh (`ctjax.sharding`); the result is the same.
 
     Raises:
       ValueError: NaN/Inf (naming the layer), mismatched shapes, fewer
@@ -345,7 +345,7 @@ class CTReference:
             n_components=n_components, n_cells=n_cells, n_init=n_init,
             metric=metric, tile_queries=tile_queries, tile_train=tile_train))
     else:
-      mesh = parallel.resolve_mesh(mesh)
+      mesh = sharding.resolve_mesh(mesh)
       pca, km_fit, pt = _pca_kmeans_layers(
           _to_device(train), keys, n_components=n_components,
           n_cells=n_cells, n_init=n_init)
@@ -409,7 +409,7 @@ class CTReference:
     else:
       tile_queries, tile_train = streaming.tiles_for_budget(
           memory_budget, n_components, n_train)
-    mesh = None if mesh is None else parallel.resolve_mesh(mesh)
+    mesh = None if mesh is None else sharding.resolve_mesh(mesh)
     out, sharded = _fit_staged(pca, km_fit, pt, test, n_cells=n_cells,
                                metric=metric, tile_queries=tile_queries,
                                tile_train=tile_train, mesh=mesh)
@@ -465,7 +465,7 @@ class CTReference:
       mesh: ``None`` (one device), ``"all"`` or a `jax.sharding.Mesh` with a
         ``"data"`` axis: the projected training points are sharded over the
         mesh (dealt out once per mesh and cached) and the nearest neighbours
-        reduced across devices (`ctjax.parallel`); the result is the same.
+        reduced across devices (`ctjax.sharding`); the result is the same.
 
     Returns:
       A `CTResult`: ``ct [L]``, ``z``/``included``/``test_frac``/
@@ -498,7 +498,7 @@ class CTReference:
     else:
       pg, cells = _score_cells_layers(fitted, gen, valid,
                                       n_cells=cfg["n_cells"])
-      dist, idx = parallel.nearest_in_cell(
+      dist, idx = sharding.nearest_in_cell(
           self.sharded_index(mesh), pg, cells,
           tile_queries=cfg["tile_queries"], tile_train=cfg["tile_train"])
       tu = _twice_u_layers(fitted["test_sorted"], fitted["test_starts"], dist,
@@ -520,12 +520,12 @@ class CTReference:
   def _sharded_index_cache(self) -> dict:
     return self.__dict__.setdefault("_sharded_indexes", {})
 
-  def sharded_index(self, mesh) -> "parallel.ShardedIndex":
+  def sharded_index(self, mesh) -> "sharding.ShardedIndex":
     """The projected training points dealt out over ``mesh`` (cached)."""
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = sharding.resolve_mesh(mesh)
     cache = self._sharded_index_cache()
     if mesh not in cache:
-      cache[mesh] = parallel.shard_index(
+      cache[mesh] = sharding.shard_index(
           self.arrays["points"], self.arrays["cells"], self.arrays["order"],
           n_cells=self.config["n_cells"], metric=self.config["metric"],
           mesh=mesh)
@@ -596,3 +596,29 @@ def ct_curve(train, test, gen, **kwargs) -> ct_lib.CTResult:
   score_kw = {k: kwargs.pop(k) for k in ("tau", "return_neighbors")
               if k in kwargs}
   return CTReference.fit(train, test, **kwargs).score(gen, **score_kw)
+
+
+def ct_score(train, test, gen, *, n_components: int = 64, n_cells: int = 10,
+             tau: float | None = None, metric: str = "cosine", seed: int = 0,
+             return_neighbors: bool = False) -> ct_lib.CTResult:
+  """C_T of one layer end to end: PCA and k-means fitted on ``train``, then scored.
+
+  Args:
+    train: ``[N, D]`` training embeddings T.
+    test: ``[n, D]`` held-out test embeddings P.
+    gen: ``[m, D]`` generated embeddings Q.
+    n_components: PCA dimension (capped at min(64, N, D) when left default).
+    n_cells: number of k-means cells.
+    tau: threshold; ``None`` = 20/m.
+    metric: "cosine" (1 − |cos|, the paper's) or "l2".
+    seed: k-means seed.
+
+  Returns:
+    A `CTResult` with ``ct`` a float and ``[k]`` per-cell fields.
+  """
+  ref = CTReference.fit(np.asarray(train)[None], np.asarray(test)[None],
+                        n_components=n_components, n_cells=n_cells,
+                        metric=metric, seed=seed)
+  res = ref.score(np.asarray(gen)[None], tau=tau,
+                  return_neighbors=return_neighbors)
+  return res.squeeze()

@@ -1,5 +1,4 @@
 """CTReference: all layers at once, against the oracle; errors; save/load."""
-import warnings
 
 import numpy as np
 import pytest

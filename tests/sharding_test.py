@@ -1,4 +1,4 @@
-"""ctjax.parallel: sharded fit/score equal the single-device ones.
+"""ctjax.sharding: sharded fit/score equal the single-device ones.
 
 The multi-device runs happen in subprocesses (this file run as a module) so
 the rest of the suite keeps one CPU device: 8 simulated devices via
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import ctjax
-from ctjax import parallel
+from ctjax import sharding
 from ctjax.stats import neighbors as nb
 from tests.stats import oracle
 
@@ -77,12 +77,12 @@ def _worker_devices(out_path):
                        ref8.score(gen, return_neighbors=True, mesh="all"))
   out.update(_result_arrays("two", ref8, ref8.score(
       gen, return_neighbors=True, mesh=jax.devices()[:2])))
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   pts, cells, queries, q_cells = _kernel_case()
   for metric in ("cosine", "l2"):
-    index = parallel.shard_index(pts, cells, n_cells=4, metric=metric,
+    index = sharding.shard_index(pts, cells, n_cells=4, metric=metric,
                                  mesh=mesh)
-    dist, idx = parallel.nearest_in_cell(index, queries, q_cells,
+    dist, idx = sharding.nearest_in_cell(index, queries, q_cells,
                                          tile_queries=32, tile_train=64)
     out[f"kernel/{metric}/dist"] = np.asarray(dist)
     out[f"kernel/{metric}/idx"] = np.asarray(idx)
@@ -101,7 +101,7 @@ def _worker_distributed(out_path, ref_path, port, pid):
     out = _result_arrays("dist", ref,
                          ref.score(gen, return_neighbors=True, mesh="all"))
     items = list(range(11))
-    out["gathered"] = parallel.map_in_order(
+    out["gathered"] = sharding.map_in_order(
         lambda xs: np.array([[3 * x, jax.process_index()] for x in xs]),
         items)
     np.savez(out_path, **out)
@@ -112,7 +112,7 @@ def _worker_distributed(out_path, ref_path, port, pid):
 def _start(args, n_devices):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
-  return subprocess.Popen([sys.executable, "-m", "tests.parallel_test", *args],
+  return subprocess.Popen([sys.executable, "-m", "tests.sharding_test", *args],
                           cwd=_ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
@@ -233,36 +233,36 @@ def test_one_device_mesh_in_process(runs):
   np.testing.assert_allclose(got.ct, res.ct, rtol=0, atol=1e-6)
   np.testing.assert_array_equal(got.neighbors.gen_index,
                                 res.neighbors.gen_index)
-  assert ref.sharded_index("all") is ref.sharded_index(parallel.make_mesh())
+  assert ref.sharded_index("all") is ref.sharded_index(sharding.make_mesh())
 
 
 def test_process_share_covers_inputs_in_order():
   for n_items in (0, 1, 7, 10, 11):
     for count in (1, 2, 3, 4):
-      shares = [parallel.process_share(n_items, p, count) for p in range(count)]
+      shares = [sharding.process_share(n_items, p, count) for p in range(count)]
       got = [i for s in shares for i in range(n_items)[s]]
       assert got == list(range(n_items))
       sizes = [s.stop - s.start for s in shares]
       assert max(sizes) - min(sizes) <= 1
   with pytest.raises(ValueError, match="process_index"):
-    parallel.process_share(5, 2, 2)
-  np.testing.assert_array_equal(parallel.gather_in_order(np.arange(4), 4),
+    sharding.process_share(5, 2, 2)
+  np.testing.assert_array_equal(sharding.gather_in_order(np.arange(4), 4),
                                 np.arange(4))
   with pytest.raises(ValueError, match="share"):
-    parallel.gather_in_order(np.arange(3), 4)
+    sharding.gather_in_order(np.arange(3), 4)
 
 
 def test_bad_mesh_is_named():
   with pytest.raises(ValueError, match="'all'"):
-    parallel.resolve_mesh("everything")
+    sharding.resolve_mesh("everything")
   other = jax.sharding.Mesh(np.asarray(jax.devices()), ("model",))
   with pytest.raises(ValueError, match="'data'"):
-    parallel.resolve_mesh(other)
+    sharding.resolve_mesh(other)
   with pytest.raises(ValueError, match="dimension"):
-    parallel.nearest_in_cell(
-        parallel.shard_index(np.zeros((1, 8, 3), np.float32),
+    sharding.nearest_in_cell(
+        sharding.shard_index(np.zeros((1, 8, 3), np.float32),
                              np.zeros((1, 8), np.int32), n_cells=1,
-                             metric="l2", mesh=parallel.make_mesh()),
+                             metric="l2", mesh=sharding.make_mesh()),
         np.zeros((1, 2, 4), np.float32), np.zeros((1, 2), np.int32))
 
 

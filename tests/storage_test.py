@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from ctjax import cache
+from ctjax import storage
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -16,22 +16,22 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     raise KeyboardInterrupt
 
   with pytest.raises(KeyboardInterrupt):
-    cache.atomic_write(str(path), crash)
+    storage.atomic_write(str(path), crash)
   assert path.read_bytes() == b"old"
   assert os.listdir(tmp_path) == ["x.bin"]
-  cache.atomic_write(str(path), lambda f: f.write(b"new"))
+  storage.atomic_write(str(path), lambda f: f.write(b"new"))
   assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["x.bin"]
 
 
 def test_key_depends_on_every_part_not_on_order():
-  a = cache.cache_key({"encoder": "e", "pool": "cls", "data": "d"})
-  assert a == cache.cache_key({"data": "d", "pool": "cls", "encoder": "e"})
-  assert a != cache.cache_key({"encoder": "e", "pool": "mean", "data": "d"})
-  assert a != cache.cache_key({"encoder": "e", "pool": "cls", "data": "d2"})
+  a = storage.cache_key({"encoder": "e", "pool": "cls", "data": "d"})
+  assert a == storage.cache_key({"data": "d", "pool": "cls", "encoder": "e"})
+  assert a != storage.cache_key({"encoder": "e", "pool": "mean", "data": "d"})
+  assert a != storage.cache_key({"encoder": "e", "pool": "cls", "data": "d2"})
 
 
 def test_chunks_roundtrip_then_finish(tmp_path, rng):
-  entry = cache.EmbeddingCache(str(tmp_path), {"x": 1})
+  entry = storage.EmbeddingCache(str(tmp_path), {"x": 1})
   assert entry.load() is None and entry.get_chunk(0, 4) is None
   first = rng.normal(size=(3, 4, 5)).astype(np.float32)
   entry.put_chunk(0, 4, first, ["bad.png"])
@@ -39,9 +39,9 @@ def test_chunks_roundtrip_then_finish(tmp_path, rng):
   np.testing.assert_array_equal(got, first)
   assert skipped == ["bad.png"]
   assert entry.get_chunk(0, 8) is None  # other boundaries are not reused
-  assert cache.EmbeddingCache(str(tmp_path), {"x": 1}).get_chunk(0, 4) is not None
+  assert storage.EmbeddingCache(str(tmp_path), {"x": 1}).get_chunk(0, 4) is not None
   entry.finish(first, ["bad.png"])
-  emb, skipped = cache.EmbeddingCache(str(tmp_path), {"x": 1}).load()
+  emb, skipped = storage.EmbeddingCache(str(tmp_path), {"x": 1}).load()
   np.testing.assert_array_equal(emb, first)
   assert skipped == ["bad.png"]
   assert sorted(os.listdir(entry.folder)) == ["done.json", "embeddings.npy", "meta.json"]

@@ -28,9 +28,10 @@ import warnings
 
 import numpy as np
 
-from ctjax import baselines, datasets, fingerprint, generators, probes, report
+from ctjax import fingerprint, report
+from ctjax.audit import baselines, datasets, generators, probes
 from ctjax.embedding import embed
-from ctjax.stats.reference import CTReference
+from ctjax.reference import CTReference
 
 RULES = ("paper", "cosine", "l2", "paper-centroid", "cosine-centroid",
          "l2-centroid")
@@ -146,7 +147,7 @@ def run(dataset="digits", out="ctjax_out/demo-digits", seed=0, quick=False,
     echo: where progress lines go.
     config: a `DemoConfig` replacing the data set's preset.
   """
-  from ctjax import encoder_training  # pylint: disable=g-import-not-at-top
+  from ctjax.audit import encoder_training  # pylint: disable=g-import-not-at-top
   cfg = config or PRESETS.get(dataset)
   if cfg is None:
     raise ValueError(f"unknown demo data set {dataset!r}; choose one of "
@@ -319,7 +320,7 @@ def write_report(out, *, dataset, cfg, refs, layers, probe_curves, curves,
   for p, c in probe_curves["trained"].items():
     lines.append(f"| {p} | " + " | ".join(
         "nan" if not np.isfinite(v) else f"{v:+.1f}" for v in c) + " |")
-  lines += ["", f"![probes](probes_trained.png)", "",
+  lines += ["", "![probes](probes_trained.png)", "",
             "## Fingerprinting: identification of held-out generator runs", "",
             f"{len(curves['trained'])} families × 3 runs; {cfg.batches_per_run}"
             f" batches of {cfg.batch} samples per run; two runs enrolled, the "

@@ -2,11 +2,11 @@
 
 Neither pretrained ViT weights nor ImageNet-scale data are available offline,
 so ctjax ships small ViTs trained here on the training split of each data set
-(ctjax/assets/vit-<dataset>/, Hugging Face layout: config.json,
+(ctjax/audit/assets/vit-<dataset>/, Hugging Face layout: config.json,
 model.safetensors, preprocessor_config.json, plus head.safetensors and
 training_report.json). Reproduce a folder with::
 
-  python -m ctjax.encoder_training --dataset digits --seed 0 --out ctjax/assets/vit-digits
+  python -m ctjax.audit.encoder_training --dataset digits --seed 0 --out ctjax/audit/assets/vit-digits
 
 Training sees exactly the pixels the embedding pipeline (ctjax.preprocess)
 produces: each image is resized (shorter side to int(256/224 * S), bilinear,
@@ -37,11 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-from ctjax import datasets as ds
+from ctjax.audit import datasets as ds
 from ctjax import preprocess as pp
 from ctjax.models import convert
+from ctjax.models.export import hf_config, to_hf_tensors
 from ctjax.models.config import EncoderConfig
 from ctjax.models.encoder import Encoder, forward, from_config
 
@@ -55,7 +55,7 @@ class TrainConfig:
   """How one default encoder is trained.
 
   Attributes:
-    dataset: data set name (ctjax.datasets.DATASETS).
+    dataset: data set name (ctjax.audit.datasets.DATASETS).
     encoder: the EncoderConfig of the ViT (model_type "vit", 3 channels).
     steps: optimiser steps.
     batch_size: images per step.
@@ -270,7 +270,7 @@ def train(config: TrainConfig, data: ds.Dataset | None = None, log_every: int = 
 
   Args:
     config: the TrainConfig.
-    data: the data set (default: ``ctjax.datasets.load(config.dataset)``).
+    data: the data set (default: ``ctjax.audit.datasets.load(config.dataset)``).
     log_every: print the mean loss every this many steps (0: never).
     log: where progress lines go.
   """
@@ -348,61 +348,6 @@ def accuracy(encoder: Encoder, head: Head, images, labels, batch_size: int = 500
 # ------------------------------------------------------------------ export
 
 
-def to_hf_tensors(encoder: Encoder) -> dict[str, np.ndarray]:
-  """The encoder's parameters under transformers' names and layouts.
-
-  The inverse of ``ctjax.models.convert.load_state``: each conversion rule
-  there (transpose, reshape, slice) only moves elements, so applying it to an
-  array of element indices tells where every ctjax value goes in the
-  checkpoint tensor.
-
-  Args:
-    encoder: any ctjax Encoder.
-
-  Returns:
-    name -> float32 array, e.g. ``encoder.layer.0.attention.attention.query.weight``
-    ``[H*K, D]``; loadable by transformers' ``ViTModel.from_pretrained`` (and
-    the DeiT/DINOv2 classes for those families).
-  """
-  rules = convert.checkpoint_rules(encoder.config)
-  pure = nnx.to_pure_dict(encoder.params)
-  flat, filled, shapes = {}, {}, {}
-  for path, leaf in convert.jax_flat(pure):
-    if path not in rules:
-      raise ValueError(f"no checkpoint name for ctjax parameter {'/'.join(map(str, path))}")
-    name, hf_shape, fn = rules[path]
-    value = np.asarray(leaf, np.float32)
-    size = int(np.prod(hf_shape))
-    index = np.asarray(fn(np.arange(size).reshape(hf_shape)))
-    if index.shape != value.shape:
-      raise ValueError(f"{name}: rule gives shape {index.shape}, parameter has {value.shape}")
-    if name not in flat:
-      flat[name], filled[name] = np.zeros(size, np.float32), np.zeros(size, bool)
-      shapes[name] = tuple(hf_shape)
-    flat[name][index.ravel()] = value.ravel()
-    filled[name][index.ravel()] = True
-  unfilled = [n for n, f in filled.items() if not f.all()]
-  if unfilled:
-    raise ValueError(f"checkpoint tensors not fully covered by parameters: {unfilled}")
-  return {name: values.reshape(shapes[name]) for name, values in flat.items()}
-
-
-def hf_config(config: EncoderConfig, num_labels: int | None = None):
-  """A transformers ViTConfig describing a ctjax "vit" EncoderConfig."""
-  import transformers
-  if config.model_type != "vit" or config.head_dim * config.num_heads != config.hidden_size:
-    raise ValueError(f"only plain ViT configs with head_dim*num_heads == hidden_size export "
-                     f"to a ViTConfig; got {config}")
-  kwargs = {"num_labels": num_labels} if num_labels else {}
-  return transformers.ViTConfig(
-      hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-      num_attention_heads=config.num_heads, intermediate_size=config.mlp_dim,
-      hidden_act=config.hidden_act, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-      layer_norm_eps=config.layer_norm_eps, image_size=config.image_size,
-      patch_size=config.patch_size, num_channels=config.num_channels,
-      qkv_bias=config.qkv_bias, architectures=["ViTModel"], **kwargs)
-
-
 def preprocessor_dict(config: EncoderConfig) -> dict:
   """preprocessor_config.json: resize to int(256/224*S), centre-crop S (DeiT's processor)."""
   pre = preprocess_config(config)
@@ -462,7 +407,7 @@ def asset_folder(dataset: str = "digits") -> str:
   folder = os.path.join(ASSETS_DIR, f"vit-{dataset}")
   if not os.path.exists(os.path.join(folder, "model.safetensors")):
     raise ValueError(f"{folder} holds no model.safetensors; recreate it with `python -m "
-                     f"ctjax.encoder_training --dataset {dataset} --out {folder}`")
+                     f"ctjax.audit.encoder_training --dataset {dataset} --out {folder}`")
   return folder
 
 
@@ -522,7 +467,7 @@ def main(argv=None) -> dict:
   test_acc = accuracy(result.encoder, result.head, data.test_images, data.test_labels)
   train_acc = accuracy(result.encoder, result.head, data.train_images[:10000],
                        data.train_labels[:10000])
-  command = "python -m ctjax.encoder_training " + " ".join(
+  command = "python -m ctjax.audit.encoder_training " + " ".join(
       a for a in (f"--dataset {args.dataset}", f"--seed {args.seed}",
                   f"--steps {args.steps}" if args.steps is not None else "",
                   f"--out {args.out}" if args.out else "") if a)

@@ -28,7 +28,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -281,30 +281,3 @@ def check_cells(n_train, n_test, n_gen=None, layer=None, n_cells_arg=None):
                        f"(train: {n_train[c]}, generated: {n_gen[c]}); every "
                        f"cell needs at least one training and one test "
                        f"point{hint}")
-
-
-def ct_score(train, test, gen, *, n_components: int = 64, n_cells: int = 10,
-             tau: float | None = None, metric: str = "cosine", seed: int = 0,
-             return_neighbors: bool = False) -> CTResult:
-  """C_T of one layer end to end: PCA and k-means fitted on ``train``, then scored.
-
-  Args:
-    train: ``[N, D]`` training embeddings T.
-    test: ``[n, D]`` held-out test embeddings P.
-    gen: ``[m, D]`` generated embeddings Q.
-    n_components: PCA dimension (capped at min(64, N, D) when left default).
-    n_cells: number of k-means cells.
-    tau: threshold; ``None`` = 20/m.
-    metric: "cosine" (1 − |cos|, the paper's) or "l2".
-    seed: k-means seed.
-
-  Returns:
-    A `CTResult` with ``ct`` a float and ``[k]`` per-cell fields.
-  """
-  from ctjax.stats.reference import CTReference  # pylint: disable=g-import-not-at-top
-  ref = CTReference.fit(np.asarray(train)[None], np.asarray(test)[None],
-                        n_components=n_components, n_cells=n_cells,
-                        metric=metric, seed=seed)
-  res = ref.score(np.asarray(gen)[None], tau=tau,
-                  return_neighbors=return_neighbors)
-  return res.squeeze()

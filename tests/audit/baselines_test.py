@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ctjax import baselines
+from ctjax.audit import baselines
 
 
 def _scipy_frechet(mu1, c1, mu2, c2):

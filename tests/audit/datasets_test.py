@@ -1,4 +1,4 @@
-"""Tests for ctjax.datasets against scikit-learn's arrays and the IDX spec."""
+"""Tests for ctjax.audit.datasets against scikit-learn's arrays and the IDX spec."""
 import gzip
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import datasets as skd
 
-from ctjax import datasets
+from ctjax.audit import datasets
 
 
 def _write_idx(path, arr, code=0x08):

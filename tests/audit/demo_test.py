@@ -5,7 +5,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from ctjax import demo
+from ctjax.audit import demo
 
 
 def test_demo_small(tmp_path):

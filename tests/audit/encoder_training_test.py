@@ -1,5 +1,4 @@
 """The shipped default encoders, their training code and the Hugging Face exporter."""
-import dataclasses
 import json
 import os
 
@@ -10,10 +9,10 @@ import pytest
 from flax import nnx
 
 import ctjax.models as cm
-from ctjax import datasets as ds
-from ctjax import encoder_training as et
+from ctjax.audit import datasets as ds
+from ctjax.audit import encoder_training as et
 from ctjax import preprocess as pp
-from ctjax.models import convert
+from ctjax.models import convert, export
 
 SHIPPED = [d for d in et.DEFAULTS
            if os.path.exists(os.path.join(et.ASSETS_DIR, f"vit-{d}", "model.safetensors"))]
@@ -56,7 +55,7 @@ def test_shipped_folder_loads_with_its_training_config(dataset):
   assert encoder.config == et.DEFAULTS[dataset].encoder
   report = et.training_report(dataset)
   assert report["dataset"] == dataset
-  assert report["command"].startswith(f"python -m ctjax.encoder_training --dataset {dataset}")
+  assert report["command"].startswith(f"python -m ctjax.audit.encoder_training --dataset {dataset}")
   for key in ("seed", "steps", "train_seconds", "test_accuracy"):
     assert key in report, key
   head = et.default_head(dataset)
@@ -177,7 +176,7 @@ def test_to_hf_tensors_inverts_load_state_for_every_family(overrides):
   config = cm.EncoderConfig(hidden_size=16, num_layers=2, num_heads=2, head_dim=8, mlp_dim=24,
                             patch_size=4, image_size=8, **overrides)
   encoder = cm.from_config(config, seed=2)
-  _, state = cm.load_state(config, et.to_hf_tensors(encoder))
+  _, state = cm.load_state(config, export.to_hf_tensors(encoder))
   back = dict(convert.jax_flat(nnx.to_pure_dict(state)))
   for path, value in _pure(encoder).items():
     np.testing.assert_array_equal(back[path], value, err_msg=str(path))
@@ -204,8 +203,8 @@ def test_shipped_digits_folder_matches_transformers(tmp_path, digits, digits_enc
   from safetensors.numpy import save_file
   head = et.default_head("digits")
   clf_folder = tmp_path / "clf"
-  et.hf_config(digits_encoder.config, num_labels=10).save_pretrained(clf_folder)
-  tensors = {f"vit.{k}": v for k, v in et.to_hf_tensors(digits_encoder).items()}
+  export.hf_config(digits_encoder.config, num_labels=10).save_pretrained(clf_folder)
+  tensors = {f"vit.{k}": v for k, v in export.to_hf_tensors(digits_encoder).items()}
   save_file({**tensors, **et.head_tensors(head)}, str(clf_folder / "model.safetensors"))
   clf, info = transformers.ViTForImageClassification.from_pretrained(
       clf_folder, output_loading_info=True)

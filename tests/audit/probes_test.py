@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctjax import probes
+from ctjax.audit import probes
 
 
 @pytest.fixture

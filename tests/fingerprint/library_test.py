@@ -10,7 +10,8 @@ from scipy.spatial import distance
 
 from ctjax import fingerprint as fp
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "paper-curves")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
+                        "paper-curves")
 
 
 # -- the authors' files ------------------------------------------------------
@@ -385,7 +386,7 @@ def test_evaluate_open_set_adds_unknown_column():
 
 
 def test_integration_with_ct_reference(tmp_path, rng):
-  from ctjax.stats.reference import CTReference  # pylint: disable=g-import-not-at-top
+  from ctjax.reference import CTReference  # pylint: disable=g-import-not-at-top
   n_layers, dim = 2, 6
   train = rng.normal(size=(n_layers, 300, dim))
   test = rng.normal(size=(n_layers, 150, dim))

@@ -6,14 +6,13 @@ half-written file. Metadata travels as a JSON string inside the archive, so
 loading never unpickles anything.
 """
 import json
-import os
 import zipfile
 
 import numpy as np
 
-from ctjax.cache import atomic_write
+from ctjax.storage import atomic_write
 
-from ctjax.generators.common import GeneratorModel
+from ctjax.audit.generators.common import GeneratorModel
 
 _META = "__meta__"
 _PARAM = "param:"

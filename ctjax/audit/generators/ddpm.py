@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ctjax.generators import common
+from ctjax.audit.generators import common
 
 
 @dataclasses.dataclass(frozen=True)

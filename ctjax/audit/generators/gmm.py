@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from ctjax.generators import common
+from ctjax.audit.generators import common
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from ctjax.generators import common
+from ctjax.audit.generators import common
 
 
 @dataclasses.dataclass(frozen=True)

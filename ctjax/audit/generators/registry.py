@@ -18,12 +18,13 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ctjax.generators import cache, common, ddpm, gan, gmm, kde, vae
+from ctjax.audit.generators import cache, common, ddpm, gan, gmm, kde, vae
 
 
 @dataclasses.dataclass(frozen=True)

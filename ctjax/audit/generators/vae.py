@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ctjax.generators import common
+from ctjax.audit.generators import common
 
 
 @dataclasses.dataclass(frozen=True)

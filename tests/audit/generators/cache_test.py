@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from ctjax.generators import cache, common
+from ctjax.audit.generators import cache, common
 
 
 def _model():

@@ -1,11 +1,11 @@
-"""Tests for ctjax.generators.common."""
+"""Tests for ctjax.audit.generators.common."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from ctjax.generators import common
+from ctjax.audit.generators import common
 
 
 def test_pixel_round_trips(rng):

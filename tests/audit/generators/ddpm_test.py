@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctjax.generators import ddpm
+from ctjax.audit.generators import ddpm
 
 TINY = dict(hidden=16, depth=1, time_dim=8, timesteps=20, ddim_steps=5,
             num_steps=20, batch_size=16, sample_batch=32)

@@ -1,7 +1,7 @@
 """Tests for the MLP GAN."""
 import numpy as np
 
-from ctjax.generators import gan
+from ctjax.audit.generators import gan
 
 TINY = dict(hidden=16, latent=4, num_steps=20, batch_size=16, sample_batch=32)
 

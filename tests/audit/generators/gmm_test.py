@@ -1,7 +1,7 @@
 """Tests for the PCA + Gaussian-mixture generator."""
 import numpy as np
 
-from ctjax.generators import gmm
+from ctjax.audit.generators import gmm
 
 
 def _blobs(rng, n=300):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ctjax.generators import kde
+from ctjax.audit.generators import kde
 
 
 def test_tiny_bandwidth_copies_training_images(rng):

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from ctjax import generators
-from ctjax.generators import common, registry
+from ctjax.audit import generators
+from ctjax.audit.generators import common, registry
 
 
 def test_registry_has_the_issue_families():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ctjax.generators import vae
+from ctjax.audit.generators import vae
 
 TINY = dict(hidden=16, latent=2, num_steps=30, batch_size=16,
             sample_batch=32)
@@ -31,7 +31,7 @@ def test_training_lowers_the_loss(tiny_images):
   import jax
   import optax
   from flax import nnx
-  from ctjax.generators import common
+  from ctjax.audit.generators import common
   cfg = vae.Config(**TINY)
   graphdef, params = nnx.split(vae._build(cfg, 64, 0), nnx.Param)
   carry = (params, optax.adam(cfg.learning_rate).init(params))
