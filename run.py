@@ -14,6 +14,7 @@ Face folder (config.json + model.safetensors), default:DATASET for the shipped
 encoder, or random:DATASET[:SEED] for its untrained control.
 Errors in the input print one line and exit with code 2.
 """
+
 import sys
 
 from absl import app
@@ -25,35 +26,53 @@ COMMANDS = ("demo", "score", "enroll", "identify", "evaluate")
 flags.DEFINE_string("train", None, "Training set T: images or embeddings.")
 flags.DEFINE_string("test", None, "Held-out test set P: images or embeddings.")
 flags.DEFINE_string("gen", None, "Generated set Q: images or embeddings.")
-flags.DEFINE_string("encoder", None,
-                    "Encoder: HF folder, default:DATASET or random:DATASET[:SEED].")
-flags.DEFINE_string("reference", None,
-                    "Fitted reference (.npz): loaded if it exists, else fitted "
-                    "from --train/--test and saved there (score).")
+flags.DEFINE_string(
+  "encoder",
+  None,
+  "Encoder: HF folder, default:DATASET or random:DATASET[:SEED].",
+)
+flags.DEFINE_string(
+  "reference",
+  None,
+  "Fitted reference (.npz): loaded if it exists, else fitted "
+  "from --train/--test and saved there (score).",
+)
 flags.DEFINE_string("out", None, "Output folder (default ctjax_out/<command>).")
 flags.DEFINE_enum("pool", "cls", ["cls", "mean"], "Token pooling per layer.")
-flags.DEFINE_enum("metric", "cosine", ["cosine", "l2"],
-                  "Distance: 1 - |cos| (the paper) or Euclidean (Meehan).")
+flags.DEFINE_enum(
+  "metric",
+  "cosine",
+  ["cosine", "l2"],
+  "Distance: 1 - |cos| (the paper) or Euclidean (Meehan).",
+)
 flags.DEFINE_integer("n_components", 64, "PCA dimension per layer.")
 flags.DEFINE_integer("n_cells", 10, "k-means cells per layer.")
 flags.DEFINE_float("tau", None, "Generated-share threshold (default 20/m).")
 flags.DEFINE_integer("seed", 0, "Seed of k-means (and of the demo).")
 flags.DEFINE_integer("embed_batch_size", 64, "Images per encoder call.")
-flags.DEFINE_string("cache_dir", ".ctjax_cache",
-                    "Embedding cache folder ('' disables the cache).")
-flags.DEFINE_integer("gallery_layer", None,
-                     "Layer of the copy gallery (default: most negative C_T).")
+flags.DEFINE_string(
+  "cache_dir", ".ctjax_cache", "Embedding cache folder ('' disables the cache)."
+)
+flags.DEFINE_integer(
+  "gallery_layer",
+  None,
+  "Layer of the copy gallery (default: most negative C_T).",
+)
 flags.DEFINE_integer("gallery_size", 16, "Pairs shown in the copy gallery.")
 flags.DEFINE_string("library", None, "Fingerprint library (.json).")
 flags.DEFINE_string("label", None, "Generator label to enrol.")
 flags.DEFINE_multi_string("query", [], "LABEL=PATH query set (evaluate).")
 flags.DEFINE_integer("batch_size", 500, "Generated images per C_T curve.")
-flags.DEFINE_enum("library_metric", "paper",
-                  ["paper", "cosine", "l2", "paper-centroid",
-                   "cosine-centroid", "l2-centroid"],
-                  "Matching rule of a new library.")
+flags.DEFINE_enum(
+  "library_metric",
+  "paper",
+  ["paper", "cosine", "l2", "paper-centroid", "cosine-centroid", "l2-centroid"],
+  "Matching rule of a new library.",
+)
 flags.DEFINE_integer("top_k", 3, "Labels listed per query batch (identify).")
-flags.DEFINE_string("dataset", "digits", "Demo data set: digits or fashion_mnist.")
+flags.DEFINE_string(
+  "dataset", "digits", "Demo data set: digits or fashion_mnist."
+)
 flags.DEFINE_bool("quick", False, "Demo: fewer generator runs and samples.")
 
 FLAGS = flags.FLAGS
@@ -62,6 +81,7 @@ FLAGS = flags.FLAGS
 def _run(command):
   import ctjax  # pylint: disable=g-import-not-at-top
   from ctjax import cli  # pylint: disable=g-import-not-at-top
+
   ctjax.enable_compilation_cache()
   f = FLAGS
   cache = f.cache_dir or None
@@ -69,17 +89,38 @@ def _run(command):
   common = dict(encoder=f.encoder, pool=f.pool, cache_dir=cache)
   if command == "demo":
     from ctjax.audit import demo  # pylint: disable=g-import-not-at-top
-    return demo.run(dataset=f.dataset, out=f.out or f"ctjax_out/demo-{f.dataset}",
-                    seed=f.seed, quick=f.quick, cache_dir=cache)
+
+    return demo.run(
+      dataset=f.dataset,
+      out=f.out or f"ctjax_out/demo-{f.dataset}",
+      seed=f.seed,
+      quick=f.quick,
+      cache_dir=cache,
+    )
   if command == "score":
-    return cli.score(train=f.train, test=f.test, gen=f.gen,
-                     reference=f.reference, out=out,
-                     batch_size=f.embed_batch_size, metric=f.metric,
-                     n_components=f.n_components, n_cells=f.n_cells,
-                     tau=f.tau, seed=f.seed, gallery_layer=f.gallery_layer,
-                     gallery_size=f.gallery_size, **common)
-  fp = dict(library=f.library, reference=f.reference, batch_size=f.batch_size,
-            embed_batch_size=f.embed_batch_size, **common)
+    return cli.score(
+      train=f.train,
+      test=f.test,
+      gen=f.gen,
+      reference=f.reference,
+      out=out,
+      batch_size=f.embed_batch_size,
+      metric=f.metric,
+      n_components=f.n_components,
+      n_cells=f.n_cells,
+      tau=f.tau,
+      seed=f.seed,
+      gallery_layer=f.gallery_layer,
+      gallery_size=f.gallery_size,
+      **common,
+    )
+  fp = dict(
+    library=f.library,
+    reference=f.reference,
+    batch_size=f.batch_size,
+    embed_batch_size=f.embed_batch_size,
+    **common,
+  )
   if command == "enroll":
     return cli.enroll(label=f.label, gen=f.gen, metric=f.library_metric, **fp)
   if command == "identify":
@@ -92,13 +133,20 @@ def main(argv):
   args = argv[1:]
   command = args[0] if args else "demo"
   if command not in COMMANDS or len(args) > 1:
-    print(f"error: unknown command {' '.join(args)!r}; choose one of "
-          f"{', '.join(COMMANDS)} (see --help)", file=sys.stderr)
+    print(
+      f"error: unknown command {' '.join(args)!r}; choose one of "
+      f"{', '.join(COMMANDS)} (see --help)",
+      file=sys.stderr,
+    )
     sys.exit(2)
   try:
     _run(command)
-  except (ValueError, FileNotFoundError, NotADirectoryError,
-          PermissionError) as e:
+  except (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+  ) as e:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)

@@ -16,6 +16,7 @@ covariance and nearest-neighbour steps. Usage:
   python benchmarks/bench_ct.py            # full size (about 2-3 minutes)
   python benchmarks/bench_ct.py --small    # a quick smoke run
 """
+
 import argparse
 import resource
 import time
@@ -34,18 +35,23 @@ from ctjax.stats import pca as pca_lib
 
 def synthetic(rng, n_layers, n_train, n_test, m, dim, n_clusters=30):
   """Clustered embeddings, each layer a different mixture; gen half copies."""
+
   def layer(l):
     centers = rng.standard_normal((n_clusters, dim), np.float32) * 3
+
     def draw(k):
       x = rng.standard_normal((k, dim), np.float32)
       x += centers[rng.integers(0, n_clusters, k)]
       return x
+
     train = draw(n_train)
     test = draw(n_test)
     gen = draw(m)
     gen[: m // 2] = train[: m // 2] + 0.05 * (l + 1) * rng.standard_normal(
-        (m // 2, dim), np.float32)
+      (m // 2, dim), np.float32
+    )
     return train, test, gen
+
   parts = [layer(l) for l in range(n_layers)]
   return tuple(np.stack([p[i] for p in parts]) for i in range(3))
 
@@ -110,16 +116,21 @@ def score_numpy(fit, gen):
 
 
 def paper_pipeline(train, test, gen):
-  return np.array([score_numpy(fit_numpy(train[l], test[l]), gen[l])
-                   for l in range(train.shape[0])])
+  return np.array(
+    [
+      score_numpy(fit_numpy(train[l], test[l]), gen[l])
+      for l in range(train.shape[0])
+    ]
+  )
 
 
 # --------------------------------------------------------------- ctjax
 def timed(f, *a, **k):
   t = time.perf_counter()
   out = f(*a, **k)
-  jax.block_until_ready(jax.tree_util.tree_leaves(
-      out.arrays if hasattr(out, "arrays") else out.ct))
+  jax.block_until_ready(
+    jax.tree_util.tree_leaves(out.arrays if hasattr(out, "arrays") else out.ct)
+  )
   return out, time.perf_counter() - t
 
 
@@ -133,11 +144,10 @@ def main():
   else:
     L, N, n, m, D = 13, 50_000, 10_000, 500, 768
   rng = np.random.default_rng(0)
-  print(f"data: L={L} N={N} n={n} m={m} D={D} float32; "
-        f"devices={jax.devices()}")
+  print(f"data: L={L} N={N} n={n} m={m} D={D} float32; devices={jax.devices()}")
   train, test, gen = synthetic(rng, L, N, n, m, D)
   gen2 = gen.copy()
-  gen2[:, ::2] = test[:, :m // 2 + m % 2]
+  gen2[:, ::2] = test[:, : m // 2 + m % 2]
   peak = gemm_peak()
   print(f"float32 GEMM peak (jnp 2048^3): {peak:.1f} GFLOP/s")
 
@@ -162,13 +172,21 @@ def main():
   t_cov = time.perf_counter() - t
   # Σ over upper blocks of the symmetric product (block 256).
   nb_ = -(-D // 256)
-  cov_flops = 2 * N * D * D * (nb_ + 1) / (2 * nb_) if D > 256 else 2 * N * D * D
+  cov_flops = (
+    2 * N * D * D * (nb_ + 1) / (2 * nb_) if D > 256 else 2 * N * D * D
+  )
   a = ref.arrays
-  index = nb.CellIndex(points=a["points"][0], aux=a["aux"][0],
-                       cells=a["cells"][0], starts=a["starts"][0],
-                       order=a["order"][0], metric="cosine")
-  pca0 = pca_lib.PCA(a["pca_mean"][0], a["pca_components"][0],
-                     a["pca_variances"][0], 0.0)
+  index = nb.CellIndex(
+    points=a["points"][0],
+    aux=a["aux"][0],
+    cells=a["cells"][0],
+    starts=a["starts"][0],
+    order=a["order"][0],
+    metric="cosine",
+  )
+  pca0 = pca_lib.PCA(
+    a["pca_mean"][0], a["pca_components"][0], a["pca_variances"][0], 0.0
+  )
   pp = pca_lib.transform(pca0, jnp.asarray(test[0]))
   search = jax.jit(lambda q, c: nb.nearest_in_cell(index, q, c)[0])
   tc = a["test_cells"][0]
@@ -178,7 +196,7 @@ def main():
   t_nn = time.perf_counter() - t
   n_tr = np.asarray(a["n_train_cells"][0], np.float64)
   n_te = np.asarray(a["n_test_cells"][0], np.float64)
-  nn_flops = 2 * 64 * float(n_tr @ n_te)       # same-cell pairs only
+  nn_flops = 2 * 64 * float(n_tr @ n_te)  # same-cell pairs only
 
   # Baselines.
   t = time.perf_counter()
@@ -192,28 +210,36 @@ def main():
   cold = t_fit + t_score
   cold_c = t_fit_c + t_score_c
   rows = [
-      ("(a) paper pipeline, refit per batch", t_a, 1.0),
-      ("(b) NumPy/SciPy, fit reused, 1 batch", t_b, t_a / t_b),
-      ("ctjax cold incl. compile (fit+score)", cold_c, t_a / cold_c),
-      ("ctjax cold (fit+score, compiled)", cold, t_a / cold),
-      ("ctjax warm batch (fit reused)", t_warm, t_a / t_warm),
+    ("(a) paper pipeline, refit per batch", t_a, 1.0),
+    ("(b) NumPy/SciPy, fit reused, 1 batch", t_b, t_a / t_b),
+    ("ctjax cold incl. compile (fit+score)", cold_c, t_a / cold_c),
+    ("ctjax cold (fit+score, compiled)", cold, t_a / cold),
+    ("ctjax warm batch (fit reused)", t_warm, t_a / t_warm),
   ]
   print(f"\n| {'pipeline':40s} | {'seconds':>8s} | {'vs (a)':>8s} |")
   print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|")
   for name, s, r in rows:
     print(f"| {name:40s} | {s:8.3f} | {r:7.1f}x |")
   print(f"\nwarm vs (b): {t_b / t_warm:.1f}x   (goal >= 5x)")
-  print(f"cold vs (a): {t_a / cold:.1f}x compiled, {t_a / cold_c:.1f}x with "
-        f"compile (goal >= 5x); warm vs (a): {t_a / t_warm:.0f}x (goal >= 500x)")
-  print(f"peak RSS after the cold run: {rss_cold:.2f} GB (includes the "
-        f"{(train.nbytes + test.nbytes + gen.nbytes) / 1e9:.2f} GB of input; "
-        f"goal <= 6 GB)")
-  print(f"covariance, one layer: {t_cov * 1e3:.0f} ms = "
-        f"{cov_flops / t_cov / 1e9:.1f} GFLOP/s "
-        f"({cov_flops / t_cov / 1e9 / peak:.0%} of GEMM peak)")
-  print(f"test-set neighbour search, one layer: {t_nn * 1e3:.0f} ms = "
-        f"{nn_flops / t_nn / 1e9:.1f} GFLOP/s on same-cell pairs "
-        f"({nn_flops / t_nn / 1e9 / peak:.0%} of peak)")
+  print(
+    f"cold vs (a): {t_a / cold:.1f}x compiled, {t_a / cold_c:.1f}x with "
+    f"compile (goal >= 5x); warm vs (a): {t_a / t_warm:.0f}x (goal >= 500x)"
+  )
+  print(
+    f"peak RSS after the cold run: {rss_cold:.2f} GB (includes the "
+    f"{(train.nbytes + test.nbytes + gen.nbytes) / 1e9:.2f} GB of input; "
+    f"goal <= 6 GB)"
+  )
+  print(
+    f"covariance, one layer: {t_cov * 1e3:.0f} ms = "
+    f"{cov_flops / t_cov / 1e9:.1f} GFLOP/s "
+    f"({cov_flops / t_cov / 1e9 / peak:.0%} of GEMM peak)"
+  )
+  print(
+    f"test-set neighbour search, one layer: {t_nn * 1e3:.0f} ms = "
+    f"{nn_flops / t_nn / 1e9:.1f} GFLOP/s on same-cell pairs "
+    f"({nn_flops / t_nn / 1e9 / peak:.0%} of peak)"
+  )
   print(f"C_T per layer, ctjax: {np.array2string(res.ct, precision=2)}")
   print(f"C_T per layer, (b):   {np.array2string(ct_b, precision=2)}")
   print(f"C_T per layer, (a):   {np.array2string(ct_a, precision=2)}")

@@ -9,6 +9,7 @@ and bfloat16 (and PyTorch's on the same GPU).
 
   python benchmarks/bench_encoder.py [--batch 8] [--seconds 20] [--gpu]
 """
+
 import argparse
 import os
 import sys
@@ -18,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(
+  0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+)
 from ctjax.models import convert, encoder as encoder_lib  # noqa: E402
 from ctjax.models.config import from_hf_config  # noqa: E402
 
@@ -41,7 +44,7 @@ def gemm_peak(n=2048, reps=10, dtype=jnp.float32) -> float:
     t = time.perf_counter()
     f(a, a).block_until_ready()
     times.append(time.perf_counter() - t)
-  return 2 * n ** 3 / np.median(times) / 1e9
+  return 2 * n**3 / np.median(times) / 1e9
 
 
 def throughput(run, batch, seconds, min_iters=3) -> float:
@@ -57,40 +60,61 @@ def throughput(run, batch, seconds, min_iters=3) -> float:
 def build(torch_device="cpu"):
   import torch
   import transformers as tf
+
   torch.manual_seed(0)
-  model = tf.ViTModel(tf.ViTConfig(), add_pooling_layer=False).eval().to(torch_device)
+  model = (
+    tf.ViTModel(tf.ViTConfig(), add_pooling_layer=False).eval().to(torch_device)
+  )
   tensors = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
   config = from_hf_config(model.config)
-  graphdef, state = convert.load_state(config, tensors, source="random ViT-B/16")
-  return model, encoder_lib.Encoder(config, graphdef, state, source="random ViT-B/16")
+  graphdef, state = convert.load_state(
+    config, tensors, source="random ViT-B/16"
+  )
+  return model, encoder_lib.Encoder(
+    config, graphdef, state, source="random ViT-B/16"
+  )
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seconds", type=float, default=20.0)
-  parser.add_argument("--gpu", action="store_true", help="also batch 256 f32/bf16 on the GPU")
+  parser.add_argument(
+    "--gpu", action="store_true", help="also batch 256 f32/bf16 on the GPU"
+  )
   args = parser.parse_args()
   import torch
 
   on_gpu = jax.default_backend() == "gpu"
   torch_device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); "
-        f"torch {torch.__version__} on {torch_device}, {torch.get_num_threads()} threads")
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); "
+    f"torch {torch.__version__} on {torch_device}, {torch.get_num_threads()} threads"
+  )
   model, enc = build(torch_device)
   rng = np.random.default_rng(0)
   pixels = rng.normal(size=(args.batch, 224, 224, 3)).astype(np.float32)
   x_jax = jnp.asarray(pixels)
-  x_torch = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(torch_device)
+  x_torch = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(
+    torch_device
+  )
 
   fwd = jax.jit(encoder_lib.forward, static_argnums=(0, 3))
   t = time.perf_counter()
-  compiled = fwd.lower(enc.graphdef, enc.params, x_jax, jnp.dtype(jnp.float32)).compile()
+  compiled = fwd.lower(
+    enc.graphdef, enc.params, x_jax, jnp.dtype(jnp.float32)
+  ).compile()
   compile_s = time.perf_counter() - t
   ours = np.asarray(compiled(enc.params, x_jax).hidden_states)
   with torch.no_grad():
-    ref = torch.stack(model(x_torch, output_hidden_states=True).hidden_states).cpu().numpy()
-  print(f"max |ctjax - torch| over 13 hidden states: {np.abs(ours - ref).max():.2e}")
+    ref = (
+      torch.stack(model(x_torch, output_hidden_states=True).hidden_states)
+      .cpu()
+      .numpy()
+    )
+  print(
+    f"max |ctjax - torch| over 13 hidden states: {np.abs(ours - ref).max():.2e}"
+  )
 
   def run_jax():
     compiled(enc.params, x_jax).hidden_states.block_until_ready()
@@ -112,37 +136,59 @@ def main():
   j, p, peak = max(jax_ips), max(torch_ips), max(peaks)
   gflops = vit_b16_flops() * j / 1e9
   print()
-  print(f"| ViT-B/16, 224px, 13 hidden states, batch {args.batch}, float32 | value |")
+  print(
+    f"| ViT-B/16, 224px, 13 hidden states, batch {args.batch}, float32 | value |"
+  )
   print("| --- | --- |")
   print(f"| ctjax img/s (best of {rounds} rounds) | {j:.2f} |")
   print(f"| PyTorch transformers img/s ({torch_device}) | {p:.2f} |")
   print(f"| ratio ctjax / PyTorch | {j / p:.2f}x |")
   print(f"| ctjax compile time | {compile_s:.1f} s |")
-  print(f"| ctjax GFLOP/s ({vit_b16_flops() / 1e9:.1f} GFLOP/img) | {gflops:.1f} |")
+  print(
+    f"| ctjax GFLOP/s ({vit_b16_flops() / 1e9:.1f} GFLOP/img) | {gflops:.1f} |"
+  )
   print(f"| float32 GEMM peak (jnp 2048^3) GFLOP/s | {peak:.1f} |")
   print(f"| share of GEMM peak | {100 * gflops / peak:.0f}% |")
-  print(f"rounds: ctjax {[round(v, 2) for v in jax_ips]}, torch {[round(v, 2) for v in torch_ips]}")
+  print(
+    f"rounds: ctjax {[round(v, 2) for v in jax_ips]}, torch {[round(v, 2) for v in torch_ips]}"
+  )
 
   if on_gpu or args.gpu:
     big = jnp.asarray(rng.normal(size=(256, 224, 224, 3)), jnp.float32)
-    big_t = torch.from_numpy(np.asarray(big).transpose(0, 3, 1, 2).copy()).to(torch_device)
+    big_t = torch.from_numpy(np.asarray(big).transpose(0, 3, 1, 2).copy()).to(
+      torch_device
+    )
     print()
     print("| batch 256 on " + jax.devices()[0].device_kind + " | img/s |")
     print("| --- | --- |")
     for name in ("float32", "bfloat16"):
       dt = jnp.dtype(name)
       f = fwd.lower(enc.graphdef, enc.params, big, dt).compile()
-      ips = throughput(lambda: f(enc.params, big).hidden_states.block_until_ready(), 256,
-                       args.seconds / 4)
+      ips = throughput(
+        lambda: f(enc.params, big).hidden_states.block_until_ready(),
+        256,
+        args.seconds / 4,
+      )
       print(f"| ctjax {name} | {ips:.0f} |")
     if torch_device == "cuda":
+
       def run_big(autocast):
-        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+        with (
+          torch.no_grad(),
+          torch.autocast("cuda", torch.bfloat16, enabled=autocast),
+        ):
           model(big_t, output_hidden_states=True)
         torch.cuda.synchronize()
-      print(f"| PyTorch float32 | {throughput(lambda: run_big(False), 256, args.seconds / 4):.0f} |")
-      print(f"| PyTorch bf16 autocast | {throughput(lambda: run_big(True), 256, args.seconds / 4):.0f} |")
-    print(f"| bf16 GEMM peak (jnp 4096^3) GFLOP/s | {gemm_peak(4096, dtype=jnp.bfloat16):.0f} |")
+
+      print(
+        f"| PyTorch float32 | {throughput(lambda: run_big(False), 256, args.seconds / 4):.0f} |"
+      )
+      print(
+        f"| PyTorch bf16 autocast | {throughput(lambda: run_big(True), 256, args.seconds / 4):.0f} |"
+      )
+    print(
+      f"| bf16 GEMM peak (jnp 4096^3) GFLOP/s | {gemm_peak(4096, dtype=jnp.bfloat16):.0f} |"
+    )
     print(f"| f32 GEMM peak (jnp 2048^3) GFLOP/s | {peak:.0f} |")
 
 

@@ -10,6 +10,7 @@ Submodules: stats (numerics), models (encoders), embedding, preprocess,
 fingerprint, sharding, storage, report; audit (the built-in default run) and
 cli are not imported by the library.
 """
+
 import importlib
 
 from ctjax.reference import CTReference, ct_curve, ct_score
@@ -18,14 +19,29 @@ from ctjax.stats.ct import CTResult, c_t
 __version__ = "0.1.0"
 
 _LAZY_ATTRS = {
-    "embed": ("ctjax.embedding", "embed"),
-    "FingerprintLibrary": ("ctjax.fingerprint", "FingerprintLibrary"),
+  "embed": ("ctjax.embedding", "embed"),
+  "FingerprintLibrary": ("ctjax.fingerprint", "FingerprintLibrary"),
 }
-_LAZY_MODULES = ("models", "embedding", "preprocess", "fingerprint", "report",
-                 "sharding", "storage", "audit")
+_LAZY_MODULES = (
+  "models",
+  "embedding",
+  "preprocess",
+  "fingerprint",
+  "report",
+  "sharding",
+  "storage",
+  "audit",
+)
 
-__all__ = ["CTResult", "CTReference", "c_t", "ct_score", "ct_curve",
-           "enable_compilation_cache", *_LAZY_ATTRS]
+__all__ = [
+  "CTResult",
+  "CTReference",
+  "c_t",
+  "ct_score",
+  "ct_curve",
+  "enable_compilation_cache",
+  *_LAZY_ATTRS,
+]
 
 
 def __getattr__(name):
@@ -49,8 +65,12 @@ def enable_compilation_cache(path: str | None = None) -> str:
   """
   import os  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  path = path or os.environ.get("CTJAX_JAX_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "ctjax", "jax")
+
+  path = (
+    path
+    or os.environ.get("CTJAX_JAX_CACHE")
+    or os.path.join(os.path.expanduser("~"), ".cache", "ctjax", "jax")
+  )
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

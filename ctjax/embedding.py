@@ -7,6 +7,7 @@ compilation per batch shape; the last batch is padded), pooled per layer
 is cached on disk when ``cache_dir`` is given. With several local devices the
 batch axis is sharded across them (``_data_parallel``).
 """
+
 import copy
 import dataclasses
 import functools
@@ -44,18 +45,22 @@ class ArraySource:
     if np.issubdtype(np.dtype(images.dtype), np.floating):
       lo, hi = float(np.min(images)), float(np.max(images))
       if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"float images in {name} must lie in [0, 1]; got [{lo:.3g}, {hi:.3g}] "
-                         "(pass uint8 for 0..255 data)")
+        raise ValueError(
+          f"float images in {name} must lie in [0, 1]; got [{lo:.3g}, {hi:.3g}] "
+          "(pass uint8 for 0..255 data)"
+        )
 
   def __len__(self):
     return len(self.images)
 
   def fingerprint(self) -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{np.dtype(self.images.dtype).str}|{tuple(self.images.shape)}|".encode())
+    h.update(
+      f"{np.dtype(self.images.dtype).str}|{tuple(self.images.shape)}|".encode()
+    )
     step = 4096
     for i in range(0, len(self.images), step):
-      h.update(np.ascontiguousarray(self.images[i:i + step]).tobytes())
+      h.update(np.ascontiguousarray(self.images[i : i + step]).tobytes())
     return h.hexdigest()
 
   def load(self, start: int, stop: int):
@@ -77,21 +82,32 @@ class FolderSource:
     paths = []
     for root, dirs, files in os.walk(self.folder):
       dirs.sort()
-      paths += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-    self.paths = sorted(paths, key=lambda p: os.path.relpath(p, self.folder).replace(os.sep, "/"))
+      paths += [
+        os.path.join(root, f)
+        for f in files
+        if f.lower().endswith(IMAGE_EXTENSIONS)
+      ]
+    self.paths = sorted(
+      paths, key=lambda p: os.path.relpath(p, self.folder).replace(os.sep, "/")
+    )
     if not self.paths:
-      raise ValueError(f"folder {self.folder} contains no {'/'.join(IMAGE_EXTENSIONS)} images")
+      raise ValueError(
+        f"folder {self.folder} contains no {'/'.join(IMAGE_EXTENSIONS)} images"
+      )
     sizes = {self._header_size(p) for p in self.paths} - {None}
     self.resize = len(sizes) <= 1
 
   def _header_size(self, path):
     from PIL import Image
+
     try:
       with Image.open(path) as im:
         return im.size
     except Exception as e:  # noqa: BLE001 -- PIL raises many types for bad files.
       if not self.skip_bad:
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        raise ValueError(
+          f"cannot read image {path}: {type(e).__name__}: {e}"
+        ) from e
       return None
 
   def __len__(self):
@@ -101,11 +117,14 @@ class FolderSource:
     h = hashlib.blake2b(digest_size=16)
     for p in self.paths:
       st = os.stat(p)
-      h.update(f"{os.path.relpath(p, self.folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+      h.update(
+        f"{os.path.relpath(p, self.folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode()
+      )
     return h.hexdigest()
 
   def _read(self, path):
     from PIL import Image
+
     with Image.open(path) as im:
       im.load()
       im = im.convert("RGB")
@@ -121,7 +140,9 @@ class FolderSource:
         images.append(self._read(path))
       except Exception as e:  # noqa: BLE001 -- PIL raises many types for bad files.
         if not self.skip_bad:
-          raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+          raise ValueError(
+            f"cannot read image {path}: {type(e).__name__}: {e}"
+          ) from e
         skipped.append(path)
     if not images:
       return np.zeros((0, 1, 1, 3), np.uint8), skipped
@@ -141,22 +162,38 @@ def as_source(images, config: pp.PreprocessConfig, skip_bad: bool = False):
     if path.endswith(".npz"):
       with np.load(path) as z:
         keys = list(z.keys())
-        key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+        key = (
+          "images"
+          if "images" in keys
+          else (keys[0] if len(keys) == 1 else None)
+        )
         if key is None:
-          raise ValueError(f"{path} holds arrays {keys}; name the images array 'images'")
+          raise ValueError(
+            f"{path} holds arrays {keys}; name the images array 'images'"
+          )
         return ArraySource(z[key], name=f"{path}:{key}")
-    raise ValueError(f"{path}: expected a folder of images, an .npy or an .npz file")
+    raise ValueError(
+      f"{path}: expected a folder of images, an .npy or an .npz file"
+    )
   if isinstance(images, (list, tuple)):
     shapes = {np.shape(im) for im in images}
     if len(shapes) > 1:
-      raise ValueError(f"images in the list differ in shape ({sorted(shapes)[:3]}...); "
-                       "pass a folder or resize them first")
-    images = np.stack([np.asarray(im) for im in images]) if images else np.zeros((0, 1, 1, 3))
+      raise ValueError(
+        f"images in the list differ in shape ({sorted(shapes)[:3]}...); "
+        "pass a folder or resize them first"
+      )
+    images = (
+      np.stack([np.asarray(im) for im in images])
+      if images
+      else np.zeros((0, 1, 1, 3))
+    )
   if isinstance(images, jax.Array):
     images = np.asarray(images)
   if not isinstance(images, np.ndarray):
-    raise ValueError(f"unsupported images of type {type(images).__name__}; pass an array "
-                     "[N, H, W, C], a folder, or an .npy/.npz path")
+    raise ValueError(
+      f"unsupported images of type {type(images).__name__}; pass an array "
+      "[N, H, W, C], a folder, or an .npy/.npz path"
+    )
   return ArraySource(images)
 
 
@@ -166,6 +203,7 @@ def as_source(images, config: pp.PreprocessConfig, skip_bad: bool = False):
 @dataclasses.dataclass(frozen=True)
 class _StepSpec:
   """Everything static about one jitted embedding step (hashable)."""
+
   graphdef: object
   preprocess: pp.PreprocessConfig
   resize: bool
@@ -179,13 +217,15 @@ class _StepSpec:
 def _step(spec: _StepSpec, params, images):
   """images ``[B, H, W, C]`` raw -> pooled ``[len(layers), B, D]`` float32."""
   pixels = pp.preprocess_fn(images, spec.preprocess, spec.resize)
-  hidden = forward(spec.graphdef, params, pixels, jnp.dtype(spec.dtype)).hidden_states
+  hidden = forward(
+    spec.graphdef, params, pixels, jnp.dtype(spec.dtype)
+  ).hidden_states
   if spec.layers != tuple(range(hidden.shape[0])):
     hidden = hidden[np.asarray(spec.layers)]
   if spec.pool == "cls":
     pooled = hidden[:, :, 0]
   else:
-    pooled = hidden[:, :, spec.num_prefix:].astype(jnp.float32).mean(axis=2)
+    pooled = hidden[:, :, spec.num_prefix :].astype(jnp.float32).mean(axis=2)
   return pooled.astype(jnp.float32)
 
 
@@ -210,19 +250,31 @@ def _resolve_layers(layers, num_states: int) -> tuple[int, ...]:
   if layers is None:
     return tuple(range(num_states))
   out = []
-  for layer in ([layers] if isinstance(layers, int) else layers):
+  for layer in [layers] if isinstance(layers, int) else layers:
     if not -num_states <= int(layer) < num_states:
-      raise ValueError(f"layer {layer} is out of range for an encoder with {num_states} "
-                       f"hidden states (0..{num_states - 1})")
+      raise ValueError(
+        f"layer {layer} is out of range for an encoder with {num_states} "
+        f"hidden states (0..{num_states - 1})"
+      )
     out.append(int(layer) % num_states)
   if not out:
     raise ValueError("layers is empty")
   return tuple(out)
 
 
-def embed(encoder, images, *, pool: str = "cls", layers=None, batch_size: int = 64,
-          dtype="float32", cache_dir=None, skip_bad: bool = False, progress: bool = True,
-          chunk_size: int | None = None) -> np.ndarray:
+def embed(
+  encoder,
+  images,
+  *,
+  pool: str = "cls",
+  layers=None,
+  batch_size: int = 64,
+  dtype="float32",
+  cache_dir=None,
+  skip_bad: bool = False,
+  progress: bool = True,
+  chunk_size: int | None = None,
+) -> np.ndarray:
   """Pooled embeddings of every (or the selected) hidden state.
 
   Args:
@@ -260,41 +312,86 @@ def embed(encoder, images, *, pool: str = "cls", layers=None, batch_size: int = 
     # Several JAX processes (hosts): each embeds its contiguous share of the
     # inputs on its own devices; the shares come back in input order.
     from ctjax import sharding  # pylint: disable=g-import-not-at-top
+
     n_total = len(source)
-    local = _embed_source(encoder, _process_share(source, skip_bad), pconfig,
-                          layers, pool, dtype, batch_size, cache_dir,
-                          progress, chunk_size)
-    return np.moveaxis(sharding.gather_in_order(np.moveaxis(local, 1, 0),
-                                                n_total), 0, 1)
-  return _embed_source(encoder, source, pconfig, layers, pool, dtype,
-                       batch_size, cache_dir, progress, chunk_size)
+    local = _embed_source(
+      encoder,
+      _process_share(source, skip_bad),
+      pconfig,
+      layers,
+      pool,
+      dtype,
+      batch_size,
+      cache_dir,
+      progress,
+      chunk_size,
+    )
+    return np.moveaxis(
+      sharding.gather_in_order(np.moveaxis(local, 1, 0), n_total), 0, 1
+    )
+  return _embed_source(
+    encoder,
+    source,
+    pconfig,
+    layers,
+    pool,
+    dtype,
+    batch_size,
+    cache_dir,
+    progress,
+    chunk_size,
+  )
 
 
 def _process_share(source, skip_bad: bool):
   """This process's contiguous share of ``source`` (`sharding.process_share`)."""
   from ctjax import sharding  # pylint: disable=g-import-not-at-top
+
   if skip_bad:
-    raise ValueError("skip_bad=True needs a single JAX process: with several, "
-                     "every share must keep its size to be gathered in order")
+    raise ValueError(
+      "skip_bad=True needs a single JAX process: with several, "
+      "every share must keep its size to be gathered in order"
+    )
   share = sharding.process_share(len(source))
   if isinstance(source, FolderSource):
     sub = copy.copy(source)
     sub.paths = source.paths[share]
     return sub
-  return ArraySource(source.images[share],
-                     name=f"{source.name}[{share.start}:{share.stop}]")
+  return ArraySource(
+    source.images[share], name=f"{source.name}[{share.start}:{share.stop}]"
+  )
 
 
-def _embed_source(encoder, source, pconfig, layers, pool, dtype, batch_size,
-                  cache_dir, progress, chunk_size):
+def _embed_source(
+  encoder,
+  source,
+  pconfig,
+  layers,
+  pool,
+  dtype,
+  batch_size,
+  cache_dir,
+  progress,
+  chunk_size,
+):
   """`embed` of one source on this process's devices: ``[L, n, D]``."""
   n = len(source)
   entry = None
   if cache_dir is not None:
-    entry = EmbeddingCache(cache_dir, {
-        "version": CACHE_VERSION, "encoder": encoder.identity, "preprocess": pconfig.identity(),
-        "host_resize": not source.resize, "pool": pool, "layers": list(layers), "dtype": dtype,
-        "data": source.fingerprint(), "n": n})
+    entry = EmbeddingCache(
+      cache_dir,
+      {
+        "version": CACHE_VERSION,
+        "encoder": encoder.identity,
+        "preprocess": pconfig.identity(),
+        "host_resize": not source.resize,
+        "pool": pool,
+        "layers": list(layers),
+        "dtype": dtype,
+        "data": source.fingerprint(),
+        "n": n,
+      },
+    )
     done = entry.load()
     if done is not None:
       _warn_skipped(done[1])
@@ -302,9 +399,17 @@ def _embed_source(encoder, source, pconfig, layers, pool, dtype, batch_size,
 
   batch_size, params, put = _data_parallel(encoder.params, batch_size)
   chunk_size = chunk_size or 32 * batch_size
-  spec = _StepSpec(encoder.graphdef, pconfig, source.resize, layers, pool, dtype,
-                   encoder.num_prefix_tokens)
+  spec = _StepSpec(
+    encoder.graphdef,
+    pconfig,
+    source.resize,
+    layers,
+    pool,
+    dtype,
+    encoder.num_prefix_tokens,
+  )
   from tqdm.auto import tqdm
+
   bar = tqdm(total=n, unit="img", desc="embed", disable=not progress)
   chunks, skipped = [], []
   for start in range(0, n, chunk_size):
@@ -312,7 +417,9 @@ def _embed_source(encoder, source, pconfig, layers, pool, dtype, batch_size,
     cached = entry.get_chunk(start, stop) if entry is not None else None
     if cached is None:
       batch, bad = source.load(start, stop)
-      result = _encode(spec, params, put, batch, batch_size, encoder.config.hidden_size)
+      result = _encode(
+        spec, params, put, batch, batch_size, encoder.config.hidden_size
+      )
       if entry is not None:
         entry.put_chunk(start, stop, result, bad)
     else:
@@ -330,17 +437,22 @@ def _embed_source(encoder, source, pconfig, layers, pool, dtype, batch_size,
   return out
 
 
-def _encode(spec: _StepSpec, params, put, images: np.ndarray, batch_size: int,
-            dim: int) -> np.ndarray:
+def _encode(
+  spec: _StepSpec, params, put, images: np.ndarray, batch_size: int, dim: int
+) -> np.ndarray:
   """images ``[n, H, W, C]`` -> ``[len(layers), n, D]``, in padded batches."""
   n = len(images)
   outs = []
   for start in range(0, n, batch_size):
-    batch = images[start:start + batch_size]
+    batch = images[start : start + batch_size]
     pad = batch_size - len(batch)
     if pad:
-      batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-    outs.append((_step(spec, params, put(batch)), batch_size - pad))  # dispatched async
+      batch = np.concatenate(
+        [batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)]
+      )
+    outs.append(
+      (_step(spec, params, put(batch)), batch_size - pad)
+    )  # dispatched async
   if not outs:
     return np.zeros((len(spec.layers), 0, dim), np.float32)
   return np.concatenate([np.asarray(o)[:, :k] for o, k in outs], axis=1)
@@ -349,4 +461,6 @@ def _encode(spec: _StepSpec, params, put, images: np.ndarray, batch_size: int,
 def _warn_skipped(skipped) -> None:
   if skipped:
     shown = ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-    warnings.warn(f"skipped {len(skipped)} unreadable image(s): {shown}", stacklevel=3)
+    warnings.warn(
+      f"skipped {len(skipped)} unreadable image(s): {shown}", stacklevel=3
+    )

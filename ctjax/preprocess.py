@@ -8,6 +8,7 @@ For a target side S (the encoder's image size):
 Grayscale images are repeated to three channels. ``host_resize_crop`` is the
 same pipeline in PIL for collections whose images differ in size.
 """
+
 import dataclasses
 import functools
 
@@ -19,11 +20,12 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
   """Attributes:
-    image_size: output side S.
-    mean: per-channel mean (3 values) subtracted after scaling to [0, 1].
-    std: per-channel std (3 values).
-    resize_ratio: the shorter side is resized to int(resize_ratio * S).
+  image_size: output side S.
+  mean: per-channel mean (3 values) subtracted after scaling to [0, 1].
+  std: per-channel std (3 values).
+  resize_ratio: the shorter side is resized to int(resize_ratio * S).
   """
+
   image_size: int
   mean: tuple[float, ...] = (0.5, 0.5, 0.5)
   std: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -31,15 +33,23 @@ class PreprocessConfig:
 
   @classmethod
   def from_encoder(cls, encoder) -> "PreprocessConfig":
-    return cls(encoder.image_size, tuple(encoder.image_mean), tuple(encoder.image_std))
+    return cls(
+      encoder.image_size, tuple(encoder.image_mean), tuple(encoder.image_std)
+    )
 
   @property
   def resize_side(self) -> int:
     return int(self.resize_ratio * self.image_size)
 
   def identity(self) -> dict:
-    return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-            "resize_side": self.resize_side, "resize": "bilinear-shorter-side", "crop": "center"}
+    return {
+      "image_size": self.image_size,
+      "mean": list(self.mean),
+      "std": list(self.std),
+      "resize_side": self.resize_side,
+      "resize": "bilinear-shorter-side",
+      "crop": "center",
+    }
 
 
 def resized_hw(h: int, w: int, short: int) -> tuple[int, int]:
@@ -62,13 +72,19 @@ def check_images(images) -> tuple[int, ...]:
   if len(shape) == 3:
     shape = shape + (1,)
   if len(shape) != 4:
-    raise ValueError(f"images must be [N, H, W, C] or [N, H, W], got shape {tuple(images.shape)}")
+    raise ValueError(
+      f"images must be [N, H, W, C] or [N, H, W], got shape {tuple(images.shape)}"
+    )
   if shape[-1] not in (1, 3):
-    raise ValueError(f"images have {shape[-1]} channels; expected 1 (grayscale) or 3 (RGB) "
-                     f"in the last axis (NHWC), shape {tuple(images.shape)}")
+    raise ValueError(
+      f"images have {shape[-1]} channels; expected 1 (grayscale) or 3 (RGB) "
+      f"in the last axis (NHWC), shape {tuple(images.shape)}"
+    )
   dtype = np.dtype(images.dtype)
   if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
-    raise ValueError(f"images must be uint8 (0..255) or float (0..1), got dtype {dtype}")
+    raise ValueError(
+      f"images must be uint8 (0..255) or float (0..1), got dtype {dtype}"
+    )
   return shape
 
 
@@ -89,10 +105,15 @@ def resize_crop(images, config: PreprocessConfig):
   b, h, w, c = x.shape
   nh, nw = resized_hw(h, w, config.resize_side)
   if (nh, nw) != (h, w):
-    x = jax.image.resize(x, (b, nh, nw, c), method="linear", antialias=True,
-                         precision=jax.lax.Precision.HIGHEST)
+    x = jax.image.resize(
+      x,
+      (b, nh, nw, c),
+      method="linear",
+      antialias=True,
+      precision=jax.lax.Precision.HIGHEST,
+    )
   top, left = crop_offsets(nh, nw, config.image_size)
-  return x[:, top:top + config.image_size, left:left + config.image_size]
+  return x[:, top : top + config.image_size, left : left + config.image_size]
 
 
 def normalize(x, config: PreprocessConfig):
@@ -117,7 +138,9 @@ def _preprocess_jit(images, config, resize):
   return preprocess_fn(images, config, resize)
 
 
-def preprocess(images, config: PreprocessConfig, resize: bool = True) -> jax.Array:
+def preprocess(
+  images, config: PreprocessConfig, resize: bool = True
+) -> jax.Array:
   """Preprocesses a batch on device (jitted; one compile per input shape).
 
   Args:
@@ -136,6 +159,7 @@ def preprocess(images, config: PreprocessConfig, resize: bool = True) -> jax.Arr
 def host_resize_crop(image, config: PreprocessConfig) -> np.ndarray:
   """One PIL image -> ``[S, S, 1 or 3]`` uint8 (resize + centre crop in PIL)."""
   from PIL import Image
+
   if image.mode not in ("L", "RGB"):
     image = image.convert("RGB")
   w, h = image.size
@@ -143,6 +167,8 @@ def host_resize_crop(image, config: PreprocessConfig) -> np.ndarray:
   if (nh, nw) != (h, w):
     image = image.resize((nw, nh), Image.BILINEAR)
   top, left = crop_offsets(nh, nw, config.image_size)
-  image = image.crop((left, top, left + config.image_size, top + config.image_size))
+  image = image.crop(
+    (left, top, left + config.image_size, top + config.image_size)
+  )
   array = np.asarray(image, np.uint8)
   return array[..., None] if array.ndim == 2 else array

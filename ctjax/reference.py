@@ -5,6 +5,7 @@ with `jax.lax.map` inside one jitted call (sequential over layers, so memory is
 one layer's working set): `fit` is one compiled call, `score` is another.
 Only the final exact sums and the float64 Z/C_T arithmetic happen on the host.
 """
+
 import contextlib
 import dataclasses
 import functools
@@ -34,19 +35,31 @@ DEFAULT_COMPONENTS = 64
 _DEGENERATE_RTOL = 1e-10
 
 
-def _fit_one_layer(train, test, key, *, n_components, n_cells, n_init, metric,
-                   tile_queries, tile_train):
+def _fit_one_layer(
+  train,
+  test,
+  key,
+  *,
+  n_components,
+  n_cells,
+  n_init,
+  metric,
+  tile_queries,
+  tile_train,
+):
   """Fit for one layer. train ``[N, D]``, test ``[n, D]``."""
   pca = pca_lib.fit_pca(train, n_components)
   pt = pca_lib.transform(pca, train)
   fit = km.kmeans(pt, n_cells, key, n_init=n_init)
-  index, pp, test_cells = _index_one_layer(pca, fit, pt, test,
-                                           n_cells=n_cells, metric=metric)
-  dist, idx = nb.nearest_in_cell(index, pp, test_cells,
-                                 tile_queries=tile_queries,
-                                 tile_train=tile_train)
-  return _finish_one_layer(pca, fit, index, test_cells, dist, idx,
-                           n_cells=n_cells)
+  index, pp, test_cells = _index_one_layer(
+    pca, fit, pt, test, n_cells=n_cells, metric=metric
+  )
+  dist, idx = nb.nearest_in_cell(
+    index, pp, test_cells, tile_queries=tile_queries, tile_train=tile_train
+  )
+  return _finish_one_layer(
+    pca, fit, index, test_cells, dist, idx, n_cells=n_cells
+  )
 
 
 def _index_one_layer(pca, fit, pt, test, *, n_cells, metric):
@@ -65,115 +78,167 @@ def _finish_one_layer(pca, fit, index, test_cells, dist, idx, *, n_cells):
   degenerate = pca.total_variance <= _DEGENERATE_RTOL * scale + 1e-30
   count = lambda c: jnp.bincount(c, length=n_cells).astype(jnp.int32)
   return dict(
-      pca_mean=pca.mean, pca_components=pca.components,
-      pca_variances=pca.variances, centers=fit.centers, inertia=fit.inertia,
-      points=index.points, aux=index.aux, cells=index.cells,
-      starts=index.starts, order=index.order, test_sorted=sorted_d,
-      test_starts=starts, test_cells=test_cells, test_dist=dist,
-      test_index=idx, degenerate=degenerate, n_train_cells=count(fit.labels),
-      n_test_cells=count(test_cells))
+    pca_mean=pca.mean,
+    pca_components=pca.components,
+    pca_variances=pca.variances,
+    centers=fit.centers,
+    inertia=fit.inertia,
+    points=index.points,
+    aux=index.aux,
+    cells=index.cells,
+    starts=index.starts,
+    order=index.order,
+    test_sorted=sorted_d,
+    test_starts=starts,
+    test_cells=test_cells,
+    test_dist=dist,
+    test_index=idx,
+    degenerate=degenerate,
+    n_train_cells=count(fit.labels),
+    n_test_cells=count(test_cells),
+  )
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "n_components", "n_cells", "n_init", "metric", "tile_queries",
-    "tile_train"))
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "n_components",
+    "n_cells",
+    "n_init",
+    "metric",
+    "tile_queries",
+    "tile_train",
+  ),
+)
 def _fit_layers(train, test, keys, **kw):
   return jax.lax.map(lambda a: _fit_one_layer(*a, **kw), (train, test, keys))
 
 
 # The same fit in stages, for a sharded search (mesh) or a streaming fit: PCA
 # and k-means, then the cell index, the search, and the fitted arrays.
-@functools.partial(jax.jit, static_argnames=("n_components", "n_cells",
-                                             "n_init"))
+@functools.partial(
+  jax.jit, static_argnames=("n_components", "n_cells", "n_init")
+)
 def _pca_kmeans_layers(train, keys, *, n_components, n_cells, n_init):
   def one(a):
     pca = pca_lib.fit_pca(a[0], n_components)
     pt = pca_lib.transform(pca, a[0])
     return pca, km.kmeans(pt, n_cells, a[1], n_init=n_init), pt
+
   return jax.lax.map(one, (train, keys))
 
 
 @functools.partial(jax.jit, static_argnames=("n_cells", "metric"))
 def _index_layers(pca, fit, pt, test, *, n_cells, metric):
-  return jax.lax.map(lambda a: _index_one_layer(*a, n_cells=n_cells,
-                                                metric=metric),
-                     (pca, fit, pt, test))
+  return jax.lax.map(
+    lambda a: _index_one_layer(*a, n_cells=n_cells, metric=metric),
+    (pca, fit, pt, test),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("tile_queries", "tile_train"))
 def _search_layers(index, queries, q_cells, *, tile_queries, tile_train):
-  return jax.lax.map(lambda a: nb.nearest_in_cell(
-      a[0], a[1], a[2], tile_queries=tile_queries, tile_train=tile_train),
-                     (index, queries, q_cells))
+  return jax.lax.map(
+    lambda a: nb.nearest_in_cell(
+      a[0], a[1], a[2], tile_queries=tile_queries, tile_train=tile_train
+    ),
+    (index, queries, q_cells),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("n_cells",))
 def _finish_layers(pca, fit, index, test_cells, dist, idx, *, n_cells):
-  return jax.lax.map(lambda a: _finish_one_layer(*a, n_cells=n_cells),
-                     (pca, fit, index, test_cells, dist, idx))
+  return jax.lax.map(
+    lambda a: _finish_one_layer(*a, n_cells=n_cells),
+    (pca, fit, index, test_cells, dist, idx),
+  )
 
 
-def _fit_staged(pca, fit, pt, test, *, n_cells, metric, tile_queries,
-                tile_train, mesh):
+def _fit_staged(
+  pca, fit, pt, test, *, n_cells, metric, tile_queries, tile_train, mesh
+):
   """Fitted arrays from per-layer PCA and k-means (stacked over L) and
   projected T ``pt [L, N, d]``; test ``[L, n, D]``. Returns (arrays, sharded
   index or None)."""
-  index, pp, test_cells = _index_layers(pca, fit, pt, jnp.asarray(test),
-                                        n_cells=n_cells, metric=metric)
+  index, pp, test_cells = _index_layers(
+    pca, fit, pt, jnp.asarray(test), n_cells=n_cells, metric=metric
+  )
   sharded = None
   if mesh is None:
-    dist, idx = _search_layers(index, pp, test_cells,
-                               tile_queries=tile_queries, tile_train=tile_train)
+    dist, idx = _search_layers(
+      index, pp, test_cells, tile_queries=tile_queries, tile_train=tile_train
+    )
   else:
-    sharded = sharding.shard_index(index.points, index.cells, index.order,
-                                   n_cells=n_cells, metric=metric, mesh=mesh)
-    dist, idx = sharding.nearest_in_cell(sharded, pp, test_cells,
-                                         tile_queries=tile_queries,
-                                         tile_train=tile_train)
-  out = _finish_layers(pca, fit, index, test_cells, dist, idx,
-                       n_cells=n_cells)
+    sharded = sharding.shard_index(
+      index.points,
+      index.cells,
+      index.order,
+      n_cells=n_cells,
+      metric=metric,
+      mesh=mesh,
+    )
+    dist, idx = sharding.nearest_in_cell(
+      sharded, pp, test_cells, tile_queries=tile_queries, tile_train=tile_train
+    )
+  out = _finish_layers(pca, fit, index, test_cells, dist, idx, n_cells=n_cells)
   return out, sharded
 
 
 def _score_cells_one_layer(f, gen, valid, *, n_cells):
   """Projected generated points ``[m, d]`` and their cells ``[m]`` (k: padding)."""
-  pca = pca_lib.PCA(mean=f["pca_mean"], components=f["pca_components"],
-                    variances=f["pca_variances"], total_variance=jnp.zeros(()))
+  pca = pca_lib.PCA(
+    mean=f["pca_mean"],
+    components=f["pca_components"],
+    variances=f["pca_variances"],
+    total_variance=jnp.zeros(()),
+  )
   pg = pca_lib.transform(pca, gen)
   cells = jnp.where(valid, km.assign(pg, f["centers"]), n_cells)
   return pg, cells
 
 
-def _score_one_layer(f, gen, valid, *, n_cells, metric, tile_queries,
-                     tile_train):
+def _score_one_layer(
+  f, gen, valid, *, n_cells, metric, tile_queries, tile_train
+):
   pg, cells = _score_cells_one_layer(f, gen, valid, n_cells=n_cells)
-  index = nb.CellIndex(points=f["points"], aux=f["aux"], cells=f["cells"],
-                       starts=f["starts"], order=f["order"], metric=metric)
-  dist, idx = nb.nearest_in_cell(index, pg, cells, tile_queries=tile_queries,
-                                 tile_train=tile_train)
+  index = nb.CellIndex(
+    points=f["points"],
+    aux=f["aux"],
+    cells=f["cells"],
+    starts=f["starts"],
+    order=f["order"],
+    metric=metric,
+  )
+  dist, idx = nb.nearest_in_cell(
+    index, pg, cells, tile_queries=tile_queries, tile_train=tile_train
+  )
   tu = mannwhitney.twice_u(f["test_sorted"], f["test_starts"], dist, cells)
   return tu, cells, dist, idx
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "n_cells", "metric", "tile_queries", "tile_train"))
+@functools.partial(
+  jax.jit, static_argnames=("n_cells", "metric", "tile_queries", "tile_train")
+)
 def _score_layers(fitted, gen, valid, **kw):
-  return jax.lax.map(lambda a: _score_one_layer(a[0], a[1], valid, **kw),
-                     (fitted, gen))
+  return jax.lax.map(
+    lambda a: _score_one_layer(a[0], a[1], valid, **kw), (fitted, gen)
+  )
 
 
 # The same score in stages around a sharded search (mesh).
 @functools.partial(jax.jit, static_argnames=("n_cells",))
 def _score_cells_layers(fitted, gen, valid, *, n_cells):
-  return jax.lax.map(lambda a: _score_cells_one_layer(a[0], a[1], valid,
-                                                      n_cells=n_cells),
-                     (fitted, gen))
+  return jax.lax.map(
+    lambda a: _score_cells_one_layer(a[0], a[1], valid, n_cells=n_cells),
+    (fitted, gen),
+  )
 
 
 @jax.jit
 def _twice_u_layers(test_sorted, test_starts, dist, cells):
-  return jax.lax.map(lambda a: mannwhitney.twice_u(*a),
-                     (test_sorted, test_starts, dist, cells))
+  return jax.lax.map(
+    lambda a: mannwhitney.twice_u(*a), (test_sorted, test_starts, dist, cells)
+  )
 
 
 @jax.jit
@@ -181,9 +246,19 @@ def _finite_per_layer(x):
   return jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
 
 
-_SCORE_KEYS = ("pca_mean", "pca_components", "pca_variances", "centers",
-               "points", "aux", "cells", "starts", "order", "test_sorted",
-               "test_starts")
+_SCORE_KEYS = (
+  "pca_mean",
+  "pca_components",
+  "pca_variances",
+  "centers",
+  "points",
+  "aux",
+  "cells",
+  "starts",
+  "order",
+  "test_sorted",
+  "test_starts",
+)
 
 
 def _stack_layers(name, x, n_layers=None):
@@ -192,11 +267,14 @@ def _stack_layers(name, x, n_layers=None):
   if x.ndim == 2:
     x = x[None]
   if x.ndim != 3:
-    raise ValueError(f"{name} must be [layers, points, dims] (or [points, dims] "
-                     f"for one layer), got shape {tuple(x.shape)}")
+    raise ValueError(
+      f"{name} must be [layers, points, dims] (or [points, dims] "
+      f"for one layer), got shape {tuple(x.shape)}"
+    )
   if n_layers is not None and x.shape[0] != n_layers:
-    raise ValueError(f"{name} has {x.shape[0]} layers but the reference has "
-                     f"{n_layers}")
+    raise ValueError(
+      f"{name} has {x.shape[0]} layers but the reference has {n_layers}"
+    )
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(np.float32)
   return x
@@ -206,8 +284,9 @@ def _check_finite(name, x, layer_names):
   ok = np.asarray(_finite_per_layer(x))
   if not ok.all():
     bad = [layer_names[i] for i in np.flatnonzero(~ok)]
-    raise ValueError(f"{name} has NaN or Inf values in layer(s) "
-                     f"{', '.join(map(str, bad))}")
+    raise ValueError(
+      f"{name} has NaN or Inf values in layer(s) {', '.join(map(str, bad))}"
+    )
 
 
 def _to_device(x):
@@ -238,39 +317,49 @@ def _lapack_one_thread():
 def _layer_keys(seed, n_layers):
   """k-means key of every layer: ``fold_in(PRNGKey(seed), l)``; ``[L, 2]``."""
   return jax.vmap(lambda l: jax.random.fold_in(jax.random.PRNGKey(seed), l))(
-      jnp.arange(n_layers))
+    jnp.arange(n_layers)
+  )
 
 
 def _layer_name_list(layer_names, n_layers):
-  names = [str(x) for x in (layer_names if layer_names is not None
-                            else range(n_layers))]
+  names = [
+    str(x)
+    for x in (layer_names if layer_names is not None else range(n_layers))
+  ]
   if len(names) != n_layers:
     raise ValueError(f"{len(names)} layer_names for {n_layers} layers")
   return names
 
 
-def _check_fit_args(n_layers, n_train, dim, test_shape, *, n_cells,
-                    n_components, layer_names):
+def _check_fit_args(
+  n_layers, n_train, dim, test_shape, *, n_cells, n_components, layer_names
+):
   """Validates fit sizes; returns (n_components, layer names)."""
   if test_shape[0] != n_layers or test_shape[2] != dim:
-    raise ValueError(f"train {(n_layers, n_train, dim)} and test "
-                     f"{tuple(test_shape)} must have the same number of "
-                     f"layers and dimension")
+    raise ValueError(
+      f"train {(n_layers, n_train, dim)} and test "
+      f"{tuple(test_shape)} must have the same number of "
+      f"layers and dimension"
+    )
   n_test = test_shape[1]
   if n_cells < 1:
     raise ValueError(f"n_cells must be >= 1, got {n_cells}")
   if n_train < n_cells:
-    raise ValueError(f"fewer training points ({n_train}) than cells "
-                     f"(n_cells={n_cells})")
+    raise ValueError(
+      f"fewer training points ({n_train}) than cells (n_cells={n_cells})"
+    )
   if n_test < n_cells:
-    raise ValueError(f"fewer test points ({n_test}) than cells "
-                     f"(n_cells={n_cells}); every cell needs a test point")
+    raise ValueError(
+      f"fewer test points ({n_test}) than cells "
+      f"(n_cells={n_cells}); every cell needs a test point"
+    )
   if n_components == DEFAULT_COMPONENTS:
     n_components = min(n_components, n_train, dim)
   elif not 1 <= n_components <= min(n_train, dim):
     raise ValueError(
-        f"n_components={n_components} must be in [1, min(N, D)] = "
-        f"[1, {min(n_train, dim)}] (N={n_train} training points, D={dim})")
+      f"n_components={n_components} must be in [1, min(N, D)] = "
+      f"[1, {min(n_train, dim)}] (N={n_train} training points, D={dim})"
+    )
   return n_components, _layer_name_list(layer_names, n_layers)
 
 
@@ -291,16 +380,28 @@ class CTReference:
       ``test_cells``/``test_dist``/``test_index [L, n]``, ``degenerate [L]``,
       ``n_train_cells``/``n_test_cells [L, k]``, ``inertia [L]``.
   """
+
   config: dict
   arrays: dict
 
   # ------------------------------------------------------------------ fit
   @classmethod
-  def fit(cls, train, test, *, n_components: int = DEFAULT_COMPONENTS,
-          n_cells: int = 10, metric: str = "cosine", seed: int = 0,
-          n_init: int = 10, meta: dict | None = None,
-          layer_names=None, tile_queries: int = 64,
-          tile_train: int = 4096, mesh=None) -> "CTReference":
+  def fit(
+    cls,
+    train,
+    test,
+    *,
+    n_components: int = DEFAULT_COMPONENTS,
+    n_cells: int = 10,
+    metric: str = "cosine",
+    seed: int = 0,
+    n_init: int = 10,
+    meta: dict | None = None,
+    layer_names=None,
+    tile_queries: int = 64,
+    tile_train: int = 4096,
+    mesh=None,
+  ) -> "CTReference":
     """Fits PCA, k-means cells and test-set distances for every layer.
 
     Args:
@@ -332,42 +433,88 @@ class CTReference:
     test = _stack_layers("test", test)
     n_layers, n_train, dim = train.shape
     n_components, names = _check_fit_args(
-        n_layers, n_train, dim, test.shape, n_cells=n_cells,
-        n_components=n_components, layer_names=layer_names)
+      n_layers,
+      n_train,
+      dim,
+      test.shape,
+      n_cells=n_cells,
+      n_components=n_components,
+      layer_names=layer_names,
+    )
     _check_finite("train", train, names)
     _check_finite("test", test, names)
     keys = _layer_keys(seed, n_layers)
     sharded = None
     if mesh is None:
       with _lapack_one_thread():
-        out = jax.block_until_ready(_fit_layers(
-            _to_device(train), _to_device(test), keys,
-            n_components=n_components, n_cells=n_cells, n_init=n_init,
-            metric=metric, tile_queries=tile_queries, tile_train=tile_train))
+        out = jax.block_until_ready(
+          _fit_layers(
+            _to_device(train),
+            _to_device(test),
+            keys,
+            n_components=n_components,
+            n_cells=n_cells,
+            n_init=n_init,
+            metric=metric,
+            tile_queries=tile_queries,
+            tile_train=tile_train,
+          )
+        )
     else:
       mesh = sharding.resolve_mesh(mesh)
       pca, km_fit, pt = _pca_kmeans_layers(
-          _to_device(train), keys, n_components=n_components,
-          n_cells=n_cells, n_init=n_init)
-      out, sharded = _fit_staged(pca, km_fit, pt, test, n_cells=n_cells,
-                                 metric=metric, tile_queries=tile_queries,
-                                 tile_train=tile_train, mesh=mesh)
-    config = dict(n_components=int(n_components), n_cells=int(n_cells),
-                  n_init=int(n_init), metric=metric, seed=int(seed),
-                  n_layers=int(n_layers), dim=int(dim), n_train=int(n_train),
-                  n_test=int(test.shape[1]), layer_names=names,
-                  meta=dict(meta or {}), tile_queries=int(tile_queries),
-                  tile_train=int(tile_train))
+        _to_device(train),
+        keys,
+        n_components=n_components,
+        n_cells=n_cells,
+        n_init=n_init,
+      )
+      out, sharded = _fit_staged(
+        pca,
+        km_fit,
+        pt,
+        test,
+        n_cells=n_cells,
+        metric=metric,
+        tile_queries=tile_queries,
+        tile_train=tile_train,
+        mesh=mesh,
+      )
+    config = dict(
+      n_components=int(n_components),
+      n_cells=int(n_cells),
+      n_init=int(n_init),
+      metric=metric,
+      seed=int(seed),
+      n_layers=int(n_layers),
+      dim=int(dim),
+      n_train=int(n_train),
+      n_test=int(test.shape[1]),
+      layer_names=names,
+      meta=dict(meta or {}),
+      tile_queries=int(tile_queries),
+      tile_train=int(tile_train),
+    )
     return cls._checked(config, out, mesh, sharded)
 
   @classmethod
-  def fit_streaming(cls, train, test, *,
-                    n_components: int = DEFAULT_COMPONENTS, n_cells: int = 10,
-                    metric: str = "cosine", seed: int = 0, n_init: int = 10,
-                    sample_size: int | None = 100_000, chunk_size: int = 8192,
-                    memory_budget: int | None = None,
-                    meta: dict | None = None, layer_names=None,
-                    mesh=None) -> "CTReference":
+  def fit_streaming(
+    cls,
+    train,
+    test,
+    *,
+    n_components: int = DEFAULT_COMPONENTS,
+    n_cells: int = 10,
+    metric: str = "cosine",
+    seed: int = 0,
+    n_init: int = 10,
+    sample_size: int | None = 100_000,
+    chunk_size: int = 8192,
+    memory_budget: int | None = None,
+    meta: dict | None = None,
+    layer_names=None,
+    mesh=None,
+  ) -> "CTReference":
     """`fit` for a training set larger than memory, read in chunks.
 
     PCA comes from the covariance accumulated exactly over the chunks (two
@@ -390,6 +537,7 @@ class CTReference:
       Other arguments: as in `fit`.
     """
     from ctjax.stats import streaming  # pylint: disable=g-import-not-at-top
+
     if metric not in nb.METRICS:
       raise ValueError(f"metric must be one of {nb.METRICS}, got {metric!r}")
     source = streaming.ChunkSource(train, chunk_size)
@@ -397,28 +545,58 @@ class CTReference:
     names = _layer_name_list(layer_names, source.n_layers)
     n_train, mean = streaming.mean_pass(source, names)
     n_components, names = _check_fit_args(
-        source.n_layers, n_train, source.dim, test.shape, n_cells=n_cells,
-        n_components=n_components, layer_names=names)
+      source.n_layers,
+      n_train,
+      source.dim,
+      test.shape,
+      n_cells=n_cells,
+      n_components=n_components,
+      layer_names=names,
+    )
     _check_finite("test", test, names)
     pca = streaming.pca_pass(source, mean, n_train, n_components)
     pt, km_fit = streaming.kmeans_pass(
-        source, pca, _layer_keys(seed, source.n_layers), n_cells=n_cells,
-        n_init=n_init, sample_size=sample_size, seed=seed)
+      source,
+      pca,
+      _layer_keys(seed, source.n_layers),
+      n_cells=n_cells,
+      n_init=n_init,
+      sample_size=sample_size,
+      seed=seed,
+    )
     if memory_budget is None:
       tile_queries, tile_train = 64, 2048
     else:
       tile_queries, tile_train = streaming.tiles_for_budget(
-          memory_budget, n_components, n_train)
+        memory_budget, n_components, n_train
+      )
     mesh = None if mesh is None else sharding.resolve_mesh(mesh)
-    out, sharded = _fit_staged(pca, km_fit, pt, test, n_cells=n_cells,
-                               metric=metric, tile_queries=tile_queries,
-                               tile_train=tile_train, mesh=mesh)
-    config = dict(n_components=int(n_components), n_cells=int(n_cells),
-                  n_init=int(n_init), metric=metric, seed=int(seed),
-                  n_layers=int(source.n_layers), dim=int(source.dim),
-                  n_train=int(n_train), n_test=int(test.shape[1]),
-                  layer_names=names, meta=dict(meta or {}),
-                  tile_queries=int(tile_queries), tile_train=int(tile_train))
+    out, sharded = _fit_staged(
+      pca,
+      km_fit,
+      pt,
+      test,
+      n_cells=n_cells,
+      metric=metric,
+      tile_queries=tile_queries,
+      tile_train=tile_train,
+      mesh=mesh,
+    )
+    config = dict(
+      n_components=int(n_components),
+      n_cells=int(n_cells),
+      n_init=int(n_init),
+      metric=metric,
+      seed=int(seed),
+      n_layers=int(source.n_layers),
+      dim=int(source.dim),
+      n_train=int(n_train),
+      n_test=int(test.shape[1]),
+      layer_names=names,
+      meta=dict(meta or {}),
+      tile_queries=int(tile_queries),
+      tile_train=int(tile_train),
+    )
     if sample_size is not None and sample_size < n_train:
       config["kmeans_sample"] = int(sample_size)
     return cls._checked(config, out, mesh, sharded)
@@ -432,12 +610,19 @@ class CTReference:
     n_test_c = np.asarray(out["n_test_cells"])
     for l in range(config["n_layers"]):
       if degenerate[l]:
-        warnings.warn(f"layer {names[l]}: every embedding is the same (zero "
-                      f"variance); its C_T is undefined and reported as NaN",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+          f"layer {names[l]}: every embedding is the same (zero "
+          f"variance); its C_T is undefined and reported as NaN",
+          RuntimeWarning,
+          stacklevel=3,
+        )
       else:
-        ct_lib.check_cells(n_train_c[l], n_test_c[l], layer=names[l],
-                           n_cells_arg=config["n_cells"])
+        ct_lib.check_cells(
+          n_train_c[l],
+          n_test_c[l],
+          layer=names[l],
+          n_cells_arg=config["n_cells"],
+        )
     ref = cls(config=config, arrays=dict(out))
     if sharded is not None:
       ref._sharded_index_cache()[mesh] = sharded
@@ -452,8 +637,14 @@ class CTReference:
   def layer_names(self) -> list:
     return list(self.config["layer_names"])
 
-  def score(self, gen, *, tau: float | None = None,
-            return_neighbors: bool = False, mesh=None) -> ct_lib.CTResult:
+  def score(
+    self,
+    gen,
+    *,
+    tau: float | None = None,
+    return_neighbors: bool = False,
+    mesh=None,
+  ) -> ct_lib.CTResult:
     """C_T of a generated batch on every layer.
 
     Args:
@@ -474,8 +665,10 @@ class CTReference:
     cfg = self.config
     gen = _stack_layers("gen", gen, cfg["n_layers"])
     if gen.shape[2] != cfg["dim"]:
-      raise ValueError(f"gen has dimension {gen.shape[2]} but the reference "
-                       f"was fitted on dimension {cfg['dim']}")
+      raise ValueError(
+        f"gen has dimension {gen.shape[2]} but the reference "
+        f"was fitted on dimension {cfg['dim']}"
+      )
     m = gen.shape[1]
     if m == 0:
       raise ValueError("gen holds no points")
@@ -487,34 +680,58 @@ class CTReference:
     gen = _to_device(gen)
     if m_pad != m:
       gen = jnp.concatenate(
-          [gen, jnp.zeros((gen.shape[0], m_pad - m, gen.shape[2]), gen.dtype)],
-          axis=1)
+        [gen, jnp.zeros((gen.shape[0], m_pad - m, gen.shape[2]), gen.dtype)],
+        axis=1,
+      )
     valid = jnp.arange(m_pad) < m
     fitted = {k: self.arrays[k] for k in _SCORE_KEYS}
     if mesh is None:
       tu, cells, dist, idx = _score_layers(
-          fitted, gen, valid, n_cells=cfg["n_cells"], metric=cfg["metric"],
-          tile_queries=cfg["tile_queries"], tile_train=cfg["tile_train"])
+        fitted,
+        gen,
+        valid,
+        n_cells=cfg["n_cells"],
+        metric=cfg["metric"],
+        tile_queries=cfg["tile_queries"],
+        tile_train=cfg["tile_train"],
+      )
     else:
-      pg, cells = _score_cells_layers(fitted, gen, valid,
-                                      n_cells=cfg["n_cells"])
+      pg, cells = _score_cells_layers(
+        fitted, gen, valid, n_cells=cfg["n_cells"]
+      )
       dist, idx = sharding.nearest_in_cell(
-          self.sharded_index(mesh), pg, cells,
-          tile_queries=cfg["tile_queries"], tile_train=cfg["tile_train"])
-      tu = _twice_u_layers(fitted["test_sorted"], fitted["test_starts"], dist,
-                           cells)
+        self.sharded_index(mesh),
+        pg,
+        cells,
+        tile_queries=cfg["tile_queries"],
+        tile_train=cfg["tile_train"],
+      )
+      tu = _twice_u_layers(
+        fitted["test_sorted"], fitted["test_starts"], dist, cells
+      )
     k = cfg["n_cells"]
     cells = np.asarray(cells)[:, :m]
     sums = mannwhitney.cell_sums(np.asarray(tu)[:, :m], cells, k)
     n_gen = np.stack([np.bincount(c, minlength=k)[:k] for c in cells])
-    res = ct_lib.z_and_ct(sums, np.asarray(self.arrays["n_test_cells"]), n_gen,
-                          tau, degenerate=np.asarray(self.arrays["degenerate"]),
-                          layer_names=cfg["layer_names"])
+    res = ct_lib.z_and_ct(
+      sums,
+      np.asarray(self.arrays["n_test_cells"]),
+      n_gen,
+      tau,
+      degenerate=np.asarray(self.arrays["degenerate"]),
+      layer_names=cfg["layer_names"],
+    )
     if return_neighbors:
-      res = dataclasses.replace(res, neighbors=ct_lib.Neighbors(
-          gen_index=np.asarray(idx)[:, :m], gen_dist=np.asarray(dist)[:, :m],
+      res = dataclasses.replace(
+        res,
+        neighbors=ct_lib.Neighbors(
+          gen_index=np.asarray(idx)[:, :m],
+          gen_dist=np.asarray(dist)[:, :m],
           test_index=np.asarray(self.arrays["test_index"]),
-          test_dist=np.asarray(self.arrays["test_dist"]), gen_cells=cells))
+          test_dist=np.asarray(self.arrays["test_dist"]),
+          gen_cells=cells,
+        ),
+      )
     return res
 
   def _sharded_index_cache(self) -> dict:
@@ -526,9 +743,13 @@ class CTReference:
     cache = self._sharded_index_cache()
     if mesh not in cache:
       cache[mesh] = sharding.shard_index(
-          self.arrays["points"], self.arrays["cells"], self.arrays["order"],
-          n_cells=self.config["n_cells"], metric=self.config["metric"],
-          mesh=mesh)
+        self.arrays["points"],
+        self.arrays["cells"],
+        self.arrays["order"],
+        n_cells=self.config["n_cells"],
+        metric=self.config["metric"],
+        mesh=mesh,
+      )
     return cache[mesh]
 
   # ------------------------------------------------------------- identity
@@ -538,16 +759,30 @@ class CTReference:
     Two references with the same ``hash`` give the same curves for the same
     generated batch; fingerprints are only comparable under one hash.
     """
-    cfg = {k: v for k, v in self.config.items()
-           if k not in ("tile_queries", "tile_train")}
+    cfg = {
+      k: v
+      for k, v in self.config.items()
+      if k not in ("tile_queries", "tile_train")
+    }
     return dict(format=FORMAT, version=VERSION, **cfg, hash=self.hash)
 
   @functools.cached_property
   def hash(self) -> str:
     h = hashlib.sha256()
-    settings = {k: self.config[k] for k in (
-        "n_components", "n_cells", "n_init", "metric", "seed", "n_layers",
-        "dim", "n_train", "n_test")}
+    settings = {
+      k: self.config[k]
+      for k in (
+        "n_components",
+        "n_cells",
+        "n_init",
+        "metric",
+        "seed",
+        "n_layers",
+        "dim",
+        "n_train",
+        "n_test",
+      )
+    }
     h.update(json.dumps(settings, sort_keys=True).encode())
     for k in ("pca_mean", "pca_components", "centers", "test_sorted"):
       h.update(np.ascontiguousarray(np.asarray(self.arrays[k])).tobytes())
@@ -559,8 +794,11 @@ class CTReference:
     buf = io.BytesIO()
     arrays = {k: np.asarray(v) for k, v in self.arrays.items()}
     header = dict(format=FORMAT, version=VERSION, config=self.config)
-    np.savez(buf, __header__=np.frombuffer(json.dumps(header).encode(),
-                                           np.uint8), **arrays)
+    np.savez(
+      buf,
+      __header__=np.frombuffer(json.dumps(header).encode(), np.uint8),
+      **arrays,
+    )
     atomic_write(os.fspath(path), lambda f: f.write(buf.getvalue()))
 
   @classmethod
@@ -575,16 +813,20 @@ class CTReference:
     if header.get("format") != FORMAT:
       raise ValueError(f"{path}: not a ctjax reference file")
     if header.get("version", 0) > VERSION:
-      raise ValueError(f"{path}: written by a newer ctjax (format version "
-                       f"{header['version']} > {VERSION})")
+      raise ValueError(
+        f"{path}: written by a newer ctjax (format version "
+        f"{header['version']} > {VERSION})"
+      )
     arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
     return cls(config=header["config"], arrays=arrays)
 
   def __repr__(self):
     c = self.config
-    return (f"CTReference(layers={c['n_layers']}, N={c['n_train']}, "
-            f"n={c['n_test']}, D={c['dim']}, d={c['n_components']}, "
-            f"k={c['n_cells']}, metric={c['metric']!r}, hash={self.hash})")
+    return (
+      f"CTReference(layers={c['n_layers']}, N={c['n_train']}, "
+      f"n={c['n_test']}, D={c['dim']}, d={c['n_components']}, "
+      f"k={c['n_cells']}, metric={c['metric']!r}, hash={self.hash})"
+    )
 
 
 def ct_curve(train, test, gen, **kwargs) -> ct_lib.CTResult:
@@ -593,14 +835,24 @@ def ct_curve(train, test, gen, **kwargs) -> ct_lib.CTResult:
   Keyword arguments ``tau`` and ``return_neighbors`` go to `score`, the rest to
   `fit`. Shapes: train ``[L, N, D]``, test ``[L, n, D]``, gen ``[L, m, D]``.
   """
-  score_kw = {k: kwargs.pop(k) for k in ("tau", "return_neighbors")
-              if k in kwargs}
+  score_kw = {
+    k: kwargs.pop(k) for k in ("tau", "return_neighbors") if k in kwargs
+  }
   return CTReference.fit(train, test, **kwargs).score(gen, **score_kw)
 
 
-def ct_score(train, test, gen, *, n_components: int = 64, n_cells: int = 10,
-             tau: float | None = None, metric: str = "cosine", seed: int = 0,
-             return_neighbors: bool = False) -> ct_lib.CTResult:
+def ct_score(
+  train,
+  test,
+  gen,
+  *,
+  n_components: int = 64,
+  n_cells: int = 10,
+  tau: float | None = None,
+  metric: str = "cosine",
+  seed: int = 0,
+  return_neighbors: bool = False,
+) -> ct_lib.CTResult:
   """C_T of one layer end to end: PCA and k-means fitted on ``train``, then scored.
 
   Args:
@@ -616,9 +868,15 @@ def ct_score(train, test, gen, *, n_components: int = 64, n_cells: int = 10,
   Returns:
     A `CTResult` with ``ct`` a float and ``[k]`` per-cell fields.
   """
-  ref = CTReference.fit(np.asarray(train)[None], np.asarray(test)[None],
-                        n_components=n_components, n_cells=n_cells,
-                        metric=metric, seed=seed)
-  res = ref.score(np.asarray(gen)[None], tau=tau,
-                  return_neighbors=return_neighbors)
+  ref = CTReference.fit(
+    np.asarray(train)[None],
+    np.asarray(test)[None],
+    n_components=n_components,
+    n_cells=n_cells,
+    metric=metric,
+    seed=seed,
+  )
+  res = ref.score(
+    np.asarray(gen)[None], tau=tau, return_neighbors=return_neighbors
+  )
   return res.squeeze()

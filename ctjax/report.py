@@ -5,6 +5,7 @@ no global state), imported only when a plot is drawn, so the table and JSON
 helpers stay cheap. Every writer goes through a temporary file in the target
 folder and `os.replace`, so a crash never leaves a half-written file.
 """
+
 import contextlib
 import csv
 import io
@@ -31,8 +32,9 @@ def _atomic(path, mode: str = "w", **kwargs):
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-",
-                             suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(
+    dir=folder, prefix=".tmp-", suffix=os.path.basename(path)
+  )
   try:
     with os.fdopen(fd, mode, **kwargs) as f:
       yield f
@@ -87,14 +89,17 @@ def _cell(v) -> str:
   return str(v)
 
 
-def write_table_csv(rows: Sequence[Sequence[Any]], headers: Sequence[str],
-                    path) -> str:
+def write_table_csv(
+  rows: Sequence[Sequence[Any]], headers: Sequence[str], path
+) -> str:
   """Writes a CSV with a header line atomically; floats at full precision."""
   headers = list(headers)
   for i, row in enumerate(rows):
     if len(row) != len(headers):
-      raise ValueError(f"table row {i} has {len(row)} cells, expected "
-                       f"{len(headers)} ({headers})")
+      raise ValueError(
+        f"table row {i} has {len(row)} cells, expected "
+        f"{len(headers)} ({headers})"
+      )
   with _atomic(path, "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)
     w.writerow(headers)
@@ -103,14 +108,17 @@ def write_table_csv(rows: Sequence[Sequence[Any]], headers: Sequence[str],
   return os.fspath(path)
 
 
-def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
-                 floatfmt: str = ".3f") -> str:
+def format_table(
+  rows: Sequence[Sequence[Any]], headers: Sequence[str], floatfmt: str = ".3f"
+) -> str:
   """A plain-text table: numbers right-aligned, text left-aligned."""
   headers = [str(h) for h in headers]
   for i, row in enumerate(rows):
     if len(row) != len(headers):
-      raise ValueError(f"table row {i} has {len(row)} cells, expected "
-                       f"{len(headers)} ({headers})")
+      raise ValueError(
+        f"table row {i} has {len(row)} cells, expected "
+        f"{len(headers)} ({headers})"
+      )
 
   def fmt(v):
     if isinstance(v, (float, np.floating)):
@@ -120,15 +128,24 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
     return str(v)
 
   cells = [[fmt(v) for v in row] for row in rows]
-  numeric = [all(isinstance(r[j], (int, float, np.number))
-                 and not isinstance(r[j], bool) for r in rows) and bool(rows)
-             for j in range(len(headers))]
-  widths = [max([len(headers[j])] + [len(r[j]) for r in cells])
-            for j in range(len(headers))]
+  numeric = [
+    all(
+      isinstance(r[j], (int, float, np.number)) and not isinstance(r[j], bool)
+      for r in rows
+    )
+    and bool(rows)
+    for j in range(len(headers))
+  ]
+  widths = [
+    max([len(headers[j])] + [len(r[j]) for r in cells])
+    for j in range(len(headers))
+  ]
 
   def line(items):
-    return "  ".join(s.rjust(w) if num else s.ljust(w)
-                     for s, w, num in zip(items, widths, numeric)).rstrip()
+    return "  ".join(
+      s.rjust(w) if num else s.ljust(w)
+      for s, w, num in zip(items, widths, numeric)
+    ).rstrip()
 
   out = [line(headers), "  ".join("-" * w for w in widths)]
   out += [line(r) for r in cells]
@@ -136,7 +153,7 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
 
 
 def verdict(ct: float, band: float = DEFAULT_BAND) -> str:
-  """"copying" (C_T < -band), "under-fitting" (> band), "fine", "undefined"."""
+  """ "copying" (C_T < -band), "under-fitting" (> band), "fine", "undefined"."""
   if ct is None or math.isnan(ct):
     return "undefined"
   if ct < -band:
@@ -153,6 +170,7 @@ def verdict(ct: float, band: float = DEFAULT_BAND) -> str:
 def _figure(width: float, height: float):
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
   FigureCanvasAgg(fig)
   return fig
@@ -164,9 +182,15 @@ def _save(fig, path) -> str:
   return write_bytes(buf.getvalue(), path)
 
 
-def plot_curves(curves: Mapping[str, Any], path, *, layers=None,
-                title: str = "C_T per layer", ylabel: str = "C_T",
-                band: float = DEFAULT_BAND) -> str:
+def plot_curves(
+  curves: Mapping[str, Any],
+  path,
+  *,
+  layers=None,
+  title: str = "C_T per layer",
+  ylabel: str = "C_T",
+  band: float = DEFAULT_BAND,
+) -> str:
   """C_T against layer, one colour per label.
 
   Args:
@@ -186,8 +210,9 @@ def plot_curves(curves: Mapping[str, Any], path, *, layers=None,
     a = np.asarray(c, dtype=np.float64)
     a = a[None] if a.ndim == 1 else a
     if a.ndim != 2 or a.shape[1] == 0:
-      raise ValueError(f"curves for {label!r} must be [L] or [n, L], got "
-                       f"shape {np.shape(c)}")
+      raise ValueError(
+        f"curves for {label!r} must be [L] or [n, L], got shape {np.shape(c)}"
+      )
     arrays[str(label)] = a
   lengths = {a.shape[1] for a in arrays.values()}
   if len(lengths) != 1:
@@ -195,8 +220,9 @@ def plot_curves(curves: Mapping[str, Any], path, *, layers=None,
   n_layers = lengths.pop()
   x = np.arange(n_layers) if layers is None else np.asarray(layers)
   if x.shape != (n_layers,):
-    raise ValueError(f"layers has shape {x.shape}, curves have {n_layers} "
-                     "layers")
+    raise ValueError(
+      f"layers has shape {x.shape}, curves have {n_layers} layers"
+    )
 
   fig = _figure(8.0, 4.2)
   ax = fig.add_subplot()
@@ -205,18 +231,36 @@ def plot_curves(curves: Mapping[str, Any], path, *, layers=None,
   hi = max(finite.max(), band) if finite.size else band
   pad = 0.08 * (hi - lo)
   lo, hi = lo - pad, hi + pad
-  ax.axhspan(lo, -band, color="tab:red", alpha=0.10, lw=0,
-             label="copying (C_T < -%g)" % band)
-  ax.axhspan(band, hi, color="tab:blue", alpha=0.08, lw=0,
-             label="under-fitting (C_T > %g)" % band)
+  ax.axhspan(
+    lo,
+    -band,
+    color="tab:red",
+    alpha=0.10,
+    lw=0,
+    label="copying (C_T < -%g)" % band,
+  )
+  ax.axhspan(
+    band,
+    hi,
+    color="tab:blue",
+    alpha=0.08,
+    lw=0,
+    label="under-fitting (C_T > %g)" % band,
+  )
   ax.axhline(0.0, color="black", lw=0.8)
   colours = _colours(len(arrays))
   for (label, a), colour in zip(arrays.items(), colours):
     for j, c in enumerate(a):
-      ax.plot(x, c, color=colour, marker="o", ms=3,
-              lw=1.6 if len(a) == 1 else 1.0,
-              alpha=1.0 if len(a) == 1 else 0.7,
-              label=label if j == 0 else None)
+      ax.plot(
+        x,
+        c,
+        color=colour,
+        marker="o",
+        ms=3,
+        lw=1.6 if len(a) == 1 else 1.0,
+        alpha=1.0 if len(a) == 1 else 0.7,
+        label=label if j == 0 else None,
+      )
   ax.set_ylim(lo, hi)
   ax.set_xlabel("layer")
   ax.set_ylabel(ylabel)
@@ -224,31 +268,55 @@ def plot_curves(curves: Mapping[str, Any], path, *, layers=None,
   if n_layers <= 30:
     ax.set_xticks(x)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-            ncol=2 if len(arrays) > 14 else 1, frameon=False)
+  ax.legend(
+    fontsize=8,
+    loc="upper left",
+    bbox_to_anchor=(1.01, 1.0),
+    ncol=2 if len(arrays) > 14 else 1,
+    frameon=False,
+  )
   return _save(fig, path)
 
 
 def _colours(n: int):
   from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+
   cmap = colormaps["tab10" if n <= 10 else "tab20"]
   return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _matrix_plot(matrix, labels, path, *, title, cbar_label, cmap, fmt,
-                 xlabel=None, ylabel=None, col_labels=None) -> str:
+def _matrix_plot(
+  matrix,
+  labels,
+  path,
+  *,
+  title,
+  cbar_label,
+  cmap,
+  fmt,
+  xlabel=None,
+  ylabel=None,
+  col_labels=None,
+) -> str:
   m = np.asarray(matrix, dtype=np.float64)
   col_labels = labels if col_labels is None else col_labels
   if m.ndim != 2 or m.shape != (len(labels), len(col_labels)):
-    raise ValueError(f"matrix has shape {m.shape}, labels give "
-                     f"({len(labels)}, {len(col_labels)})")
+    raise ValueError(
+      f"matrix has shape {m.shape}, labels give "
+      f"({len(labels)}, {len(col_labels)})"
+    )
   size = 1.6 + 0.42 * max(m.shape)
   fig = _figure(min(size + 1.6, 22.0), min(size, 20.0))
   ax = fig.add_subplot()
   im = ax.imshow(m, cmap=cmap, interpolation="nearest")
   fig.colorbar(im, ax=ax, label=cbar_label, shrink=0.85)
-  ax.set_xticks(range(m.shape[1]), [str(l) for l in col_labels], rotation=60,
-                ha="right", fontsize=8)
+  ax.set_xticks(
+    range(m.shape[1]),
+    [str(l) for l in col_labels],
+    rotation=60,
+    ha="right",
+    fontsize=8,
+  )
   ax.set_yticks(range(m.shape[0]), [str(l) for l in labels], fontsize=8)
   if xlabel:
     ax.set_xlabel(xlabel)
@@ -262,13 +330,21 @@ def _matrix_plot(matrix, labels, path, *, title, cbar_label, cmap, fmt,
       for j in range(m.shape[1]):
         if np.isfinite(m[i, j]):
           v = int(round(m[i, j])) if fmt == "d" else m[i, j]
-          ax.text(j, i, format(v, fmt), ha="center", va="center",
-                  fontsize=7, color="white" if m[i, j] > mid else "black")
+          ax.text(
+            j,
+            i,
+            format(v, fmt),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if m[i, j] > mid else "black",
+          )
   return _save(fig, path)
 
 
-def plot_similarity_heatmap(matrix, labels: Sequence[str], path, *,
-                            title: str = "Curve similarity") -> str:
+def plot_similarity_heatmap(
+  matrix, labels: Sequence[str], path, *, title: str = "Curve similarity"
+) -> str:
   """Heat map of pairwise curve similarity (cf. He et al. 2024, Fig. 6b).
 
   Args:
@@ -276,18 +352,34 @@ def plot_similarity_heatmap(matrix, labels: Sequence[str], path, *,
     labels: ``[n]`` tick labels.
     path: the PNG to write.
   """
-  return _matrix_plot(matrix, list(labels), path, title=title,
-                      cbar_label="similarity", cmap="viridis", fmt=".2f")
+  return _matrix_plot(
+    matrix,
+    list(labels),
+    path,
+    title=title,
+    cbar_label="similarity",
+    cmap="viridis",
+    fmt=".2f",
+  )
 
 
-def plot_confusion(confusion, labels: Sequence[str], path, *,
-                   title: str = "Confusion matrix") -> str:
+def plot_confusion(
+  confusion, labels: Sequence[str], path, *, title: str = "Confusion matrix"
+) -> str:
   """Confusion matrix ``[k, k]`` (rows = true label, columns = answer)."""
   c = np.asarray(confusion)
   fmt = "d" if np.issubdtype(c.dtype, np.integer) else ".2f"
-  return _matrix_plot(c, list(labels), path, title=title, cbar_label="count",
-                      cmap="Blues", fmt=fmt, xlabel="predicted",
-                      ylabel="true")
+  return _matrix_plot(
+    c,
+    list(labels),
+    path,
+    title=title,
+    cbar_label="count",
+    cmap="Blues",
+    fmt=fmt,
+    xlabel="predicted",
+    ylabel="true",
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -303,15 +395,21 @@ def _rgb(img, name: str) -> np.ndarray:
   if a.ndim == 2:
     a = np.repeat(a[..., None], 3, axis=-1)
   if a.ndim != 3 or a.shape[-1] != 3 or 0 in a.shape:
-    raise ValueError(f"{name} must be [H, W] or [H, W, 3], got shape "
-                     f"{np.shape(img)}")
+    raise ValueError(
+      f"{name} must be [H, W] or [H, W, 3], got shape {np.shape(img)}"
+    )
   return a
 
 
-def image_gallery(items: Sequence[tuple[Any, Any, str]], path, *,
-                  cell: int = 96, columns: int = 4,
-                  left_title: str = "generated",
-                  right_title: str = "nearest train") -> str:
+def image_gallery(
+  items: Sequence[tuple[Any, Any, str]],
+  path,
+  *,
+  cell: int = 96,
+  columns: int = 4,
+  left_title: str = "generated",
+  right_title: str = "nearest train",
+) -> str:
   """A PNG grid of (generated image, nearest training image, caption) pairs.
 
   Args:
@@ -326,10 +424,12 @@ def image_gallery(items: Sequence[tuple[Any, Any, str]], path, *,
     the path written.
   """
   from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+
   items = list(items)
   if not items:
-    raise ValueError("image_gallery needs at least one (generated, train, "
-                     "caption) item")
+    raise ValueError(
+      "image_gallery needs at least one (generated, train, caption) item"
+    )
   font = ImageFont.load_default()
   gap, text_h, head_h = 6, 14, 16
   pair_w = 2 * cell + gap
@@ -356,14 +456,22 @@ def image_gallery(items: Sequence[tuple[Any, Any, str]], path, *,
       h, w = a.shape[:2]
       scale = cell / max(h, w)
       size = (max(1, round(w * scale)), max(1, round(h * scale)))
-      resample = (Image.Resampling.NEAREST if scale >= 1
-                  else Image.Resampling.LANCZOS)
+      resample = (
+        Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+      )
       im = im.resize(size, resample)
-      canvas.paste(im, (x0 + j * (cell + gap) + (cell - size[0]) // 2,
-                        y0 + (cell - size[1]) // 2))
+      canvas.paste(
+        im,
+        (
+          x0 + j * (cell + gap) + (cell - size[0]) // 2,
+          y0 + (cell - size[1]) // 2,
+        ),
+      )
     text = str(caption)
     max_chars = max(4, pair_w // 6)
-    lines = [text[i:i + max_chars] for i in range(0, len(text), max_chars)][:2]
+    lines = [text[i : i + max_chars] for i in range(0, len(text), max_chars)][
+      :2
+    ]
     for i, t in enumerate(lines):
       draw.text((x0, y0 + cell + 1 + i * text_h), t, fill="black", font=font)
   buf = io.BytesIO()

@@ -22,6 +22,7 @@ reference, a generated batch) become global arrays with
 to its devices. `process_share` and `gather_in_order` split a list of inputs
 (files) between processes and put the per-process results back in input order.
 """
+
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -53,19 +54,25 @@ def resolve_mesh(mesh) -> Mesh:
   sequence of devices; returns the mesh."""
   if isinstance(mesh, str):
     if mesh != "all":
-      raise ValueError(f"mesh must be a jax.sharding.Mesh, 'all' or a list of "
-                       f"devices, got {mesh!r}")
+      raise ValueError(
+        f"mesh must be a jax.sharding.Mesh, 'all' or a list of "
+        f"devices, got {mesh!r}"
+      )
     return make_mesh()
   if isinstance(mesh, Mesh):
     if AXIS not in mesh.axis_names:
-      raise ValueError(f"mesh has axes {mesh.axis_names}; ctjax shards the "
-                       f"training points along an axis named {AXIS!r}")
+      raise ValueError(
+        f"mesh has axes {mesh.axis_names}; ctjax shards the "
+        f"training points along an axis named {AXIS!r}"
+      )
     return mesh
   try:
     return make_mesh(list(mesh))
   except TypeError as e:
-    raise ValueError(f"mesh must be a jax.sharding.Mesh, 'all' or a list of "
-                     f"devices, got {type(mesh).__name__}") from e
+    raise ValueError(
+      f"mesh must be a jax.sharding.Mesh, 'all' or a list of "
+      f"devices, got {type(mesh).__name__}"
+    ) from e
 
 
 def n_shards(mesh: Mesh) -> int:
@@ -99,9 +106,11 @@ def local_value(x: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------- the sharded index
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["points", "aux", "cells", "starts", "order"],
-                   meta_fields=["metric", "mesh"])
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["points", "aux", "cells", "starts", "order"],
+  meta_fields=["metric", "mesh"],
+)
 @dataclasses.dataclass(frozen=True)
 class ShardedIndex:
   """Per-layer cell indexes of the training points, one per device.
@@ -119,6 +128,7 @@ class ShardedIndex:
     metric: "l2" or "cosine".
     mesh: the mesh the arrays live on.
   """
+
   points: jax.Array
   aux: jax.Array
   cells: jax.Array
@@ -140,7 +150,8 @@ def _deal(x: np.ndarray, n_dev: int, fill) -> np.ndarray:
   pad = rows * n_dev - n
   if pad:
     x = np.concatenate(
-        [x, np.full((n_layers, pad) + x.shape[2:], fill, x.dtype)], axis=1)
+      [x, np.full((n_layers, pad) + x.shape[2:], fill, x.dtype)], axis=1
+    )
   x = x.reshape((n_layers, rows, n_dev) + x.shape[2:])
   return np.swapaxes(x, 1, 2).reshape((n_layers, rows * n_dev) + x.shape[3:])
 
@@ -153,18 +164,28 @@ def _build_local(points, cells, order, *, n_cells, metric, mesh):
       # Padding rows carry cell k, build_index's sentinel: sorted last and
       # never matched by a real query.
       index = nb.build_index(p, c, n_cells, metric)
-      return (index.points, index.aux, index.cells, index.starts,
-              o[index.order])
+      return (
+        index.points,
+        index.aux,
+        index.cells,
+        index.starts,
+        o[index.order],
+      )
+
     return jax.lax.map(one, (points, cells, order))
 
   row = P(None, AXIS)
   return jax.shard_map(
-      local, mesh=mesh, in_specs=(P(None, AXIS, None), row, row),
-      out_specs=(P(None, AXIS, None), row, row, row, row))(points, cells, order)
+    local,
+    mesh=mesh,
+    in_specs=(P(None, AXIS, None), row, row),
+    out_specs=(P(None, AXIS, None), row, row, row, row),
+  )(points, cells, order)
 
 
-def shard_index(points, cells, order=None, *, n_cells: int, metric: str,
-                mesh: Mesh) -> ShardedIndex:
+def shard_index(
+  points, cells, order=None, *, n_cells: int, metric: str, mesh: Mesh
+) -> ShardedIndex:
   """Deals the training points of every layer out to the devices of ``mesh``.
 
   Args:
@@ -185,21 +206,28 @@ def shard_index(points, cells, order=None, *, n_cells: int, metric: str,
   points = np.asarray(points)
   cells = np.asarray(cells, np.int32)
   if points.ndim != 3 or cells.shape != points.shape[:2]:
-    raise ValueError(f"points must be [L, N, d] and cells [L, N]; got "
-                     f"{points.shape} and {cells.shape}")
+    raise ValueError(
+      f"points must be [L, N, d] and cells [L, N]; got "
+      f"{points.shape} and {cells.shape}"
+    )
   if order is None:
-    order = np.broadcast_to(np.arange(points.shape[1], dtype=np.int32),
-                            cells.shape)
+    order = np.broadcast_to(
+      np.arange(points.shape[1], dtype=np.int32), cells.shape
+    )
   order = np.asarray(order, np.int32)
   s = n_shards(mesh)
   rows = NamedSharding(mesh, P(None, AXIS))
-  pts = put_global(_deal(points, s, 0), NamedSharding(mesh, P(None, AXIS, None)))
+  pts = put_global(
+    _deal(points, s, 0), NamedSharding(mesh, P(None, AXIS, None))
+  )
   cel = put_global(_deal(cells, s, n_cells), rows)
   ordr = put_global(_deal(order, s, -1), rows)
-  p, a, c, st, o = _build_local(pts, cel, ordr, n_cells=n_cells,
-                                metric=metric, mesh=mesh)
-  return ShardedIndex(points=p, aux=a, cells=c, starts=st, order=o,
-                      metric=metric, mesh=mesh)
+  p, a, c, st, o = _build_local(
+    pts, cel, ordr, n_cells=n_cells, metric=metric, mesh=mesh
+  )
+  return ShardedIndex(
+    points=p, aux=a, cells=c, starts=st, order=o, metric=metric, mesh=mesh
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("tile_queries", "tile_train"))
@@ -209,12 +237,16 @@ def _search(index: ShardedIndex, queries, q_cells, *, tile_queries, tile_train):
   def local(points, aux, cells, starts, order, queries, q_cells):
     def one(args):
       p, a, c, st, o, q, qc = args
-      local_index = nb.CellIndex(points=p, aux=a, cells=c, starts=st, order=o,
-                                 metric=metric)
-      return nb.nearest_in_cell(local_index, q, qc, tile_queries=tile_queries,
-                                tile_train=tile_train)
+      local_index = nb.CellIndex(
+        points=p, aux=a, cells=c, starts=st, order=o, metric=metric
+      )
+      return nb.nearest_in_cell(
+        local_index, q, qc, tile_queries=tile_queries, tile_train=tile_train
+      )
+
     dist, idx = jax.lax.map(
-        one, (points, aux, cells, starts, order, queries, q_cells))
+      one, (points, aux, cells, starts, order, queries, q_cells)
+    )
     # (distance, index) minimum over devices: nearest first, then lowest index.
     # Padding rows (index -1) only ever match padding queries; these get
     # (inf, -1) as in the single-device search.
@@ -228,14 +260,30 @@ def _search(index: ShardedIndex, queries, q_cells, *, tile_queries, tile_train):
   # varying-axis check would want cast; the outputs are replicated by the pmin.
   row = P(None, AXIS)
   return jax.shard_map(
-      local, mesh=index.mesh,
-      in_specs=(P(None, AXIS, None), row, row, row, row, P(), P()),
-      out_specs=(P(), P()), check_vma=False)(index.points, index.aux, index.cells, index.starts,
-                            index.order, queries, q_cells)
+    local,
+    mesh=index.mesh,
+    in_specs=(P(None, AXIS, None), row, row, row, row, P(), P()),
+    out_specs=(P(), P()),
+    check_vma=False,
+  )(
+    index.points,
+    index.aux,
+    index.cells,
+    index.starts,
+    index.order,
+    queries,
+    q_cells,
+  )
 
 
-def nearest_in_cell(index: ShardedIndex, queries, q_cells, *,
-                    tile_queries: int | None = 64, tile_train: int = 2048):
+def nearest_in_cell(
+  index: ShardedIndex,
+  queries,
+  q_cells,
+  *,
+  tile_queries: int | None = 64,
+  tile_train: int = 2048,
+):
   """`ctjax.stats.neighbors.nearest_in_cell` over a sharded training set.
 
   Args:
@@ -251,21 +299,32 @@ def nearest_in_cell(index: ShardedIndex, queries, q_cells, *,
   """
   queries = jnp.asarray(queries)
   if queries.ndim != 3 or queries.shape[0] != index.points.shape[0]:
-    raise ValueError(f"queries must be [L={index.points.shape[0]}, m, d], got "
-                     f"{tuple(queries.shape)}")
+    raise ValueError(
+      f"queries must be [L={index.points.shape[0]}, m, d], got "
+      f"{tuple(queries.shape)}"
+    )
   if queries.shape[2] != index.points.shape[2]:
-    raise ValueError(f"queries have dimension {queries.shape[2]} but the index "
-                     f"holds dimension {index.points.shape[2]}")
+    raise ValueError(
+      f"queries have dimension {queries.shape[2]} but the index "
+      f"holds dimension {index.points.shape[2]}"
+    )
   q_cells = jnp.asarray(q_cells, jnp.int32)
-  dist, idx = _search(index, replicate(queries, index.mesh),
-                      replicate(q_cells, index.mesh),
-                      tile_queries=tile_queries, tile_train=tile_train)
+  dist, idx = _search(
+    index,
+    replicate(queries, index.mesh),
+    replicate(q_cells, index.mesh),
+    tile_queries=tile_queries,
+    tile_train=tile_train,
+  )
   return local_value(dist), local_value(idx)
 
 
 # ----------------------------------------------------------- several hosts
-def process_share(n_items: int, process_index: int | None = None,
-                  process_count: int | None = None) -> slice:
+def process_share(
+  n_items: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> slice:
   """The contiguous share of ``n_items`` inputs that one process handles.
 
   Shares differ in size by at most one (as ``np.array_split``); concatenated
@@ -297,20 +356,24 @@ def gather_in_order(local, n_items: int) -> np.ndarray:
   count = jax.process_count()
   share = process_share(n_items)
   if local.shape[0] != share.stop - share.start:
-    raise ValueError(f"process {jax.process_index()} holds {local.shape[0]} "
-                     f"results but its share is {share.stop - share.start} of "
-                     f"{n_items} items")
+    raise ValueError(
+      f"process {jax.process_index()} holds {local.shape[0]} "
+      f"results but its share is {share.stop - share.start} of "
+      f"{n_items} items"
+    )
   if count == 1:
     return local
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   rows = -(-n_items // count)
   pad = np.zeros((rows - local.shape[0],) + local.shape[1:], local.dtype)
-  everything = np.asarray(multihost_utils.process_allgather(
-      np.concatenate([local, pad])))                       # [count, rows, ...]
+  everything = np.asarray(
+    multihost_utils.process_allgather(np.concatenate([local, pad]))
+  )  # [count, rows, ...]
   parts = []
   for p in range(count):
     s = process_share(n_items, p, count)
-    parts.append(everything[p, :s.stop - s.start])
+    parts.append(everything[p, : s.stop - s.start])
   return np.concatenate(parts)
 
 

@@ -7,6 +7,7 @@ written to a temporary name in the same folder and renamed with
 ``os.replace``, so a crash leaves either the old state or the new one,
 never a truncated file; a rerun reuses every finished chunk.
 """
+
 import glob
 import hashlib
 import json
@@ -20,7 +21,9 @@ def atomic_write(path: str, write) -> None:
   """Calls ``write(fileobj)`` on a temporary file, then renames it to ``path``."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(
+    dir=folder, prefix=".tmp-", suffix=os.path.basename(path)
+  )
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
@@ -77,18 +80,27 @@ class EmbeddingCache:
     with np.load(path) as z:
       return z["embeddings"], [str(s) for s in z["skipped"]]
 
-  def put_chunk(self, start: int, stop: int, embeddings: np.ndarray, skipped) -> None:
+  def put_chunk(
+    self, start: int, stop: int, embeddings: np.ndarray, skipped
+  ) -> None:
     if not os.path.exists(os.path.join(self.folder, "meta.json")):
       self._write_json("meta.json", self.parts)
     skipped = np.asarray(list(skipped), dtype=np.str_)
-    atomic_write(self._chunk_path(start, stop),
-                 lambda f: np.savez(f, embeddings=embeddings, skipped=skipped))
+    atomic_write(
+      self._chunk_path(start, stop),
+      lambda f: np.savez(f, embeddings=embeddings, skipped=skipped),
+    )
 
   def finish(self, embeddings: np.ndarray, skipped) -> None:
     """Writes the final array, then marks the entry done and drops the chunks."""
     if not os.path.exists(os.path.join(self.folder, "meta.json")):
       self._write_json("meta.json", self.parts)
-    atomic_write(os.path.join(self.folder, "embeddings.npy"), lambda f: np.save(f, embeddings))
-    self._write_json("done.json", {"skipped": list(skipped), "shape": list(embeddings.shape)})
+    atomic_write(
+      os.path.join(self.folder, "embeddings.npy"),
+      lambda f: np.save(f, embeddings),
+    )
+    self._write_json(
+      "done.json", {"skipped": list(skipped), "shape": list(embeddings.shape)}
+    )
     for path in glob.glob(os.path.join(self.folder, "chunk-*.npz")):
       os.remove(path)

@@ -1,4 +1,5 @@
 """Shared fixtures: a seeded NumPy generator and a float64 switch."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")

@@ -1,4 +1,5 @@
 """embed(): pooling, batching, sources, bad input, cache and data parallelism."""
+
 import os
 import subprocess
 import sys
@@ -21,21 +22,35 @@ tf = pytest.importorskip("transformers")
 def tiny(tmp_path_factory):
   """A perturbed tiny HF ViT (S=32, P=16, 2 blocks) and the ctjax encoder of it."""
   from tests.models.conftest import save_tiny
-  folder, model = save_tiny(tmp_path_factory.mktemp("ckpt"), tf.ViTModel, tf.ViTConfig,
-                            hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, image_size=32, patch_size=16)
+
+  folder, model = save_tiny(
+    tmp_path_factory.mktemp("ckpt"),
+    tf.ViTModel,
+    tf.ViTConfig,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=16,
+  )
   return ctjax.models.from_pretrained(folder), model
 
 
 @pytest.fixture(scope="module")
 def images():
-  return np.random.default_rng(1).integers(0, 256, size=(7, 24, 30, 3), dtype=np.uint8)
+  return np.random.default_rng(1).integers(
+    0, 256, size=(7, 24, 30, 3), dtype=np.uint8
+  )
 
 
 def torch_pooled(model, encoder, images, pool):
   """Reference: torch hidden states of the preprocessed images, pooled in NumPy."""
   from tests.models.conftest import torch_hidden_states
-  pixels = np.asarray(pp.preprocess(images, pp.PreprocessConfig.from_encoder(encoder)))
+
+  pixels = np.asarray(
+    pp.preprocess(images, pp.PreprocessConfig.from_encoder(encoder))
+  )
   hidden, _ = torch_hidden_states(model, pixels)
   return hidden[:, :, 0] if pool == "cls" else hidden[:, :, 1:].mean(axis=2)
 
@@ -46,9 +61,15 @@ def test_matches_torch_with_padded_last_batch(tiny, images, pool):
   embedding._step.clear_cache()
   got = ctjax.embed(encoder, images, pool=pool, batch_size=3, progress=False)
   assert got.shape == (3, 7, 32) and got.dtype == np.float32
-  np.testing.assert_allclose(got, torch_pooled(model, encoder, images, pool), atol=1e-4)
-  assert embedding._step._cache_size() == 1  # 7 images in batches of 3: one compilation
-  sub = ctjax.embed(encoder, images, pool=pool, layers=[-1, 0], batch_size=4, progress=False)
+  np.testing.assert_allclose(
+    got, torch_pooled(model, encoder, images, pool), atol=1e-4
+  )
+  assert (
+    embedding._step._cache_size() == 1
+  )  # 7 images in batches of 3: one compilation
+  sub = ctjax.embed(
+    encoder, images, pool=pool, layers=[-1, 0], batch_size=4, progress=False
+  )
   np.testing.assert_allclose(sub, got[[2, 0]], atol=1e-5)
 
 
@@ -63,7 +84,9 @@ def test_bfloat16_close(tiny, images):
 def write_images(folder, images, fmt="png"):
   paths = []
   for i, im in enumerate(images):
-    sub = folder / ("b" if i % 2 else "a") / f"{i:02d}.{fmt}"  # nested, sorted a/* then b/*
+    sub = (
+      folder / ("b" if i % 2 else "a") / f"{i:02d}.{fmt}"
+    )  # nested, sorted a/* then b/*
     sub.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(im).save(sub)
     paths.append(sub)
@@ -79,10 +102,14 @@ def test_folder_npy_npz_sources_equal_the_array(tiny, images, tmp_path):
   np.testing.assert_allclose(got, want[:, order], atol=1e-5)
   np.save(tmp_path / "x.npy", images)
   np.savez(tmp_path / "x.npz", images=images, labels=np.arange(7))
-  np.testing.assert_allclose(ctjax.embed(encoder, str(tmp_path / "x.npy"), progress=False), want,
-                             atol=1e-5)
-  np.testing.assert_allclose(ctjax.embed(encoder, tmp_path / "x.npz", progress=False), want,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    ctjax.embed(encoder, str(tmp_path / "x.npy"), progress=False),
+    want,
+    atol=1e-5,
+  )
+  np.testing.assert_allclose(
+    ctjax.embed(encoder, tmp_path / "x.npz", progress=False), want, atol=1e-5
+  )
 
 
 def test_mixed_size_folder_and_grayscale_jpeg(tiny, tmp_path, rng):
@@ -109,8 +136,12 @@ def test_bad_inputs(tiny, images, tmp_path):
   paths[1].write_bytes(b"not an image at all")
   with pytest.raises(ValueError, match=str(paths[1].name)):
     ctjax.embed(encoder, str(tmp_path / "imgs"), progress=False)
-  with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\): .*01.png"):
-    got = ctjax.embed(encoder, str(tmp_path / "imgs"), skip_bad=True, progress=False)
+  with pytest.warns(
+    UserWarning, match=r"skipped 1 unreadable image\(s\): .*01.png"
+  ):
+    got = ctjax.embed(
+      encoder, str(tmp_path / "imgs"), skip_bad=True, progress=False
+    )
   assert got.shape == (3, 2, 32)
   truncated = tmp_path / "trunc"
   write_images(truncated, images[:1])
@@ -124,14 +155,18 @@ def test_bad_inputs(tiny, images, tmp_path):
   with pytest.raises(ValueError, match="4 channels"):
     ctjax.embed(encoder, np.zeros((2, 32, 32, 4), np.uint8), progress=False)
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
-    ctjax.embed(encoder, np.full((2, 32, 32, 3), 255.0, np.float32), progress=False)
+    ctjax.embed(
+      encoder, np.full((2, 32, 32, 3), 255.0, np.float32), progress=False
+    )
   with pytest.raises(ValueError, match="pool"):
     ctjax.embed(encoder, images, pool="max", progress=False)
   with pytest.raises(ValueError, match="layer 3 is out of range"):
     ctjax.embed(encoder, images, layers=[0, 3], progress=False)
 
 
-def test_cache_hit_and_resume_after_interruption(tiny, images, tmp_path, monkeypatch):
+def test_cache_hit_and_resume_after_interruption(
+  tiny, images, tmp_path, monkeypatch
+):
   encoder, _ = tiny
   want = ctjax.embed(encoder, images, batch_size=2, progress=False)
   calls = []
@@ -146,19 +181,45 @@ def test_cache_hit_and_resume_after_interruption(tiny, images, tmp_path, monkeyp
   monkeypatch.setattr(embedding, "_encode", counting)
   fail = True
   with pytest.raises(KeyboardInterrupt):
-    ctjax.embed(encoder, images, batch_size=2, chunk_size=2, cache_dir=tmp_path, progress=False)
+    ctjax.embed(
+      encoder,
+      images,
+      batch_size=2,
+      chunk_size=2,
+      cache_dir=tmp_path,
+      progress=False,
+    )
   fail, calls[:] = False, []
-  got = ctjax.embed(encoder, images, batch_size=2, chunk_size=2, cache_dir=tmp_path,
-                    progress=False)
+  got = ctjax.embed(
+    encoder,
+    images,
+    batch_size=2,
+    chunk_size=2,
+    cache_dir=tmp_path,
+    progress=False,
+  )
   assert calls == [2, 1]  # chunks [4:6) and [6:7) only
   np.testing.assert_allclose(got, want, atol=1e-6)
   calls[:] = []
-  again = ctjax.embed(encoder, images, batch_size=2, chunk_size=2, cache_dir=tmp_path,
-                      progress=False)
+  again = ctjax.embed(
+    encoder,
+    images,
+    batch_size=2,
+    chunk_size=2,
+    cache_dir=tmp_path,
+    progress=False,
+  )
   assert calls == [] and np.array_equal(again, got)
-  other = ctjax.embed(encoder, images[::-1].copy(), batch_size=2, cache_dir=tmp_path,
-                      progress=False)
-  assert calls and np.allclose(other, want[:, ::-1], atol=1e-5)  # new data -> new key
+  other = ctjax.embed(
+    encoder,
+    images[::-1].copy(),
+    batch_size=2,
+    cache_dir=tmp_path,
+    progress=False,
+  )
+  assert calls and np.allclose(
+    other, want[:, ::-1], atol=1e-5
+  )  # new data -> new key
   assert len([d for d in os.listdir(tmp_path)]) == 2
 
 
@@ -170,12 +231,18 @@ def test_data_parallel_over_two_devices(tiny, images, tmp_path):
       import jax, numpy as np, ctjax
       assert jax.local_device_count() == 2
       enc = ctjax.models.from_pretrained({encoder.source!r})
-      out = ctjax.embed(enc, {str(tmp_path / 'images.npy')!r}, batch_size=3, progress=False)
-      np.save({str(tmp_path / 'out.npy')!r}, out)
+      out = ctjax.embed(enc, {str(tmp_path / "images.npy")!r}, batch_size=3, progress=False)
+      np.save({str(tmp_path / "out.npy")!r}, out)
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
-  subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.getcwd(),
+  )
+  subprocess.run(
+    [sys.executable, "-c", script], check=True, env=env, timeout=300
+  )
   np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, atol=1e-5)
 
 
@@ -183,6 +250,7 @@ def test_process_shares_cover_inputs_in_order(monkeypatch, tmp_path):
   """Several JAX processes: each takes a contiguous share, in input order."""
   from PIL import Image
   from ctjax import embedding, preprocess
+
   cfg = preprocess.PreprocessConfig(image_size=8)
   images = np.arange(7 * 4 * 4 * 3, dtype=np.uint8).reshape(7, 4, 4, 3)
   for i, im in enumerate(images):
@@ -191,12 +259,20 @@ def test_process_shares_cover_inputs_in_order(monkeypatch, tmp_path):
   arrays, paths = [], []
   for p in range(3):
     monkeypatch.setattr(jax, "process_index", lambda p=p: p)
-    arrays.append(embedding._process_share(
-        embedding.as_source(images, cfg), False).load(0, 7)[0])
+    arrays.append(
+      embedding._process_share(embedding.as_source(images, cfg), False).load(
+        0, 7
+      )[0]
+    )
     paths += embedding._process_share(
-        embedding.as_source(str(tmp_path), cfg), False).paths
+      embedding.as_source(str(tmp_path), cfg), False
+    ).paths
   assert [len(a) for a in arrays] == [3, 2, 2]
   np.testing.assert_array_equal(np.concatenate(arrays), images)
-  assert [os.path.basename(p) for p in paths] == [f"{i:02d}.png" for i in range(7)]
-  with pytest.raises(ValueError, match="skip_bad=True needs a single JAX process"):
+  assert [os.path.basename(p) for p in paths] == [
+    f"{i:02d}.png" for i in range(7)
+  ]
+  with pytest.raises(
+    ValueError, match="skip_bad=True needs a single JAX process"
+  ):
     embedding._process_share(embedding.as_source(images, cfg), True)

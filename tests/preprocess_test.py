@@ -1,4 +1,5 @@
 """On-device preprocessing against the same pipeline in PIL + NumPy."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,25 +14,35 @@ def pil_reference(image: np.ndarray, size: int) -> np.ndarray:
   pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
   w, h = pil.size
   short = int(256 / 224 * size)
-  nw, nh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+  nw, nh = (
+    (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+  )
   pil = pil.resize((nw, nh), Image.BILINEAR)
   top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-  out = np.asarray(pil.crop((left, top, left + size, top + size)), np.float32) / 255.0
+  out = (
+    np.asarray(pil.crop((left, top, left + size, top + size)), np.float32)
+    / 255.0
+  )
   if out.ndim == 2:
     out = np.repeat(out[..., None], 3, axis=-1)
   return out
 
 
-@pytest.mark.parametrize("hw,channels,size", [
-    ((32, 32), 3, 32),     # CIFAR-10 at S=32: upsample to 36, crop 32
-    ((32, 32), 3, 224),    # CIFAR-10 at the paper's S=224
-    ((28, 28), 1, 56),     # grayscale (Fashion-MNIST-like)
-    ((40, 30), 3, 24),     # non-square, shrinking (antialiased)
-    ((120, 200), 1, 48),   # strong shrink of a wide grayscale image
-])
+@pytest.mark.parametrize(
+  "hw,channels,size",
+  [
+    ((32, 32), 3, 32),  # CIFAR-10 at S=32: upsample to 36, crop 32
+    ((32, 32), 3, 224),  # CIFAR-10 at the paper's S=224
+    ((28, 28), 1, 56),  # grayscale (Fashion-MNIST-like)
+    ((40, 30), 3, 24),  # non-square, shrinking (antialiased)
+    ((120, 200), 1, 48),  # strong shrink of a wide grayscale image
+  ],
+)
 def test_matches_pil_within_2_over_255(rng, hw, channels, size):
   images = rng.integers(0, 256, size=(3, *hw, channels), dtype=np.uint8)
-  images[0] = np.linspace(0, 255, hw[1], dtype=np.uint8)[None, :, None]  # smooth ramp
+  images[0] = np.linspace(0, 255, hw[1], dtype=np.uint8)[
+    None, :, None
+  ]  # smooth ramp
   config = pp.PreprocessConfig(size, MEAN, STD)
   got = np.asarray(pp.preprocess(images, config))
   assert got.shape == (3, size, size, 3) and got.dtype == np.float32
@@ -57,8 +68,11 @@ def test_host_resize_crop_matches_reference(rng):
   config = pp.PreprocessConfig(32)
   got = pp.host_resize_crop(Image.fromarray(image), config)
   np.testing.assert_allclose(got / 255.0, pil_reference(image, 32), atol=1e-7)
-  np.testing.assert_allclose(pp.preprocess(got[None], config, resize=False),
-                             pp.preprocess(image[None], config), atol=2 / 255 / 0.5)
+  np.testing.assert_allclose(
+    pp.preprocess(got[None], config, resize=False),
+    pp.preprocess(image[None], config),
+    atol=2 / 255 / 0.5,
+  )
 
 
 def test_bad_inputs():

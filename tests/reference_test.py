@@ -14,12 +14,18 @@ def _layers(rng):
   """Three layers of clustered data; gen copies training points with a
   layer-dependent amount of noise."""
   centers = rng.normal(size=(6, D)) * 4
+
   def sample(k, noise=1.0):
     return centers[rng.integers(0, 6, k)] + rng.normal(size=(k, D)) * noise
+
   train = np.stack([sample(N) for _ in range(L)]).astype(np.float32)
   test = np.stack([sample(n) for _ in range(L)]).astype(np.float32)
-  gen = np.stack([train[l, :m] + rng.normal(size=(m, D)) * s
-                  for l, s in enumerate([0.01, 1.0, 3.0])]).astype(np.float32)
+  gen = np.stack(
+    [
+      train[l, :m] + rng.normal(size=(m, D)) * s
+      for l, s in enumerate([0.01, 1.0, 3.0])
+    ]
+  ).astype(np.float32)
   return train, test, gen
 
 
@@ -27,8 +33,9 @@ def _layers(rng):
 def fitted():
   rng = np.random.default_rng(1)
   train, test, gen = _layers(rng)
-  ref = ctjax.CTReference.fit(train, test, n_components=8, n_cells=5,
-                              metric="cosine", seed=0)
+  ref = ctjax.CTReference.fit(
+    train, test, n_components=8, n_cells=5, metric="cosine", seed=0
+  )
   return ref, train, test, gen
 
 
@@ -38,20 +45,25 @@ def test_every_layer_matches_oracle_with_same_cells(fitted, tau):
   res = ref.score(gen, tau=tau, return_neighbors=True)
   a = ref.arrays
   for l in range(L):
-    pca = pca_lib.PCA(a["pca_mean"][l], a["pca_components"][l],
-                      a["pca_variances"][l], 0.0)
-    pt, pp, pg = (np.asarray(pca_lib.transform(pca, x[l]), np.float64)
-                  for x in (train, test, gen))
+    pca = pca_lib.PCA(
+      a["pca_mean"][l], a["pca_components"][l], a["pca_variances"][l], 0.0
+    )
+    pt, pp, pg = (
+      np.asarray(pca_lib.transform(pca, x[l]), np.float64)
+      for x in (train, test, gen)
+    )
     c_tr = np.empty(N, int)
     c_tr[np.asarray(a["order"][l])] = np.asarray(a["cells"][l])
     c_te = np.asarray(a["test_cells"][l])
     c_ge = res.neighbors.gen_cells[l]
     centers = np.asarray(a["centers"][l], np.float64)
-    for x, c in ((pt, c_tr), (pp, c_te), (pg, c_ge)):   # nearest centres
+    for x, c in ((pt, c_tr), (pp, c_te), (pg, c_ge)):  # nearest centres
       np.testing.assert_array_equal(
-          ((x[:, None] - centers[None]) ** 2).sum(-1).argmin(1), c)
-    want = oracle.c_t(pp, c_te, pg, c_ge, pt, c_tr,
-                      20 / m if tau is None else tau, "cosine")
+        ((x[:, None] - centers[None]) ** 2).sum(-1).argmin(1), c
+      )
+    want = oracle.c_t(
+      pp, c_te, pg, c_ge, pt, c_tr, 20 / m if tau is None else tau, "cosine"
+    )
     np.testing.assert_allclose(res.ct[l], want[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(res.included[l], want[2])
     d, i = oracle.nearest_in_cell(pg, c_ge, pt, c_tr, "cosine")
@@ -66,15 +78,17 @@ def test_matches_sklearn_pipeline(fitted):
   ref, train, test, gen = fitted
   res = ref.score(gen)
   for l in range(L):
-    want = oracle.pipeline(train[l], test[l], gen[l], n_components=8,
-                           n_cells=5, metric="cosine")
+    want = oracle.pipeline(
+      train[l], test[l], gen[l], n_components=8, n_cells=5, metric="cosine"
+    )
     assert abs(res.ct[l] - want) < 0.1 * max(1.0, abs(want))
 
 
 def test_single_layer_and_ct_score(fitted):
   ref, train, test, gen = fitted
-  one = ctjax.ct_score(train[1], test[1], gen[1], n_components=8, n_cells=5,
-                       seed=0)
+  one = ctjax.ct_score(
+    train[1], test[1], gen[1], n_components=8, n_cells=5, seed=0
+  )
   assert isinstance(one.ct, float) and one.z.shape == (5,)
   ref1 = ctjax.CTReference.fit(train[1], test[1], n_components=8, n_cells=5)
   np.testing.assert_allclose(ref1.score(gen[1]).ct[0], one.ct)
@@ -84,7 +98,7 @@ def test_single_layer_and_ct_score(fitted):
 
 def test_padded_batches_equal_unpadded(fitted):
   ref, _, _, gen = fitted
-  full = ref.score(gen[:, :150], tau=0.05)      # padded to 256 internally
+  full = ref.score(gen[:, :150], tau=0.05)  # padded to 256 internally
   np.testing.assert_array_equal(full.n_gen.sum(1), [150] * L)
 
 
@@ -108,7 +122,7 @@ def test_load_rejects_other_files(tmp_path):
 def test_degenerate_layer_is_nan_others_computed(rng):
   train, test, gen = _layers(rng)
   for x in (train, test, gen):
-    x[0] = 3.25                                  # layer 0: constant (CLS)
+    x[0] = 3.25  # layer 0: constant (CLS)
   with pytest.warns(RuntimeWarning, match="layer 0: every embedding"):
     ref = ctjax.CTReference.fit(train, test, n_components=8, n_cells=5)
   res = ref.score(gen)
@@ -116,11 +130,12 @@ def test_degenerate_layer_is_nan_others_computed(rng):
 
 
 class TestErrors:
-
   def test_nan_names_layer(self, rng):
     train, test, _ = _layers(rng)
     train[2, 5, 1] = np.inf
-    with pytest.raises(ValueError, match=r"train has NaN or Inf .*layer\(s\) 2"):
+    with pytest.raises(
+      ValueError, match=r"train has NaN or Inf .*layer\(s\) 2"
+    ):
       ctjax.CTReference.fit(train, test, n_cells=5)
 
   def test_nan_in_gen(self, fitted):
@@ -136,14 +151,18 @@ class TestErrors:
       ctjax.CTReference.fit(train, test[:2])
     with pytest.raises(ValueError, match="same number of layers and dimension"):
       ctjax.CTReference.fit(train, test[..., :5])
-    with pytest.raises(ValueError, match="gen has 2 layers but the reference has 3"):
+    with pytest.raises(
+      ValueError, match="gen has 2 layers but the reference has 3"
+    ):
       ref.score(gen[:2])
     with pytest.raises(ValueError, match="dimension 5 but the reference"):
       ref.score(gen[..., :5])
 
   def test_fewer_points_than_cells_or_components(self, rng):
     x = rng.normal(size=(2, 8, 4)).astype(np.float32)
-    with pytest.raises(ValueError, match="fewer training points \\(8\\) than cells"):
+    with pytest.raises(
+      ValueError, match="fewer training points \\(8\\) than cells"
+    ):
       ctjax.CTReference.fit(x, x, n_cells=10)
     with pytest.raises(ValueError, match="n_components=6 must be in"):
       ctjax.CTReference.fit(x, x, n_cells=2, n_components=6)
@@ -158,10 +177,12 @@ class TestErrors:
     b = rng.normal(size=(2, 30, 3))
     test = np.concatenate([b[:, :15], b[:, 15:] + 100], axis=1)
     test[1, 15:] -= 100
-    with pytest.raises(ValueError,
-                       match=r"layer 1, cell \d: no test point.*n_cells < 2"):
-      ctjax.CTReference.fit(train, test.astype(np.float32), n_cells=2,
-                            n_components=3)
+    with pytest.raises(
+      ValueError, match=r"layer 1, cell \d: no test point.*n_cells < 2"
+    ):
+      ctjax.CTReference.fit(
+        train, test.astype(np.float32), n_cells=2, n_components=3
+      )
 
   def test_tau(self, fitted):
     ref, _, _, gen = fitted

@@ -1,4 +1,5 @@
 """Tests for ctjax.report: files written, PNGs decode, JSON/CSV round trip."""
+
 import csv
 import json
 import math
@@ -22,13 +23,23 @@ def _png_size(path):
 
 
 def test_write_json_round_trip_and_strictness(tmp_path):
-  obj = {"a": np.arange(3), "b": np.float32(1.5), "c": [math.nan, math.inf],
-         "d": {"e": (1, "x")}, 7: np.int64(4)}
+  obj = {
+    "a": np.arange(3),
+    "b": np.float32(1.5),
+    "c": [math.nan, math.inf],
+    "d": {"e": (1, "x")},
+    7: np.int64(4),
+  }
   path = report.write_json(obj, tmp_path / "sub" / "o.json")
   text = open(path).read()
   assert "NaN" not in text and "Infinity" not in text
-  assert json.loads(text) == {"a": [0, 1, 2], "b": 1.5, "c": [None, None],
-                              "d": {"e": [1, "x"]}, "7": 4}
+  assert json.loads(text) == {
+    "a": [0, 1, 2],
+    "b": 1.5,
+    "c": [None, None],
+    "d": {"e": [1, "x"]},
+    "7": 4,
+  }
   # Objects with to_dict (e.g. an Evaluation) are written through it.
   _, ev = fp.evaluate_curve_file(os.path.join(FIXTURES, "Fsmall_score.txt"))
   path = report.write_json(ev, tmp_path / "ev.json")
@@ -47,10 +58,14 @@ def test_atomic_write_leaves_no_temp_files_and_keeps_old_on_error(tmp_path):
 
 
 def test_write_table_csv_round_trip(tmp_path):
-  rows = [[0, -1.2345678901234567, "copying"], [1, math.nan, "undefined"],
-          [np.int64(2), np.float64(0.1), "fine, ok"]]
-  path = report.write_table_csv(rows, ["layer", "ct", "verdict"],
-                                tmp_path / "t.csv")
+  rows = [
+    [0, -1.2345678901234567, "copying"],
+    [1, math.nan, "undefined"],
+    [np.int64(2), np.float64(0.1), "fine, ok"],
+  ]
+  path = report.write_table_csv(
+    rows, ["layer", "ct", "verdict"], tmp_path / "t.csv"
+  )
   with open(path, newline="") as f:
     got = list(csv.reader(f))
   assert got[0] == ["layer", "ct", "verdict"]
@@ -59,13 +74,15 @@ def test_write_table_csv_round_trip(tmp_path):
   assert got[2][1] == "nan" and math.isnan(float(got[2][1]))
   assert got[3] == ["2", "0.1", "fine, ok"]
   with pytest.raises(ValueError, match="row 1 has 2 cells"):
-    report.write_table_csv([[1, 2, 3], [1, 2]], ["a", "b", "c"],
-                           tmp_path / "x.csv")
+    report.write_table_csv(
+      [[1, 2, 3], [1, 2]], ["a", "b", "c"], tmp_path / "x.csv"
+    )
 
 
 def test_format_table():
-  text = report.format_table([[0, -1.23456, "copying"], [12, 10.0, "fine"]],
-                             ["layer", "C_T", "verdict"])
+  text = report.format_table(
+    [[0, -1.23456, "copying"], [12, 10.0, "fine"]], ["layer", "C_T", "verdict"]
+  )
   lines = text.splitlines()
   assert lines[0].split() == ["layer", "C_T", "verdict"]
   assert set(lines[1]) <= {"-", " "}
@@ -89,12 +106,16 @@ def test_plot_curves(tmp_path):
   curves = {}
   for label, c in data.enrolled:
     curves.setdefault(label, []).append(c)  # first value NaN: a gap
-  path = report.plot_curves(curves, tmp_path / "curves.png",
-                            title="paper curves (ffull)")
+  path = report.plot_curves(
+    curves, tmp_path / "curves.png", title="paper curves (ffull)"
+  )
   w, h = _png_size(path)
   assert (w, h) == (800, 420)
-  one = report.plot_curves({"only": np.linspace(-20, 20, 5)},
-                           tmp_path / "one.png", layers=[1, 2, 3, 4, 5])
+  one = report.plot_curves(
+    {"only": np.linspace(-20, 20, 5)},
+    tmp_path / "one.png",
+    layers=[1, 2, 3, 4, 5],
+  )
   assert _png_size(one) == (800, 420)
   with pytest.raises(ValueError, match="different lengths"):
     report.plot_curves({"a": [1.0, 2.0], "b": [1.0]}, tmp_path / "x.png")
@@ -121,18 +142,24 @@ def test_heatmap_and_confusion(tmp_path):
 def test_image_gallery(tmp_path, rng):
   gray = rng.integers(0, 256, size=(8, 8), dtype=np.uint8)
   rgb = rng.integers(0, 256, size=(32, 16, 3), dtype=np.uint8)
-  items = [(gray, gray, "d=0.001 gen 5 / train 17"),
-           (rgb, rgb[..., :1], "d=0.02"), (gray, rgb, "x" * 80)]
+  items = [
+    (gray, gray, "d=0.001 gen 5 / train 17"),
+    (rgb, rgb[..., :1], "d=0.02"),
+    (gray, rgb, "x" * 80),
+  ]
   path = report.image_gallery(items, tmp_path / "g.png", cell=64, columns=2)
   with Image.open(path) as im:
     a = np.asarray(im.convert("RGB"))
   gap, text_h, head_h = 6, 14, 16
-  assert a.shape == (head_h + 2 * (64 + 2 * text_h + gap) + gap,
-                     2 * (2 * 64 + gap) + 3 * 2 * gap, 3)
+  assert a.shape == (
+    head_h + 2 * (64 + 2 * text_h + gap) + gap,
+    2 * (2 * 64 + gap) + 3 * 2 * gap,
+    3,
+  )
   # The first generated image, upscaled 8x with nearest neighbour, sits in the
   # first cell.
   y0, x0 = head_h, 2 * gap
-  np.testing.assert_array_equal(a[y0:y0 + 64:8, x0:x0 + 64:8, 0], gray)
+  np.testing.assert_array_equal(a[y0 : y0 + 64 : 8, x0 : x0 + 64 : 8, 0], gray)
   with pytest.raises(ValueError, match="item 0 image 0 must be uint8"):
     report.image_gallery([(gray.astype(float), gray, "")], tmp_path / "x.png")
   with pytest.raises(ValueError, match="at least one"):

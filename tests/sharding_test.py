@@ -6,6 +6,7 @@ XLA_FLAGS, and two jax.distributed processes with 2 devices each on
 127.0.0.1 (they score a reference the parent fitted and saved). The parent compares their saved results with its own unsharded
 fit/score and with a brute-force NumPy oracle.
 """
+
 import os
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from ctjax.stats import neighbors as nb
 from tests.stats import oracle
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-L, N, n, m, D = 2, 1001, 300, 250, 12     # N not a multiple of 8: padding
+L, N, n, m, D = 2, 1001, 300, 250, 12  # N not a multiple of 8: padding
 FIT = dict(n_components=8, n_cells=5, seed=0, n_init=3, tile_train=128)
 
 
@@ -33,21 +34,36 @@ def _data(seed=1):
 
   def sample(k):
     return centers[rng.integers(0, 6, k)] + rng.normal(size=(k, D))
+
   train = np.stack([sample(N) for _ in range(L)]).astype(np.float32)
   test = np.stack([sample(n) for _ in range(L)]).astype(np.float32)
-  gen = np.stack([train[l, :m] + rng.normal(size=(m, D)) * s
-                  for l, s in enumerate([0.05, 1.0])]).astype(np.float32)
+  gen = np.stack(
+    [
+      train[l, :m] + rng.normal(size=(m, D)) * s
+      for l, s in enumerate([0.05, 1.0])
+    ]
+  ).astype(np.float32)
   gen[:, :20] = train[:, 100:120]
   return train, test, gen
 
 
 def _result_arrays(prefix, ref, res):
-  out = {f"{prefix}/ct": res.ct, f"{prefix}/u": res.u,
-         f"{prefix}/gen_cells": res.neighbors.gen_cells,
-         f"{prefix}/gen_index": res.neighbors.gen_index,
-         f"{prefix}/gen_dist": res.neighbors.gen_dist}
-  for k in ("cells", "order", "test_cells", "test_index", "test_dist",
-            "centers", "pca_components"):
+  out = {
+    f"{prefix}/ct": res.ct,
+    f"{prefix}/u": res.u,
+    f"{prefix}/gen_cells": res.neighbors.gen_cells,
+    f"{prefix}/gen_index": res.neighbors.gen_index,
+    f"{prefix}/gen_dist": res.neighbors.gen_dist,
+  }
+  for k in (
+    "cells",
+    "order",
+    "test_cells",
+    "test_index",
+    "test_dist",
+    "centers",
+    "pca_components",
+  ):
     out[f"{prefix}/{k}"] = np.asarray(ref.arrays[k])
   return out
 
@@ -62,7 +78,7 @@ def _kernel_case(seed=4):
   cells = rng.integers(0, 4, (2, 1001)).astype(np.int32)
   pts[:, 500:600], cells[:, 500:600] = pts[:, :100], cells[:, :100]
   queries = rng.normal(size=(2, 200, 6)).astype(np.float32)
-  q_cells = rng.integers(0, 5, (2, 200)).astype(np.int32)   # 4 = padding
+  q_cells = rng.integers(0, 5, (2, 200)).astype(np.int32)  # 4 = padding
   queries[:, :20], q_cells[:, :20] = pts[:, :100:5], cells[:, :100:5]
   return pts, cells, queries, q_cells
 
@@ -73,17 +89,25 @@ def _worker_devices(out_path):
   assert jax.device_count() == 8, jax.devices()
   train, test, gen = _data()
   ref8 = ctjax.CTReference.fit(train, test, metric="cosine", mesh="all", **FIT)
-  out = _result_arrays("eight", ref8,
-                       ref8.score(gen, return_neighbors=True, mesh="all"))
-  out.update(_result_arrays("two", ref8, ref8.score(
-      gen, return_neighbors=True, mesh=jax.devices()[:2])))
+  out = _result_arrays(
+    "eight", ref8, ref8.score(gen, return_neighbors=True, mesh="all")
+  )
+  out.update(
+    _result_arrays(
+      "two",
+      ref8,
+      ref8.score(gen, return_neighbors=True, mesh=jax.devices()[:2]),
+    )
+  )
   mesh = sharding.make_mesh()
   pts, cells, queries, q_cells = _kernel_case()
   for metric in ("cosine", "l2"):
-    index = sharding.shard_index(pts, cells, n_cells=4, metric=metric,
-                                 mesh=mesh)
-    dist, idx = sharding.nearest_in_cell(index, queries, q_cells,
-                                         tile_queries=32, tile_train=64)
+    index = sharding.shard_index(
+      pts, cells, n_cells=4, metric=metric, mesh=mesh
+    )
+    dist, idx = sharding.nearest_in_cell(
+      index, queries, q_cells, tile_queries=32, tile_train=64
+    )
     out[f"kernel/{metric}/dist"] = np.asarray(dist)
     out[f"kernel/{metric}/idx"] = np.asarray(idx)
   np.savez(out_path, **out)
@@ -92,29 +116,42 @@ def _worker_devices(out_path):
 def _worker_distributed(out_path, ref_path, port, pid):
   """One of two jax.distributed processes (2 local devices each): scores the
   parent's reference on a mesh spanning both processes."""
-  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2,
-                             process_id=pid, initialization_timeout=60)
+  jax.distributed.initialize(
+    f"127.0.0.1:{port}",
+    num_processes=2,
+    process_id=pid,
+    initialization_timeout=60,
+  )
   try:
     assert jax.process_count() == 2 and jax.device_count() == 4
     _, _, gen = _data()
     ref = ctjax.CTReference.load(ref_path)
-    out = _result_arrays("dist", ref,
-                         ref.score(gen, return_neighbors=True, mesh="all"))
+    out = _result_arrays(
+      "dist", ref, ref.score(gen, return_neighbors=True, mesh="all")
+    )
     items = list(range(11))
     out["gathered"] = sharding.map_in_order(
-        lambda xs: np.array([[3 * x, jax.process_index()] for x in xs]),
-        items)
+      lambda xs: np.array([[3 * x, jax.process_index()] for x in xs]), items
+    )
     np.savez(out_path, **out)
   finally:
     jax.distributed.shutdown()
 
 
 def _start(args, n_devices):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
-  return subprocess.Popen([sys.executable, "-m", "tests.sharding_test", *args],
-                          cwd=_ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
+  )
+  return subprocess.Popen(
+    [sys.executable, "-m", "tests.sharding_test", *args],
+    cwd=_ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _wait(proc, timeout, what):
@@ -148,23 +185,42 @@ def runs():
       ref = ctjax.CTReference.fit(train, test, metric="cosine", **FIT)
       ref.save(ref_path)
       port = str(_free_port())
-      procs += [(_start(["distributed", dist_paths[i], ref_path, port, str(i)],
-                        2), f"distributed process {i}") for i in range(2)]
+      procs += [
+        (
+          _start(["distributed", dist_paths[i], ref_path, port, str(i)], 2),
+          f"distributed process {i}",
+        )
+        for i in range(2)
+      ]
       res = ref.score(gen, return_neighbors=True)
     finally:
       for proc, what in procs:
         _wait(proc, 300, what)
     eight = dict(np.load(eight_path))
     dist = [dict(np.load(p)) for p in dist_paths]
-  yield dict(ref=ref, res=res, data=(train, test, gen), eight=eight,
-             dist=dist, want=_result_arrays("one", ref, res))
+  yield dict(
+    ref=ref,
+    res=res,
+    data=(train, test, gen),
+    eight=eight,
+    dist=dist,
+    want=_result_arrays("one", ref, res),
+  )
 
 
 # -------------------------------------------------------------------- tests
 def _assert_same(a, b):
   """Same cells and neighbours; distances and C_T within 1e-6."""
-  for k in ("cells", "order", "test_cells", "test_index", "gen_cells",
-            "gen_index", "centers", "pca_components"):
+  for k in (
+    "cells",
+    "order",
+    "test_cells",
+    "test_index",
+    "gen_cells",
+    "gen_index",
+    "centers",
+    "pca_components",
+  ):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   for k in ("test_dist", "gen_dist"):
     np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
@@ -173,15 +229,16 @@ def _assert_same(a, b):
 
 
 def _part(d, prefix):
-  return {k[len(prefix) + 1:]: v for k, v in d.items()
-          if k.startswith(prefix + "/")}
+  return {
+    k[len(prefix) + 1 :]: v for k, v in d.items() if k.startswith(prefix + "/")
+  }
 
 
 @pytest.mark.parametrize("how", ["eight", "two"])
 def test_sharded_fit_and_score_equal_unsharded(runs, how):
   want = _part(runs["want"], "one")
   _assert_same(_part(runs["eight"], how), want)
-  assert want["ct"][0] < -3 < want["ct"][1]        # the copied layer shows
+  assert want["ct"][0] < -3 < want["ct"][1]  # the copied layer shows
 
 
 def test_sharded_neighbours_match_brute_force(runs):
@@ -197,12 +254,11 @@ def test_sharded_neighbours_match_brute_force(runs):
     d, i = oracle.nearest_in_cell(pg, got["gen_cells"][l], pt, c_tr, "cosine")
     np.testing.assert_allclose(got["gen_dist"][l], d, atol=1e-5)
     assert np.mean(got["gen_index"][l] == i) > 0.99
-    np.testing.assert_array_equal(got["gen_dist"][l][:20], 0.0)   # copies
+    np.testing.assert_array_equal(got["gen_dist"][l][:20], 0.0)  # copies
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_sharded_kernel_equals_engine_kernel_ties_to_lowest_index(runs,
-                                                                 metric):
+def test_sharded_kernel_equals_engine_kernel_ties_to_lowest_index(runs, metric):
   pts, cells, queries, q_cells = _kernel_case()
   got_d = runs["eight"][f"kernel/{metric}/dist"]
   got_i = runs["eight"][f"kernel/{metric}/idx"]
@@ -224,15 +280,17 @@ def test_two_processes_on_loopback(runs):
   for out in runs["dist"]:
     _assert_same(_part(out, "dist"), want)
     np.testing.assert_array_equal(
-        out["gathered"], np.array([[3 * x, int(x >= 6)] for x in range(11)]))
+      out["gathered"], np.array([[3 * x, int(x >= 6)] for x in range(11)])
+    )
 
 
 def test_one_device_mesh_in_process(runs):
   ref, res, (_, _, gen) = runs["ref"], runs["res"], runs["data"]
   got = ref.score(gen, return_neighbors=True, mesh="all")
   np.testing.assert_allclose(got.ct, res.ct, rtol=0, atol=1e-6)
-  np.testing.assert_array_equal(got.neighbors.gen_index,
-                                res.neighbors.gen_index)
+  np.testing.assert_array_equal(
+    got.neighbors.gen_index, res.neighbors.gen_index
+  )
   assert ref.sharded_index("all") is ref.sharded_index(sharding.make_mesh())
 
 
@@ -246,8 +304,9 @@ def test_process_share_covers_inputs_in_order():
       assert max(sizes) - min(sizes) <= 1
   with pytest.raises(ValueError, match="process_index"):
     sharding.process_share(5, 2, 2)
-  np.testing.assert_array_equal(sharding.gather_in_order(np.arange(4), 4),
-                                np.arange(4))
+  np.testing.assert_array_equal(
+    sharding.gather_in_order(np.arange(4), 4), np.arange(4)
+  )
   with pytest.raises(ValueError, match="share"):
     sharding.gather_in_order(np.arange(3), 4)
 
@@ -260,15 +319,20 @@ def test_bad_mesh_is_named():
     sharding.resolve_mesh(other)
   with pytest.raises(ValueError, match="dimension"):
     sharding.nearest_in_cell(
-        sharding.shard_index(np.zeros((1, 8, 3), np.float32),
-                             np.zeros((1, 8), np.int32), n_cells=1,
-                             metric="l2", mesh=sharding.make_mesh()),
-        np.zeros((1, 2, 4), np.float32), np.zeros((1, 2), np.int32))
+      sharding.shard_index(
+        np.zeros((1, 8, 3), np.float32),
+        np.zeros((1, 8), np.int32),
+        n_cells=1,
+        metric="l2",
+        mesh=sharding.make_mesh(),
+      ),
+      np.zeros((1, 2, 4), np.float32),
+      np.zeros((1, 2), np.int32),
+    )
 
 
 if __name__ == "__main__":
   if sys.argv[1] == "devices":
     _worker_devices(sys.argv[2])
   else:
-    _worker_distributed(sys.argv[2], sys.argv[3], sys.argv[4],
-                        int(sys.argv[5]))
+    _worker_distributed(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))

@@ -1,4 +1,5 @@
 """Atomic writes and per-chunk resumption of the embedding cache."""
+
 import os
 
 import numpy as np
@@ -39,9 +40,15 @@ def test_chunks_roundtrip_then_finish(tmp_path, rng):
   np.testing.assert_array_equal(got, first)
   assert skipped == ["bad.png"]
   assert entry.get_chunk(0, 8) is None  # other boundaries are not reused
-  assert storage.EmbeddingCache(str(tmp_path), {"x": 1}).get_chunk(0, 4) is not None
+  assert (
+    storage.EmbeddingCache(str(tmp_path), {"x": 1}).get_chunk(0, 4) is not None
+  )
   entry.finish(first, ["bad.png"])
   emb, skipped = storage.EmbeddingCache(str(tmp_path), {"x": 1}).load()
   np.testing.assert_array_equal(emb, first)
   assert skipped == ["bad.png"]
-  assert sorted(os.listdir(entry.folder)) == ["done.json", "embeddings.npy", "meta.json"]
+  assert sorted(os.listdir(entry.folder)) == [
+    "done.json",
+    "embeddings.npy",
+    "meta.json",
+  ]

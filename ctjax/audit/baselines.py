@@ -13,6 +13,7 @@ label -> list of batches) and labels a query batch with ``predict(batch)``:
   the enrolled labels apart image by image; a query batch gets the majority
   vote of its images.
 """
+
 import dataclasses
 import functools
 
@@ -33,8 +34,9 @@ def _check_enrolled(enrolled, ndim, what):
       raise ValueError(f"enrolled label {label!r} has no batches.")
     for i, b in enumerate(batches):
       if np.ndim(b) not in ndim:
-        raise ValueError(f"enrolled[{label!r}][{i}] must be {what}, got shape "
-                         f"{np.shape(b)}.")
+        raise ValueError(
+          f"enrolled[{label!r}][{i}] must be {what}, got shape {np.shape(b)}."
+        )
 
 
 def _majority(votes, n_labels):
@@ -62,8 +64,9 @@ def pixel_stats(batch, histogram_bins=0):
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4:
-    raise ValueError(f"batch must be [m, H, W] or [m, H, W, C], got "
-                     f"{np.shape(batch)}.")
+    raise ValueError(
+      f"batch must be [m, H, W] or [m, H, W, C], got {np.shape(batch)}."
+    )
   flat = x.reshape(-1, x.shape[-1])
   feats = [flat.mean(axis=0), flat.std(axis=0)]
   if histogram_bins:
@@ -95,8 +98,11 @@ class PixelStats:
         labels.append(label)
     feats = np.stack(feats)
     spread = feats.std(axis=0)
-    self.scale_ = (np.where(spread > 0, spread, 1.0) if self.standardize
-                   else np.ones_like(spread))
+    self.scale_ = (
+      np.where(spread > 0, spread, 1.0)
+      if self.standardize
+      else np.ones_like(spread)
+    )
     self.features_ = feats / self.scale_
     self.labels_ = labels
     return self
@@ -116,8 +122,7 @@ def gaussian_stats(x):
   x = np.asarray(x, np.float64)
   if x.ndim != 2 or x.shape[0] < 2:
     raise ValueError(f"embeddings must be [m, D] with m >= 2, got {x.shape}.")
-  return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1],
-                                                         x.shape[1])
+  return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
 
 
 def _psd_sqrt(cov):
@@ -140,13 +145,16 @@ def frechet_distance(mu1, cov1, mu2, cov2):
   cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
   d = mu1.shape[0]
   if mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
-    raise ValueError(f"shapes do not match: mu1 {mu1.shape}, cov1 "
-                     f"{cov1.shape}, mu2 {mu2.shape}, cov2 {cov2.shape}.")
+    raise ValueError(
+      f"shapes do not match: mu1 {mu1.shape}, cov1 "
+      f"{cov1.shape}, mu2 {mu2.shape}, cov2 {cov2.shape}."
+    )
   s1 = _psd_sqrt(cov1)
   eig = np.linalg.eigvalsh(s1 @ cov2 @ s1)
   tr_sqrt = np.sum(np.sqrt(np.clip(eig, 0, None)))
-  return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2)
-               - 2.0 * tr_sqrt)
+  return float(
+    np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_sqrt
+  )
 
 
 class FrechetBaseline:
@@ -155,15 +163,19 @@ class FrechetBaseline:
   def fit(self, enrolled):
     """``enrolled``: label -> list of ``[m, D]`` embedding batches (pooled)."""
     _check_enrolled(enrolled, (2,), "[m, D] embeddings")
-    self.stats_ = {label: gaussian_stats(np.concatenate(batches))
-                   for label, batches in enrolled.items()}
+    self.stats_ = {
+      label: gaussian_stats(np.concatenate(batches))
+      for label, batches in enrolled.items()
+    }
     return self
 
   def distances(self, batch):
     """Frechet distance from ``batch`` ``[m, D]`` to every enrolled label."""
     mu, cov = gaussian_stats(batch)
-    return {label: frechet_distance(mu, cov, m, c)
-            for label, (m, c) in self.stats_.items()}
+    return {
+      label: frechet_distance(mu, cov, m, c)
+      for label, (m, c) in self.stats_.items()
+    }
 
   def predict(self, batch):
     """Label whose enrolled embeddings are Frechet-nearest to ``batch``."""
@@ -188,6 +200,7 @@ class ClassifierConfig:
     seed: initialisation and batch-order seed.
     predict_batch: images per jitted prediction call.
   """
+
   channels: tuple = (16, 32)
   hidden: int = 128
   num_steps: int = 600
@@ -222,8 +235,9 @@ def _images_nhwc(batch):
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4 or x.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 [m, H, W(, C)], got {x.dtype} "
-                     f"{np.shape(batch)}.")
+    raise ValueError(
+      f"images must be uint8 [m, H, W(, C)], got {x.dtype} {np.shape(batch)}."
+    )
   return x.astype(np.float32) / 255.0
 
 
@@ -236,11 +250,13 @@ def _cls_step(carry, data, key, static):
   def loss_fn(p):
     logits = nnx.merge(graphdef, p)(images[idx])
     return optax.softmax_cross_entropy_with_integer_labels(
-        logits, labels[idx]).mean()
+      logits, labels[idx]
+    ).mean()
 
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, opt_state = optax.adam(cfg.learning_rate).update(
-      grads, opt_state, params)
+    grads, opt_state, params
+  )
   return (optax.apply_updates(params, updates), opt_state), loss
 
 
@@ -269,15 +285,23 @@ class ClassifierBaseline:
     images = np.concatenate(images)
     shape = images.shape[1:]
     if shape[0] % 4 or shape[1] % 4:
-      raise ValueError(f"classifier baseline needs image sides divisible by "
-                       f"4, got {shape[:2]}.")
+      raise ValueError(
+        f"classifier baseline needs image sides divisible by "
+        f"4, got {shape[:2]}."
+      )
     model = SmallCNN(shape, len(self.labels_), cfg, rngs=nnx.Rngs(cfg.seed))
     graphdef, params = nnx.split(model, nnx.Param)
     carry = (params, optax.adam(cfg.learning_rate).init(params))
     (params, _), self.losses_ = common.train_loop(
-        _cls_step, (graphdef, cfg), carry, (images, np.concatenate(labels)),
-        jax.random.PRNGKey(cfg.seed + 1), cfg.num_steps,
-        desc="classifier baseline", progress=self.progress)
+      _cls_step,
+      (graphdef, cfg),
+      carry,
+      (images, np.concatenate(labels)),
+      jax.random.PRNGKey(cfg.seed + 1),
+      cfg.num_steps,
+      desc="classifier baseline",
+      progress=self.progress,
+    )
     self.graphdef_, self.params_, self.image_shape_ = graphdef, params, shape
     return self
 
@@ -285,16 +309,19 @@ class ClassifierBaseline:
     """Per-image label indices ``[m]`` (into ``self.labels_``)."""
     x = _images_nhwc(batch)
     if x.shape[1:] != self.image_shape_:
-      raise ValueError(f"query images {x.shape[1:]} differ from the enrolled "
-                       f"{self.image_shape_}.")
+      raise ValueError(
+        f"query images {x.shape[1:]} differ from the enrolled "
+        f"{self.image_shape_}."
+      )
     size = self.config.predict_batch
     out = []
     for start in range(0, len(x), size):
-      chunk = x[start:start + size]
+      chunk = x[start : start + size]
       pad = np.zeros((size - len(chunk), *x.shape[1:]), x.dtype)
-      pred = _cls_predict(self.params_, np.concatenate([chunk, pad]),
-                          graphdef=self.graphdef_)
-      out.append(np.asarray(pred)[:len(chunk)])
+      pred = _cls_predict(
+        self.params_, np.concatenate([chunk, pad]), graphdef=self.graphdef_
+      )
+      out.append(np.asarray(pred)[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0,), np.int64)
 
   def predict(self, batch):

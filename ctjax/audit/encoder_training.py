@@ -25,6 +25,7 @@ ViTForImageClassification; it is stored in PyTorch layout
   to_hf_tensors(encoder)         -> {name: array}   inverse of convert.load_state
   train(config) / export(...)    -> train, then write a folder
 """
+
 import argparse
 import dataclasses
 import json
@@ -69,6 +70,7 @@ class TrainConfig:
     seed: seed of the initialisation, batch order and augmentation.
     train_subset: use only the first n training images (None: all); for tests.
   """
+
   dataset: str
   encoder: EncoderConfig
   steps: int
@@ -85,10 +87,20 @@ class TrainConfig:
 
 
 def _vit(image_size, patch_size, hidden, layers, heads, mlp):
-  return EncoderConfig(model_type="vit", hidden_size=hidden, num_layers=layers,
-                       num_heads=heads, head_dim=hidden // heads, mlp_dim=mlp,
-                       patch_size=patch_size, image_size=image_size, num_channels=3,
-                       qkv_bias=True, layer_norm_eps=1e-12, hidden_act="gelu")
+  return EncoderConfig(
+    model_type="vit",
+    hidden_size=hidden,
+    num_layers=layers,
+    num_heads=heads,
+    head_dim=hidden // heads,
+    mlp_dim=mlp,
+    patch_size=patch_size,
+    image_size=image_size,
+    num_channels=3,
+    qkv_bias=True,
+    layer_norm_eps=1e-12,
+    hidden_act="gelu",
+  )
 
 
 # The shipped encoders. Digits: 8x8 images upsampled to 18 and cropped to 16,
@@ -97,13 +109,29 @@ def _vit(image_size, patch_size, hidden, layers, heads, mlp):
 # steps (16 epochs; 188 s on one H100, 87.1% test); on two CPU cores
 # ``--steps 800`` fits in 15 minutes but stops below one epoch (71.1% test).
 DEFAULTS = {
-    "digits": TrainConfig(
-        dataset="digits", encoder=_vit(16, 4, 64, 4, 4, 128), steps=600, batch_size=128,
-        learning_rate=2e-3, warmup_steps=60, weight_decay=0.05, pad=1, flip=False),
-    "fashion_mnist": TrainConfig(
-        dataset="fashion_mnist", encoder=_vit(28, 7, 96, 6, 4, 192), steps=15000,
-        batch_size=64, learning_rate=2e-3, warmup_steps=50, weight_decay=0.05,
-        label_smoothing=0.0, pad=0, flip=True),
+  "digits": TrainConfig(
+    dataset="digits",
+    encoder=_vit(16, 4, 64, 4, 4, 128),
+    steps=600,
+    batch_size=128,
+    learning_rate=2e-3,
+    warmup_steps=60,
+    weight_decay=0.05,
+    pad=1,
+    flip=False,
+  ),
+  "fashion_mnist": TrainConfig(
+    dataset="fashion_mnist",
+    encoder=_vit(28, 7, 96, 6, 4, 192),
+    steps=15000,
+    batch_size=64,
+    learning_rate=2e-3,
+    warmup_steps=50,
+    weight_decay=0.05,
+    label_smoothing=0.0,
+    pad=0,
+    flip=True,
+  ),
 }
 
 
@@ -114,6 +142,7 @@ class Head(NamedTuple):
     kernel: ``[D, C]``.
     bias: ``[C]``.
   """
+
   kernel: jax.Array
   bias: jax.Array
 
@@ -123,11 +152,14 @@ class Head(NamedTuple):
 
 def preprocess_config(config: EncoderConfig) -> pp.PreprocessConfig:
   """The embedding pipeline's preprocessing for this encoder."""
-  return pp.PreprocessConfig(config.image_size, tuple(config.image_mean),
-                             tuple(config.image_std))
+  return pp.PreprocessConfig(
+    config.image_size, tuple(config.image_mean), tuple(config.image_std)
+  )
 
 
-def resized_images(images, config: EncoderConfig, chunk: int = 4096) -> np.ndarray:
+def resized_images(
+  images, config: EncoderConfig, chunk: int = 4096
+) -> np.ndarray:
   """The embedding pipeline's resize, without its centre crop.
 
   Args:
@@ -141,7 +173,9 @@ def resized_images(images, config: EncoderConfig, chunk: int = 4096) -> np.ndarr
     centre S x S crop (``centre_crop``).
   """
   shape = pp.check_images(images)
-  rh, rw = pp.resized_hw(shape[1], shape[2], preprocess_config(config).resize_side)
+  rh, rw = pp.resized_hw(
+    shape[1], shape[2], preprocess_config(config).resize_side
+  )
   if rh != rw:
     raise ValueError(f"training needs square images, got {shape[1]}x{shape[2]}")
   # The pipeline's resize with a crop of the full resized size (a no-op).
@@ -150,7 +184,7 @@ def resized_images(images, config: EncoderConfig, chunk: int = 4096) -> np.ndarr
   fn = jax.jit(lambda x: pp.resize_crop(x, full))
   out = []
   for i in range(0, len(images), chunk):
-    x = np.asarray(fn(jnp.asarray(images[i:i + chunk])))
+    x = np.asarray(fn(jnp.asarray(images[i : i + chunk])))
     out.append(x[..., :1] if grayscale else x)
   return np.concatenate(out)
 
@@ -158,7 +192,7 @@ def resized_images(images, config: EncoderConfig, chunk: int = 4096) -> np.ndarr
 def centre_crop(x, image_size: int):
   """x ``[N, R, R, C]`` -> the centred ``[N, S, S, C]`` crop (preprocess's offsets)."""
   top, left = pp.crop_offsets(x.shape[1], x.shape[2], image_size)
-  return x[:, top:top + image_size, left:left + image_size]
+  return x[:, top : top + image_size, left : left + image_size]
 
 
 def augment(key, x, image_size: int, pad: int, flip: bool):
@@ -180,8 +214,11 @@ def augment(key, x, image_size: int, pad: int, flip: bool):
   span = r + 2 * pad - image_size + 1
   k_off, k_flip = jax.random.split(key)
   offsets = jax.random.randint(k_off, (b, 2), 0, span)
-  crop = jax.vmap(lambda im, o: jax.lax.dynamic_slice(
-      im, (o[0], o[1], 0), (image_size, image_size, c)))(x, offsets)
+  crop = jax.vmap(
+    lambda im, o: jax.lax.dynamic_slice(
+      im, (o[0], o[1], 0), (image_size, image_size, c)
+    )
+  )(x, offsets)
   if flip:
     do = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
     crop = jnp.where(do, crop[:, :, ::-1], crop)
@@ -205,26 +242,40 @@ def logits_fn(graphdef, params, head: Head, pixels):
 
 def _decay_mask(tree):
   """Weight decay on matrices (kernels) only; not on biases, norms, tokens."""
+
   def is_kernel(path, _):
     names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
     return "kernel" in names
+
   return jax.tree_util.tree_map_with_path(is_kernel, tree)
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1),
-      end_value=0.0)
+    0.0,
+    config.learning_rate,
+    config.warmup_steps,
+    max(config.steps, config.warmup_steps + 1),
+    end_value=0.0,
+  )
   return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip),
-      optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=config.weight_decay,
-                  mask=_decay_mask))
+    optax.clip_by_global_norm(config.grad_clip),
+    optax.adamw(
+      schedule,
+      b1=0.9,
+      b2=0.999,
+      weight_decay=config.weight_decay,
+      mask=_decay_mask,
+    ),
+  )
 
 
 def init_head(config: EncoderConfig, num_classes: int) -> Head:
   """Zero-initialised head (the usual choice for a fresh classifier)."""
-  return Head(jnp.zeros((config.hidden_size, num_classes), jnp.float32),
-              jnp.zeros((num_classes,), jnp.float32))
+  return Head(
+    jnp.zeros((config.hidden_size, num_classes), jnp.float32),
+    jnp.zeros((num_classes,), jnp.float32),
+  )
 
 
 def make_train_step(graphdef, config: TrainConfig, optimizer, num_classes: int):
@@ -238,13 +289,17 @@ def make_train_step(graphdef, config: TrainConfig, optimizer, num_classes: int):
 
   def loss_fn(params, pixels, labels):
     logits = logits_fn(graphdef, params[0], params[1], pixels)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), config.label_smoothing)
+    targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, num_classes), config.label_smoothing
+    )
     return optax.softmax_cross_entropy(logits, targets).mean()
 
   def step_fn(params, opt_state, data, labels, idx, step):
     key = jax.random.fold_in(base_key, step)
     x = augment(key, data[idx], enc.image_size, config.pad, config.flip)
-    loss, grads = jax.value_and_grad(loss_fn)(params, _normalise(x, enc), labels[idx])
+    loss, grads = jax.value_and_grad(loss_fn)(
+      params, _normalise(x, enc), labels[idx]
+    )
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -253,19 +308,24 @@ def make_train_step(graphdef, config: TrainConfig, optimizer, num_classes: int):
 
 class TrainResult(NamedTuple):
   """Attributes:
-    encoder: the trained Encoder.
-    head: its Head.
-    losses: float32 ``[steps]`` training loss of every step.
-    train_seconds: wall time of the optimisation loop (compilation included).
+  encoder: the trained Encoder.
+  head: its Head.
+  losses: float32 ``[steps]`` training loss of every step.
+  train_seconds: wall time of the optimisation loop (compilation included).
   """
+
   encoder: Encoder
   head: Head
   losses: np.ndarray
   train_seconds: float
 
 
-def train(config: TrainConfig, data: ds.Dataset | None = None, log_every: int = 500,
-          log=print) -> TrainResult:
+def train(
+  config: TrainConfig,
+  data: ds.Dataset | None = None,
+  log_every: int = 500,
+  log=print,
+) -> TrainResult:
   """Trains the encoder and head on the training split.
 
   Args:
@@ -277,16 +337,23 @@ def train(config: TrainConfig, data: ds.Dataset | None = None, log_every: int = 
   data = data if data is not None else ds.load(config.dataset)
   images, labels = data.train_images, data.train_labels
   if config.train_subset is not None:
-    images, labels = images[:config.train_subset], labels[:config.train_subset]
+    images, labels = (
+      images[: config.train_subset],
+      labels[: config.train_subset],
+    )
   if len(images) < config.batch_size:
-    raise ValueError(f"batch_size {config.batch_size} exceeds the {len(images)} training images")
+    raise ValueError(
+      f"batch_size {config.batch_size} exceeds the {len(images)} training images"
+    )
   resized = jnp.asarray(resized_images(images, config.encoder))
   labels_d = jnp.asarray(labels, jnp.int32)
   encoder = from_config(config.encoder, seed=config.seed)
   params = (encoder.params, init_head(config.encoder, data.num_classes))
   optimizer = make_optimizer(config)
   opt_state = optimizer.init(params)
-  step_fn = make_train_step(encoder.graphdef, config, optimizer, data.num_classes)
+  step_fn = make_train_step(
+    encoder.graphdef, config, optimizer, data.num_classes
+  )
   rng = np.random.default_rng(config.seed)
   per_epoch = len(images) // config.batch_size
   order = None
@@ -294,23 +361,35 @@ def train(config: TrainConfig, data: ds.Dataset | None = None, log_every: int = 
   start = time.perf_counter()
   for step in range(config.steps):
     if step % per_epoch == 0:  # reshuffle every epoch; drop the ragged tail
-      order = rng.permutation(len(images))[:per_epoch * config.batch_size]
+      order = rng.permutation(len(images))[: per_epoch * config.batch_size]
       order = order.reshape(per_epoch, config.batch_size).astype(np.int32)
     idx = order[step % per_epoch]
-    params, opt_state, loss = step_fn(params, opt_state, resized, labels_d, idx,
-                                      np.int32(step))
+    params, opt_state, loss = step_fn(
+      params, opt_state, resized, labels_d, idx, np.int32(step)
+    )
     losses.append(loss)
     if log_every and (step + 1) % log_every == 0:
       recent = float(jnp.mean(jnp.stack(losses[-log_every:])))
-      log(f"step {step + 1}/{config.steps}  loss {recent:.4f}  "
-          f"{time.perf_counter() - start:.0f}s")
-  losses = np.asarray(jnp.stack(losses)) if losses else np.zeros((0,), np.float32)
+      log(
+        f"step {step + 1}/{config.steps}  loss {recent:.4f}  "
+        f"{time.perf_counter() - start:.0f}s"
+      )
+  losses = (
+    np.asarray(jnp.stack(losses)) if losses else np.zeros((0,), np.float32)
+  )
   seconds = time.perf_counter() - start
-  trained = Encoder(config.encoder, encoder.graphdef, params[0], source=f"trained:{config.dataset}")
+  trained = Encoder(
+    config.encoder,
+    encoder.graphdef,
+    params[0],
+    source=f"trained:{config.dataset}",
+  )
   return TrainResult(trained, params[1], losses, seconds)
 
 
-def predict(encoder: Encoder, head: Head, images, batch_size: int = 500) -> np.ndarray:
+def predict(
+  encoder: Encoder, head: Head, images, batch_size: int = 500
+) -> np.ndarray:
   """Class predictions through the embedding pipeline's preprocessing.
 
   Args:
@@ -328,21 +407,29 @@ def predict(encoder: Encoder, head: Head, images, batch_size: int = 500) -> np.n
 
   @jax.jit
   def run(params, head, x):
-    return jnp.argmax(logits_fn(graphdef, params, head, pp.preprocess_fn(x, pre)), -1)
+    return jnp.argmax(
+      logits_fn(graphdef, params, head, pp.preprocess_fn(x, pre)), -1
+    )
 
   out = []
   for i in range(0, len(images), batch_size):
-    chunk = np.asarray(images[i:i + batch_size])
+    chunk = np.asarray(images[i : i + batch_size])
     n = len(chunk)
     if n < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+      chunk = np.concatenate(
+        [chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)]
+      )
     out.append(np.asarray(run(encoder.params, head, jnp.asarray(chunk)))[:n])
   return np.concatenate(out)
 
 
-def accuracy(encoder: Encoder, head: Head, images, labels, batch_size: int = 500) -> float:
+def accuracy(
+  encoder: Encoder, head: Head, images, labels, batch_size: int = 500
+) -> float:
   """Fraction of ``images`` ``[N, H, W]`` classified as ``labels`` ``[N]``."""
-  return float(np.mean(predict(encoder, head, images, batch_size) == np.asarray(labels)))
+  return float(
+    np.mean(predict(encoder, head, images, batch_size) == np.asarray(labels))
+  )
 
 
 # ------------------------------------------------------------------ export
@@ -352,37 +439,60 @@ def preprocessor_dict(config: EncoderConfig) -> dict:
   """preprocessor_config.json: resize to int(256/224*S), centre-crop S (DeiT's processor)."""
   pre = preprocess_config(config)
   return {
-      "image_processor_type": "DeiTImageProcessor",
-      "do_resize": True, "size": {"height": pre.resize_side, "width": pre.resize_side},
-      "resample": 2,  # PIL bilinear
-      "do_center_crop": True,
-      "crop_size": {"height": config.image_size, "width": config.image_size},
-      "do_rescale": True, "rescale_factor": 1 / 255,
-      "do_normalize": True, "image_mean": list(pre.mean), "image_std": list(pre.std),
+    "image_processor_type": "DeiTImageProcessor",
+    "do_resize": True,
+    "size": {"height": pre.resize_side, "width": pre.resize_side},
+    "resample": 2,  # PIL bilinear
+    "do_center_crop": True,
+    "crop_size": {"height": config.image_size, "width": config.image_size},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": list(pre.mean),
+    "image_std": list(pre.std),
   }
 
 
 def head_tensors(head: Head) -> dict[str, np.ndarray]:
   """PyTorch layout, as ViTForImageClassification's ``classifier``."""
-  return {"classifier.weight": np.ascontiguousarray(np.asarray(head.kernel, np.float32).T),
-          "classifier.bias": np.asarray(head.bias, np.float32)}
+  return {
+    "classifier.weight": np.ascontiguousarray(
+      np.asarray(head.kernel, np.float32).T
+    ),
+    "classifier.bias": np.asarray(head.bias, np.float32),
+  }
 
 
-def export(folder: str, encoder: Encoder, head: Head | None = None,
-           report: dict | None = None) -> str:
+def export(
+  folder: str,
+  encoder: Encoder,
+  head: Head | None = None,
+  report: dict | None = None,
+) -> str:
   """Writes a Hugging Face folder that ``ctjax.models.from_pretrained`` loads.
 
   Files: config.json, model.safetensors, preprocessor_config.json, and when
   given head.safetensors and training_report.json.
   """
   from safetensors.numpy import save_file
+
   os.makedirs(folder, exist_ok=True)
   hf_config(encoder.config).save_pretrained(folder)
-  save_file(to_hf_tensors(encoder), os.path.join(folder, "model.safetensors"),
-            metadata={"format": "pt"})
-  _write_json(os.path.join(folder, "preprocessor_config.json"), preprocessor_dict(encoder.config))
+  save_file(
+    to_hf_tensors(encoder),
+    os.path.join(folder, "model.safetensors"),
+    metadata={"format": "pt"},
+  )
+  _write_json(
+    os.path.join(folder, "preprocessor_config.json"),
+    preprocessor_dict(encoder.config),
+  )
   if head is not None:
-    save_file(head_tensors(head), os.path.join(folder, HEAD_FILE), metadata={"format": "pt"})
+    save_file(
+      head_tensors(head),
+      os.path.join(folder, HEAD_FILE),
+      metadata={"format": "pt"},
+    )
   if report is not None:
     _write_json(os.path.join(folder, REPORT_FILE), report)
   return folder
@@ -402,12 +512,16 @@ def _write_json(path, obj):
 def asset_folder(dataset: str = "digits") -> str:
   """The shipped folder of a data set's default encoder."""
   if dataset not in DEFAULTS:
-    raise ValueError(f"no default encoder for data set {dataset!r}; expected one of "
-                     f"{tuple(DEFAULTS)}")
+    raise ValueError(
+      f"no default encoder for data set {dataset!r}; expected one of "
+      f"{tuple(DEFAULTS)}"
+    )
   folder = os.path.join(ASSETS_DIR, f"vit-{dataset}")
   if not os.path.exists(os.path.join(folder, "model.safetensors")):
-    raise ValueError(f"{folder} holds no model.safetensors; recreate it with `python -m "
-                     f"ctjax.audit.encoder_training --dataset {dataset} --out {folder}`")
+    raise ValueError(
+      f"{folder} holds no model.safetensors; recreate it with `python -m "
+      f"ctjax.audit.encoder_training --dataset {dataset} --out {folder}`"
+    )
   return folder
 
 
@@ -425,6 +539,7 @@ def random_encoder(dataset: str = "digits", seed: int = 0) -> Encoder:
 def load_head(folder: str) -> Head:
   """head.safetensors of a folder -> Head."""
   from safetensors.numpy import load_file
+
   path = os.path.join(folder, HEAD_FILE)
   if not os.path.exists(path):
     raise ValueError(f"{folder} has no {HEAD_FILE}")
@@ -432,7 +547,9 @@ def load_head(folder: str) -> Head:
   missing = {"classifier.weight", "classifier.bias"} - set(t)
   if missing:
     raise ValueError(f"{path} lacks {sorted(missing)}")
-  return Head(jnp.asarray(t["classifier.weight"].T), jnp.asarray(t["classifier.bias"]))
+  return Head(
+    jnp.asarray(t["classifier.weight"].T), jnp.asarray(t["classifier.bias"])
+  )
 
 
 def default_head(dataset: str = "digits") -> Head:
@@ -453,45 +570,71 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="digits", choices=tuple(DEFAULTS))
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--steps", type=int, default=None, help="override the default step count")
-  parser.add_argument("--out", default=None, help="folder to write (default: print only)")
+  parser.add_argument(
+    "--steps", type=int, default=None, help="override the default step count"
+  )
+  parser.add_argument(
+    "--out", default=None, help="folder to write (default: print only)"
+  )
   args = parser.parse_args(argv)
   config = dataclasses.replace(DEFAULTS[args.dataset], seed=args.seed)
   if args.steps is not None:
     config = dataclasses.replace(config, steps=args.steps)
   data = ds.load(args.dataset)
   print(f"training {args.dataset}: {config.encoder}")
-  print(f"  {config.steps} steps x {config.batch_size} images on {jax.devices()[0].platform}")
+  print(
+    f"  {config.steps} steps x {config.batch_size} images on {jax.devices()[0].platform}"
+  )
   start = time.perf_counter()
   result = train(config, data, log_every=max(1, config.steps // 10))
-  test_acc = accuracy(result.encoder, result.head, data.test_images, data.test_labels)
-  train_acc = accuracy(result.encoder, result.head, data.train_images[:10000],
-                       data.train_labels[:10000])
+  test_acc = accuracy(
+    result.encoder, result.head, data.test_images, data.test_labels
+  )
+  train_acc = accuracy(
+    result.encoder,
+    result.head,
+    data.train_images[:10000],
+    data.train_labels[:10000],
+  )
   command = "python -m ctjax.audit.encoder_training " + " ".join(
-      a for a in (f"--dataset {args.dataset}", f"--seed {args.seed}",
-                  f"--steps {args.steps}" if args.steps is not None else "",
-                  f"--out {args.out}" if args.out else "") if a)
+    a
+    for a in (
+      f"--dataset {args.dataset}",
+      f"--seed {args.seed}",
+      f"--steps {args.steps}" if args.steps is not None else "",
+      f"--out {args.out}" if args.out else "",
+    )
+    if a
+  )
   report = {
-      "dataset": args.dataset,
-      "seed": args.seed,
-      "steps": config.steps,
-      "batch_size": config.batch_size,
-      "train_config": {k: v for k, v in dataclasses.asdict(config).items() if k != "encoder"},
-      "encoder_config": config.encoder.to_dict(),
-      "train_images": int(len(data.train_images)),
-      "test_images": int(len(data.test_images)),
-      "test_accuracy": test_acc,
-      "train_accuracy_first_10000": train_acc,
-      "final_loss_mean_last_100": float(np.mean(result.losses[-100:])),
-      "train_seconds": round(result.train_seconds, 1),
-      "total_seconds": round(time.perf_counter() - start, 1),
-      "platform": f"{jax.devices()[0].platform} ({os.cpu_count()} cores)",
-      "versions": {"jax": jax.__version__, "optax": optax.__version__,
-                   "flax": _version("flax"), "python": sys.version.split()[0]},
-      "command": command,
+    "dataset": args.dataset,
+    "seed": args.seed,
+    "steps": config.steps,
+    "batch_size": config.batch_size,
+    "train_config": {
+      k: v for k, v in dataclasses.asdict(config).items() if k != "encoder"
+    },
+    "encoder_config": config.encoder.to_dict(),
+    "train_images": int(len(data.train_images)),
+    "test_images": int(len(data.test_images)),
+    "test_accuracy": test_acc,
+    "train_accuracy_first_10000": train_acc,
+    "final_loss_mean_last_100": float(np.mean(result.losses[-100:])),
+    "train_seconds": round(result.train_seconds, 1),
+    "total_seconds": round(time.perf_counter() - start, 1),
+    "platform": f"{jax.devices()[0].platform} ({os.cpu_count()} cores)",
+    "versions": {
+      "jax": jax.__version__,
+      "optax": optax.__version__,
+      "flax": _version("flax"),
+      "python": sys.version.split()[0],
+    },
+    "command": command,
   }
-  print(f"test accuracy {test_acc:.4f}  train accuracy {train_acc:.4f}  "
-        f"({report['train_seconds']}s training)")
+  print(
+    f"test accuracy {test_acc:.4f}  train accuracy {train_acc:.4f}  "
+    f"({report['train_seconds']}s training)"
+  )
   if args.out:
     export(args.out, result.encoder, result.head, report)
     print(f"wrote {args.out}")
@@ -500,6 +643,7 @@ def main(argv=None) -> dict:
 
 def _version(package: str) -> str:
   from importlib.metadata import version
+
   return version(package)
 
 

@@ -19,10 +19,10 @@ All transformations are deterministic given ``seed``; source images are drawn
 from the training split (the test split for "test") without replacement when
 there are enough of them.
 """
+
 import numpy as np
 
-PROBES = ("rotate", "noise", "downsample", "shuffle", "segment", "copy",
-          "test")
+PROBES = ("rotate", "noise", "downsample", "shuffle", "segment", "copy", "test")
 
 MAX_ANGLE = 30.0
 NOISE_SIGMA = 25.0
@@ -38,8 +38,9 @@ def _as_nhwc(images):
     return images[..., None].astype(np.float64)
   if images.ndim == 4:
     return images.astype(np.float64)
-  raise ValueError(f"images must be [N, H, W] or [N, H, W, C], got "
-                   f"{images.shape}.")
+  raise ValueError(
+    f"images must be [N, H, W] or [N, H, W, C], got {images.shape}."
+  )
 
 
 def _to_uint8(x, shape):
@@ -64,8 +65,9 @@ def rotate(images, angles):
   n, h, w, _ = x.shape
   theta = np.deg2rad(np.asarray(angles, np.float64)).reshape(n, 1, 1)
   cos, sin = np.cos(theta), np.sin(theta)
-  yo, xo = np.meshgrid(np.arange(h) + 0.5 - h / 2, np.arange(w) + 0.5 - w / 2,
-                       indexing="ij")
+  yo, xo = np.meshgrid(
+    np.arange(h) + 0.5 - h / 2, np.arange(w) + 0.5 - w / 2, indexing="ij"
+  )
   # Inverse map: output pixel centre -> source point (continuous coordinates).
   xs = cos * xo - sin * yo + w / 2
   ys = sin * xo + cos * yo + h / 2
@@ -78,8 +80,11 @@ def rotate(images, angles):
   b = np.arange(n).reshape(n, 1, 1)
   top = (1 - dx) * x[b, cy(y0), cx(x0)] + dx * x[b, cy(y0), cx(x0 + 1)]
   bottom_ok = ((y0 + 1 >= 0) & (y0 + 1 < h))[..., None]
-  bottom = np.where(bottom_ok, (1 - dx) * x[b, cy(y0 + 1), cx(x0)] +
-                    dx * x[b, cy(y0 + 1), cx(x0 + 1)], top)
+  bottom = np.where(
+    bottom_ok,
+    (1 - dx) * x[b, cy(y0 + 1), cx(x0)] + dx * x[b, cy(y0 + 1), cx(x0 + 1)],
+    top,
+  )
   out = np.where(inside[..., None], (1 - dy) * top + dy * bottom, 0.0)
   return _to_uint8(out, np.shape(images))
 
@@ -123,8 +128,12 @@ def downsample(images, factor=DOWNSAMPLE_FACTOR):
     np.add.at(m, (np.arange(size), np.clip(lo + 1, 0, small_size - 1)), frac)
     return m
 
-  out = np.einsum("hi,wj,nijc->nhwc", axis_weights(h, h // factor),
-                  axis_weights(w, w // factor), small)
+  out = np.einsum(
+    "hi,wj,nijc->nhwc",
+    axis_weights(h, h // factor),
+    axis_weights(w, w // factor),
+    small,
+  )
   return _to_uint8(out, np.shape(images))
 
 
@@ -144,8 +153,9 @@ def shuffle_blocks(images, permutations, grid=SHUFFLE_GRID):
   blocks = blocks.reshape(n, grid * grid, bh, bw, c)
   perm = np.asarray(permutations)
   if perm.shape != (n, grid * grid):
-    raise ValueError(f"permutations must be [{n}, {grid * grid}], got "
-                     f"{perm.shape}.")
+    raise ValueError(
+      f"permutations must be [{n}, {grid * grid}], got {perm.shape}."
+    )
   blocks = blocks[np.arange(n)[:, None], perm]
   out = blocks.reshape(n, grid, grid, bh, bw, c).transpose(0, 1, 3, 2, 4, 5)
   return _to_uint8(out.reshape(n, h, w, c), np.shape(images))
@@ -189,11 +199,15 @@ def make_probe(name, train_images, test_images, n, seed, return_info=False):
   """
   if name not in PROBES:
     raise ValueError(f"unknown probe {name!r}; expected one of {PROBES}.")
-  for what, arr in (("train_images", train_images),
-                    ("test_images", test_images)):
+  for what, arr in (
+    ("train_images", train_images),
+    ("test_images", test_images),
+  ):
     if np.asarray(arr).dtype != np.uint8 or np.ndim(arr) not in (3, 4):
-      raise ValueError(f"{what} must be uint8 [N, H, W(, C)], got "
-                       f"{np.asarray(arr).dtype} {np.shape(arr)}.")
+      raise ValueError(
+        f"{what} must be uint8 [N, H, W(, C)], got "
+        f"{np.asarray(arr).dtype} {np.shape(arr)}."
+      )
   pool = test_images if name == "test" else train_images
   idx = source_indices(n, len(pool), seed)
   src = np.asarray(pool)[idx]
@@ -207,9 +221,11 @@ def make_probe(name, train_images, test_images, n, seed, return_info=False):
   elif name == "downsample":
     out = downsample(src)
   elif name == "shuffle":
-    info["permutations"] = np.stack(
-        [rng.permutation(SHUFFLE_GRID**2) for _ in range(n)]) if n else (
-            np.zeros((0, SHUFFLE_GRID**2), int))
+    info["permutations"] = (
+      np.stack([rng.permutation(SHUFFLE_GRID**2) for _ in range(n)])
+      if n
+      else (np.zeros((0, SHUFFLE_GRID**2), int))
+    )
     out = shuffle_blocks(src, info["permutations"])
   elif name == "segment":
     out = paste_on_noise(src, rng)

@@ -22,6 +22,7 @@ vector has cosine 0 with everything.
 Curves are a handful of floats, so the arithmetic here runs in float64 NumPy
 on the host; the expensive part (the C_T curves themselves) is the JAX engine's.
 """
+
 import collections
 import dataclasses
 import json
@@ -50,11 +51,13 @@ def _as_curves(x, name: str) -> np.ndarray:
   if a.ndim == 1:
     a = a[None]
   if a.ndim != 2:
-    raise ValueError(f"{name} must be a curve [L] or curves [n, L], got shape "
-                     f"{a.shape}")
+    raise ValueError(
+      f"{name} must be a curve [L] or curves [n, L], got shape {a.shape}"
+    )
   if np.isinf(a).any():
-    raise ValueError(f"{name} holds an infinite value; C_T curves are finite "
-                     "or NaN")
+    raise ValueError(
+      f"{name} holds an infinite value; C_T curves are finite or NaN"
+    )
   return a
 
 
@@ -65,8 +68,9 @@ def _split_metric(metric: str) -> tuple[str, bool]:
   return base, kind == "centroid"
 
 
-def similarity_matrix(a, b=None, *, metric: str = "paper",
-                      alpha: float = 0.5) -> np.ndarray:
+def similarity_matrix(
+  a, b=None, *, metric: str = "paper", alpha: float = 0.5
+) -> np.ndarray:
   """Pairwise similarity of curves under a base rule.
 
   Args:
@@ -83,8 +87,9 @@ def similarity_matrix(a, b=None, *, metric: str = "paper",
   a = np.nan_to_num(_as_curves(a, "a"), nan=0.0)
   b = a if b is None else np.nan_to_num(_as_curves(b, "b"), nan=0.0)
   if a.shape[1] != b.shape[1]:
-    raise ValueError(f"curves of different lengths: {a.shape[1]} vs "
-                     f"{b.shape[1]} layers")
+    raise ValueError(
+      f"curves of different lengths: {a.shape[1]} vs {b.shape[1]} layers"
+    )
   na = np.linalg.norm(a, axis=1)
   nb = np.linalg.norm(b, axis=1)
   denom = na[:, None] * nb[None, :]
@@ -114,8 +119,9 @@ def reference_identity(reference) -> dict | None:
     return None
   ident = reference if isinstance(reference, dict) else reference.identity()
   if not isinstance(ident, dict):
-    raise ValueError(f"reference.identity() returned {type(ident).__name__}, "
-                     "expected a dict")
+    raise ValueError(
+      f"reference.identity() returned {type(ident).__name__}, expected a dict"
+    )
   # Tuples become lists and numpy scalars plain numbers, so an identity read
   # back from a saved library compares equal to the live one.
   return json.loads(json.dumps(ident, default=_json_default))
@@ -142,7 +148,9 @@ def _identity_mismatch(mine: dict, theirs: dict) -> str | None:
 # Batches -> curves.
 
 
-def batch_curves(gen_embeddings, reference, batch_size: int = 500) -> np.ndarray:
+def batch_curves(
+  gen_embeddings, reference, batch_size: int = 500
+) -> np.ndarray:
   """C_T curves of consecutive batches of one generator's samples.
 
   The samples are cut into ``M // batch_size`` full batches in order; a short
@@ -165,15 +173,19 @@ def batch_curves(gen_embeddings, reference, batch_size: int = 500) -> np.ndarray
   n_layers, m, _ = shape
   n_batches = m // batch_size
   if n_batches == 0:
-    raise ValueError(f"gen_embeddings holds {m} samples, fewer than one batch "
-                     f"of batch_size={batch_size}")
+    raise ValueError(
+      f"gen_embeddings holds {m} samples, fewer than one batch "
+      f"of batch_size={batch_size}"
+    )
   curves = []
   for i in range(n_batches):
-    batch = gen_embeddings[:, i * batch_size:(i + 1) * batch_size, :]
+    batch = gen_embeddings[:, i * batch_size : (i + 1) * batch_size, :]
     ct = np.asarray(reference.score(batch).ct, dtype=np.float64)
     if ct.shape != (n_layers,):
-      raise ValueError(f"reference.score returned a curve of shape {ct.shape} "
-                       f"for batch {i}, expected ({n_layers},)")
+      raise ValueError(
+        f"reference.score returned a curve of shape {ct.shape} "
+        f"for batch {i}, expected ({n_layers},)"
+      )
     curves.append(ct)
   return np.stack(curves)
 
@@ -197,6 +209,7 @@ class Calibration:
     genuine_scores: ``[g]`` similarity of each enrolled curve to its own label
       with the curve itself left out.
   """
+
   threshold: float
   target_false_accept_rate: float
   false_accept_rate: float
@@ -219,8 +232,13 @@ class FingerprintLibrary:
     curves: ``[n, L]`` enrolled curves as given (NaN kept).
   """
 
-  def __init__(self, metric: str = "paper", alpha: float = 0.5,
-               reference=None, threshold: float | None = None):
+  def __init__(
+    self,
+    metric: str = "paper",
+    alpha: float = 0.5,
+    reference=None,
+    threshold: float | None = None,
+  ):
     _split_metric(metric)
     if not 0.0 <= alpha <= 1.0:
       raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -270,21 +288,26 @@ class FingerprintLibrary:
       return
     diff = _identity_mismatch(self.reference, ident)
     if diff is not None:
-      raise ValueError("curves from a different C_T reference than the "
-                       f"library's (library vs given: {diff}); refit or load "
-                       "the library's reference")
+      raise ValueError(
+        "curves from a different C_T reference than the "
+        f"library's (library vs given: {diff}); refit or load "
+        "the library's reference"
+      )
 
   def _check_curve(self, curve, name: str) -> np.ndarray:
     c = np.asarray(curve, dtype=np.float64)
     if c.ndim != 1 or c.size == 0:
-      raise ValueError(f"{name} must be a non-empty 1-D curve [L], got shape "
-                       f"{c.shape}")
+      raise ValueError(
+        f"{name} must be a non-empty 1-D curve [L], got shape {c.shape}"
+      )
     if np.isinf(c).any():
       raise ValueError(f"{name} holds an infinite value")
     if self.n_layers is not None and c.size != self.n_layers:
-      raise ValueError(f"{name} has {c.size} layers but the library's curves "
-                       f"have {self.n_layers}; curves from a different layer "
-                       "set cannot be compared")
+      raise ValueError(
+        f"{name} has {c.size} layers but the library's curves "
+        f"have {self.n_layers}; curves from a different layer "
+        "set cannot be compared"
+      )
     return c
 
   def add(self, label: str, curve, reference=None) -> None:
@@ -299,8 +322,9 @@ class FingerprintLibrary:
     self._curves.append(c.copy())
     self._centroid_cache = None
 
-  def add_batches(self, label: str, gen_embeddings, reference,
-                  batch_size: int = 500) -> np.ndarray:
+  def add_batches(
+    self, label: str, gen_embeddings, reference, batch_size: int = 500
+  ) -> np.ndarray:
     """Enrols the curves of a generator's samples, one per batch.
 
     Args:
@@ -344,9 +368,11 @@ class FingerprintLibrary:
       raise ValueError("the fingerprint library is empty; enrol curves first")
     q = _as_curves(curves, "query curves")
     if q.shape[1] != self.n_layers:
-      raise ValueError(f"query curves have {q.shape[1]} layers but the "
-                       f"library's curves have {self.n_layers}; curves from a "
-                       "different layer set cannot be compared")
+      raise ValueError(
+        f"query curves have {q.shape[1]} layers but the "
+        f"library's curves have {self.n_layers}; curves from a "
+        "different layer set cannot be compared"
+      )
     base, centroid = _split_metric(self.metric)
     if centroid:
       labels, cents = self._centroids()
@@ -357,8 +383,9 @@ class FingerprintLibrary:
     scores = np.stack([sims[:, lab == l].max(axis=1) for l in labels], axis=1)
     return labels, scores
 
-  def identify(self, curve, top_k: int | None = None,
-               reference=None) -> list[tuple[str, float]]:
+  def identify(
+    self, curve, top_k: int | None = None, reference=None
+  ) -> list[tuple[str, float]]:
     """Ranks the enrolled labels for one query curve ``[L]``.
 
     Returns:
@@ -377,8 +404,9 @@ class FingerprintLibrary:
       ranked.insert(0, (UNKNOWN, ranked[0][1]))
     return ranked if top_k is None else ranked[:top_k]
 
-  def identify_set(self, curves, reference=None
-                   ) -> list[tuple[str, float, float]]:
+  def identify_set(
+    self, curves, reference=None
+  ) -> list[tuple[str, float, float]]:
     """Majority vote over several query curves of one generator.
 
     Each curve ``[L]`` of ``curves [q, L]`` votes for its top answer (which
@@ -398,12 +426,14 @@ class FingerprintLibrary:
     rows = [(l, len(s) / len(q), float(np.mean(s))) for l, s in tally.items()]
     return sorted(rows, key=lambda r: (-r[1], -r[2]))
 
-  def identify_batches(self, gen_embeddings, reference, batch_size: int = 500
-                       ) -> list[tuple[str, float, float]]:
+  def identify_batches(
+    self, gen_embeddings, reference, batch_size: int = 500
+  ) -> list[tuple[str, float, float]]:
     """`identify_set` on the batch curves of ``gen_embeddings [L, M, D]``."""
     self.check_reference(reference)
-    return self.identify_set(batch_curves(gen_embeddings, reference,
-                                          batch_size))
+    return self.identify_set(
+      batch_curves(gen_embeddings, reference, batch_size)
+    )
 
   # -- open set --------------------------------------------------------------
 
@@ -419,8 +449,9 @@ class FingerprintLibrary:
       (impostor ``[n]``, genuine ``[g]``).
     """
     if len(self.label_set) < 2:
-      raise ValueError("calibrating an open-set threshold needs curves of at "
-                       "least two labels")
+      raise ValueError(
+        "calibrating an open-set threshold needs curves of at least two labels"
+      )
     base, centroid = _split_metric(self.metric)
     x = np.nan_to_num(self.curves, nan=0.0)
     lab = np.asarray(self.labels)
@@ -458,8 +489,9 @@ class FingerprintLibrary:
       the `Calibration` (the threshold is also stored on the library).
     """
     if not 0.0 <= false_accept_rate <= 1.0:
-      raise ValueError(f"false_accept_rate must lie in [0, 1], got "
-                       f"{false_accept_rate}")
+      raise ValueError(
+        f"false_accept_rate must lie in [0, 1], got {false_accept_rate}"
+      )
     impostor, genuine = self.loo_scores()
     s = np.sort(impostor)[::-1]
     k = int(math.floor(false_accept_rate * len(s) + 1e-9))
@@ -471,46 +503,58 @@ class FingerprintLibrary:
     self.threshold = threshold
     far = float(np.mean(impostor >= threshold))
     frr = float(np.mean(genuine < threshold)) if genuine.size else math.nan
-    return Calibration(threshold, float(false_accept_rate), far, frr,
-                       impostor, genuine)
+    return Calibration(
+      threshold, float(false_accept_rate), far, frr, impostor, genuine
+    )
 
   # -- persistence -----------------------------------------------------------
 
   def to_dict(self) -> dict:
     """The JSON-able form written by `save` (NaN stored as null)."""
     return {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "metric": self.metric,
-        "alpha": self.alpha,
-        "threshold": (None if self.threshold is None
-                      or not math.isfinite(self.threshold)
-                      else self.threshold),
-        "threshold_is_neg_inf": self.threshold == -math.inf,
-        "n_layers": self.n_layers,
-        "reference": self.reference,
-        "curves": [{"label": l, "curve": [None if math.isnan(v) else float(v)
-                                          for v in c]}
-                   for l, c in zip(self.labels, self._curves)],
+      "format": FORMAT_NAME,
+      "version": FORMAT_VERSION,
+      "metric": self.metric,
+      "alpha": self.alpha,
+      "threshold": (
+        None
+        if self.threshold is None or not math.isfinite(self.threshold)
+        else self.threshold
+      ),
+      "threshold_is_neg_inf": self.threshold == -math.inf,
+      "n_layers": self.n_layers,
+      "reference": self.reference,
+      "curves": [
+        {"label": l, "curve": [None if math.isnan(v) else float(v) for v in c]}
+        for l, c in zip(self.labels, self._curves)
+      ],
     }
 
   @classmethod
   def from_dict(cls, d: dict, source: str = "dict") -> "FingerprintLibrary":
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
-      raise ValueError(f"{source} is not a ctjax fingerprint library (field "
-                       f"'format' should be {FORMAT_NAME!r})")
+      raise ValueError(
+        f"{source} is not a ctjax fingerprint library (field "
+        f"'format' should be {FORMAT_NAME!r})"
+      )
     if d.get("version") != FORMAT_VERSION:
-      raise ValueError(f"{source} has fingerprint library version "
-                       f"{d.get('version')!r}; this ctjax reads version "
-                       f"{FORMAT_VERSION}")
+      raise ValueError(
+        f"{source} has fingerprint library version "
+        f"{d.get('version')!r}; this ctjax reads version "
+        f"{FORMAT_VERSION}"
+      )
     for field in ("metric", "alpha", "curves"):
       if field not in d:
         raise ValueError(f"{source} lacks the field {field!r}")
     threshold = d.get("threshold")
     if d.get("threshold_is_neg_inf"):
       threshold = -math.inf
-    lib = cls(metric=d["metric"], alpha=d["alpha"],
-              reference=d.get("reference"), threshold=threshold)
+    lib = cls(
+      metric=d["metric"],
+      alpha=d["alpha"],
+      reference=d.get("reference"),
+      threshold=threshold,
+    )
     for j, entry in enumerate(d["curves"]):
       try:
         curve = [math.nan if v is None else float(v) for v in entry["curve"]]
@@ -522,6 +566,7 @@ class FingerprintLibrary:
   def save(self, path) -> str:
     """Writes the library as versioned, indented JSON (atomically)."""
     from ctjax import report  # pylint: disable=g-import-not-at-top
+
     return report.write_json(self.to_dict(), path)
 
   @classmethod
@@ -533,14 +578,17 @@ class FingerprintLibrary:
       with open(path) as f:
         d = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"fingerprint library file {path} is not JSON ({e})"
-                       ) from e
+      raise ValueError(
+        f"fingerprint library file {path} is not JSON ({e})"
+      ) from e
     return cls.from_dict(d, source=path)
 
   def __repr__(self) -> str:
-    return (f"FingerprintLibrary(metric={self.metric!r}, alpha={self.alpha}, "
-            f"n_curves={len(self)}, labels={self.label_set}, "
-            f"n_layers={self.n_layers}, threshold={self.threshold})")
+    return (
+      f"FingerprintLibrary(metric={self.metric!r}, alpha={self.alpha}, "
+      f"n_curves={len(self)}, labels={self.label_set}, "
+      f"n_layers={self.n_layers}, threshold={self.threshold})"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -563,6 +611,7 @@ class Evaluation:
       k answers.
     predictions: the top answer of each query, in order.
   """
+
   accuracy: float
   n_correct: int
   n_queries: int
@@ -574,18 +623,22 @@ class Evaluation:
 
   def to_dict(self) -> dict:
     return {
-        "accuracy": self.accuracy, "n_correct": self.n_correct,
-        "n_queries": self.n_queries,
-        "per_label_accuracy": dict(self.per_label_accuracy),
-        "confusion": self.confusion.tolist(), "labels": list(self.labels),
-        "top_k_accuracy": {str(k): v for k, v in self.top_k_accuracy.items()},
-        "predictions": list(self.predictions),
+      "accuracy": self.accuracy,
+      "n_correct": self.n_correct,
+      "n_queries": self.n_queries,
+      "per_label_accuracy": dict(self.per_label_accuracy),
+      "confusion": self.confusion.tolist(),
+      "labels": list(self.labels),
+      "top_k_accuracy": {str(k): v for k, v in self.top_k_accuracy.items()},
+      "predictions": list(self.predictions),
     }
 
 
-def evaluate(library: FingerprintLibrary,
-             queries: Iterable[tuple[str, Any]],
-             top_ks: Sequence[int] = (1, 2, 3)) -> Evaluation:
+def evaluate(
+  library: FingerprintLibrary,
+  queries: Iterable[tuple[str, Any]],
+  top_ks: Sequence[int] = (1, 2, 3),
+) -> Evaluation:
   """Identifies every query curve and tallies the answers.
 
   Args:
@@ -616,12 +669,24 @@ def evaluate(library: FingerprintLibrary,
   for t, p in zip(truth, preds):
     confusion[index[t], index[p]] += 1
   correct = np.asarray([t == p for t, p in zip(truth, preds)])
-  per_label = {l: float(np.mean(correct[np.asarray(truth) == l]))
-               for l in dict.fromkeys(truth)}
-  top_k = {int(k): float(np.mean([t in r[:k] for t, r in zip(truth, rankings)]))
-           for k in top_ks}
-  return Evaluation(float(correct.mean()), int(correct.sum()), len(queries),
-                    per_label, confusion, labels, top_k, preds)
+  per_label = {
+    l: float(np.mean(correct[np.asarray(truth) == l]))
+    for l in dict.fromkeys(truth)
+  }
+  top_k = {
+    int(k): float(np.mean([t in r[:k] for t, r in zip(truth, rankings)]))
+    for k in top_ks
+  }
+  return Evaluation(
+    float(correct.mean()),
+    int(correct.sum()),
+    len(queries),
+    per_label,
+    confusion,
+    labels,
+    top_k,
+    preds,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -635,6 +700,7 @@ class CurveFile(NamedTuple):
     enrolled: [(label, curve [L])] from ``*_train_batch`` lines.
     queries: [(label, curve [L])] from ``*_test_batch`` lines.
   """
+
   enrolled: list
   queries: list
 
@@ -665,8 +731,7 @@ def read_curve_file(path) -> CurveFile:
       if not label:
         raise ValueError(f"{path}:{lineno}: empty label in {key!r}")
       try:
-        curve = np.array([float(v) for v in body.split(",")],
-                         dtype=np.float64)
+        curve = np.array([float(v) for v in body.split(",")], dtype=np.float64)
       except ValueError as e:
         raise ValueError(f"{path}:{lineno}: bad value ({e})") from e
       if role.startswith("train"):
@@ -674,20 +739,23 @@ def read_curve_file(path) -> CurveFile:
       elif role.startswith("test"):
         queries.append((label, curve))
       else:
-        raise ValueError(f"{path}:{lineno}: {key!r} is neither a *_train_* "
-                         "nor a *_test_* curve")
+        raise ValueError(
+          f"{path}:{lineno}: {key!r} is neither a *_train_* "
+          "nor a *_test_* curve"
+        )
   lengths = {len(c) for _, c in enrolled + queries}
   if len(lengths) > 1:
     raise ValueError(f"{path}: curves of different lengths {sorted(lengths)}")
   if not enrolled or not queries:
-    raise ValueError(f"{path}: needs both train (enrolled) and test (query) "
-                     "curves")
+    raise ValueError(
+      f"{path}: needs both train (enrolled) and test (query) curves"
+    )
   return CurveFile(enrolled, queries)
 
 
-def evaluate_curve_file(path, *, drop_first: int = 1, metric: str = "paper",
-                        alpha: float = 0.5) -> tuple[FingerprintLibrary,
-                                                     Evaluation]:
+def evaluate_curve_file(
+  path, *, drop_first: int = 1, metric: str = "paper", alpha: float = 0.5
+) -> tuple[FingerprintLibrary, Evaluation]:
   """The authors' rule on one of their files: drop the first ``drop_first``
   values of every curve, NaN -> 0, nearest enrolled curve by ``metric``.
 

@@ -5,6 +5,7 @@ and DINOv2 (Oquab et al. 2024; layer scale, SwiGLU for the giant size,
 optional register tokens from Darcet et al. 2024) share one block structure.
 The differences are fields here, read from a Hugging Face ``config.json``.
 """
+
 import dataclasses
 from typing import Any
 
@@ -16,14 +17,22 @@ HALF = (0.5, 0.5, 0.5)
 # preprocessor_config.json: google/vit-* use 0.5/0.5; facebook/deit-* and
 # facebook/dinov2-* use the ImageNet statistics.
 FAMILY_MEAN_STD = {
-    "vit": (HALF, HALF),
-    "deit": (IMAGENET_MEAN, IMAGENET_STD),
-    "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
-    "dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD),
+  "vit": (HALF, HALF),
+  "deit": (IMAGENET_MEAN, IMAGENET_STD),
+  "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+  "dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD),
 }
 MODEL_TYPES = tuple(FAMILY_MEAN_STD)
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast",
-               "quick_gelu", "relu", "silu", "swish")
+ACTIVATIONS = (
+  "gelu",
+  "gelu_new",
+  "gelu_pytorch_tanh",
+  "gelu_fast",
+  "quick_gelu",
+  "relu",
+  "silu",
+  "swish",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +60,7 @@ class EncoderConfig:
     image_mean: per-channel mean used by preprocessing.
     image_std: per-channel std used by preprocessing.
   """
+
   model_type: str = "vit"
   hidden_size: int = 768
   num_layers: int = 12
@@ -72,15 +82,26 @@ class EncoderConfig:
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
-      raise ValueError(f"model_type {self.model_type!r} is not one of {MODEL_TYPES}")
+      raise ValueError(
+        f"model_type {self.model_type!r} is not one of {MODEL_TYPES}"
+      )
     if self.hidden_act not in ACTIVATIONS:
-      raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
+      raise ValueError(
+        f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}"
+      )
     if self.image_size % self.patch_size:
-      raise ValueError(f"image_size {self.image_size} is not a multiple of "
-                       f"patch_size {self.patch_size}")
-    if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
-      raise ValueError(f"image_mean/image_std need {self.num_channels} entries, got "
-                       f"{self.image_mean} / {self.image_std}")
+      raise ValueError(
+        f"image_size {self.image_size} is not a multiple of "
+        f"patch_size {self.patch_size}"
+      )
+    if (
+      len(self.image_mean) != self.num_channels
+      or len(self.image_std) != self.num_channels
+    ):
+      raise ValueError(
+        f"image_mean/image_std need {self.num_channels} entries, got "
+        f"{self.image_mean} / {self.image_std}"
+      )
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -92,7 +113,9 @@ class EncoderConfig:
     """Patches per side at the training resolution."""
     return self.image_size // self.patch_size
 
-  def num_tokens(self, height: int | None = None, width: int | None = None) -> int:
+  def num_tokens(
+    self, height: int | None = None, width: int | None = None
+  ) -> int:
     """Sequence length T for images of the given size (default: ``image_size``)."""
     gh = (height or self.image_size) // self.patch_size
     gw = (width or self.image_size) // self.patch_size
@@ -105,7 +128,9 @@ class EncoderConfig:
 def _square(value, name: str) -> int:
   if isinstance(value, (list, tuple)):
     if len(value) != 2 or value[0] != value[1]:
-      raise ValueError(f"config field {name}={value!r}: only square sizes are supported")
+      raise ValueError(
+        f"config field {name}={value!r}: only square sizes are supported"
+      )
     value = value[0]
   return int(value)
 
@@ -122,8 +147,10 @@ def from_hf_config(hf_config, image_mean=None, image_std=None) -> EncoderConfig:
   c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
   model_type = c.get("model_type")
   if model_type not in MODEL_TYPES:
-    raise ValueError(f"config.json model_type {model_type!r} is not supported; "
-                     f"expected one of {MODEL_TYPES}")
+    raise ValueError(
+      f"config.json model_type {model_type!r} is not supported; "
+      f"expected one of {MODEL_TYPES}"
+    )
   for field in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
     if field not in c:
       raise ValueError(f"config.json has no field {field!r}")
@@ -141,24 +168,30 @@ def from_hf_config(hf_config, image_mean=None, image_std=None) -> EncoderConfig:
   if num_channels != 3:
     default_mean, default_std = (0.5,) * num_channels, (0.5,) * num_channels
   return EncoderConfig(
-      model_type=model_type,
-      hidden_size=d,
-      num_layers=int(c["num_hidden_layers"]),
-      num_heads=heads,
-      head_dim=int(c.get("head_dim") or d // heads),
-      mlp_dim=mlp_dim,
-      patch_size=_square(c.get("patch_size", 16), "patch_size"),
-      image_size=_square(c.get("image_size", 224), "image_size"),
-      num_channels=num_channels,
-      qkv_bias=bool(c.get("qkv_bias", True)),
-      layer_norm_eps=float(c.get("layer_norm_eps", 1e-6 if dino else 1e-12)),
-      hidden_act=c.get("hidden_act", "gelu"),
-      layer_scale=dino,
-      layerscale_value=float(c.get("layerscale_value", 1.0)),
-      swiglu=swiglu,
-      num_registers=int(c.get("num_register_tokens", 0)) if model_type == "dinov2_with_registers" else 0,
-      image_mean=tuple(float(v) for v in (image_mean if image_mean is not None else default_mean)),
-      image_std=tuple(float(v) for v in (image_std if image_std is not None else default_std)),
+    model_type=model_type,
+    hidden_size=d,
+    num_layers=int(c["num_hidden_layers"]),
+    num_heads=heads,
+    head_dim=int(c.get("head_dim") or d // heads),
+    mlp_dim=mlp_dim,
+    patch_size=_square(c.get("patch_size", 16), "patch_size"),
+    image_size=_square(c.get("image_size", 224), "image_size"),
+    num_channels=num_channels,
+    qkv_bias=bool(c.get("qkv_bias", True)),
+    layer_norm_eps=float(c.get("layer_norm_eps", 1e-6 if dino else 1e-12)),
+    hidden_act=c.get("hidden_act", "gelu"),
+    layer_scale=dino,
+    layerscale_value=float(c.get("layerscale_value", 1.0)),
+    swiglu=swiglu,
+    num_registers=int(c.get("num_register_tokens", 0))
+    if model_type == "dinov2_with_registers"
+    else 0,
+    image_mean=tuple(
+      float(v) for v in (image_mean if image_mean is not None else default_mean)
+    ),
+    image_std=tuple(
+      float(v) for v in (image_std if image_std is not None else default_std)
+    ),
   )
 
 
@@ -166,12 +199,14 @@ def from_hf_config(hf_config, image_mean=None, image_std=None) -> EncoderConfig:
 # Table 1 (Ti/S from Touvron et al. 2021, DeiT Table 1); DINOv2-g: Oquab et al.
 # 2024, Table 17 (1536 wide, 40 blocks, 24 heads, SwiGLU).
 _VARIANTS = {
-    "Ti": dict(hidden_size=192, num_layers=12, num_heads=3, mlp_dim=768),
-    "S": dict(hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536),
-    "B": dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
-    "L": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096),
-    "H": dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_dim=5120),
-    "g": dict(hidden_size=1536, num_layers=40, num_heads=24, mlp_dim=4096, swiglu=True),
+  "Ti": dict(hidden_size=192, num_layers=12, num_heads=3, mlp_dim=768),
+  "S": dict(hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536),
+  "B": dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+  "L": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096),
+  "H": dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_dim=5120),
+  "g": dict(
+    hidden_size=1536, num_layers=40, num_heads=24, mlp_dim=4096, swiglu=True
+  ),
 }
 
 
@@ -184,8 +219,10 @@ def preset(name: str, **overrides) -> EncoderConfig:
     size, patch = name.split("/")
     sizes = dict(_VARIANTS[size])
   except (ValueError, KeyError):
-    raise ValueError(f"unknown variant {name!r}; expected one of "
-                     f"{[k + '/16' for k in _VARIANTS]} (any patch size)") from None
+    raise ValueError(
+      f"unknown variant {name!r}; expected one of "
+      f"{[k + '/16' for k in _VARIANTS]} (any patch size)"
+    ) from None
   sizes["head_dim"] = sizes["hidden_size"] // sizes["num_heads"]
   sizes["patch_size"] = int(patch)
   model_type = overrides.get("model_type", "vit")

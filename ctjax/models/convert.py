@@ -6,6 +6,7 @@ safetensors' NumPy loader (torch is only needed for ``pytorch_model.bin``);
 every missing, unexpected or mis-shaped tensor is collected and reported in
 one ValueError before anything is merged.
 """
+
 import json
 import os
 import re
@@ -21,8 +22,15 @@ from ctjax.models.vit import VisionTransformer
 # Prefixes of task models (ViTForImageClassification etc.) around the encoder.
 _PREFIXES = ("vit.", "deit.", "dinov2.", "dinov2_with_registers.")
 # Tensors outside the encoder that checkpoints may carry; ignored.
-_IGNORED = ("pooler.", "classifier.", "cls_classifier.", "distillation_classifier.",
-            "embeddings.mask_token", "decoder.", "lm_head.")
+_IGNORED = (
+  "pooler.",
+  "classifier.",
+  "cls_classifier.",
+  "distillation_classifier.",
+  "embeddings.mask_token",
+  "decoder.",
+  "lm_head.",
+)
 
 # Rule = (checkpoint name, checkpoint shape, function checkpoint array -> ctjax array).
 Rule = tuple[str, tuple[int, ...], Callable[[np.ndarray], np.ndarray]]
@@ -32,7 +40,9 @@ def _t(w):
   return w.T
 
 
-def _linear(prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict[str, Rule]:
+def _linear(
+  prefix: str, n_in: int, n_out: int, bias: bool = True
+) -> dict[str, Rule]:
   rules = {"kernel": (f"{prefix}.weight", (n_out, n_in), _t)}
   if bias:
     rules["bias"] = (f"{prefix}.bias", (n_out,), lambda b: b)
@@ -40,8 +50,10 @@ def _linear(prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict[str, 
 
 
 def _norm(prefix: str, d: int) -> dict[str, Rule]:
-  return {"scale": (f"{prefix}.weight", (d,), lambda w: w),
-          "bias": (f"{prefix}.bias", (d,), lambda b: b)}
+  return {
+    "scale": (f"{prefix}.weight", (d,), lambda w: w),
+    "bias": (f"{prefix}.bias", (d,), lambda b: b),
+  }
 
 
 def _block_rules(c: EncoderConfig, i: int) -> dict:
@@ -50,36 +62,60 @@ def _block_rules(c: EncoderConfig, i: int) -> dict:
   dino = c.model_type.startswith("dinov2")
 
   def qkv(name):
-    rules = {"kernel": (f"{p}.attention.attention.{name}.weight", (h * k, d),
-                        lambda w: w.T.reshape(d, h, k))}
+    rules = {
+      "kernel": (
+        f"{p}.attention.attention.{name}.weight",
+        (h * k, d),
+        lambda w: w.T.reshape(d, h, k),
+      )
+    }
     if c.qkv_bias:
-      rules["bias"] = (f"{p}.attention.attention.{name}.bias", (h * k,),
-                       lambda b: b.reshape(h, k))
+      rules["bias"] = (
+        f"{p}.attention.attention.{name}.bias",
+        (h * k,),
+        lambda b: b.reshape(h, k),
+      )
     return rules
 
   block = {
-      "norm1": _norm(f"{p}.norm1" if dino else f"{p}.layernorm_before", d),
-      "norm2": _norm(f"{p}.norm2" if dino else f"{p}.layernorm_after", d),
-      "attn": {
-          "query": qkv("query"), "key": qkv("key"), "value": qkv("value"),
-          "out": {"kernel": (f"{p}.attention.output.dense.weight", (d, h * k),
-                             lambda w: w.T.reshape(h, k, d)),
-                  "bias": (f"{p}.attention.output.dense.bias", (d,), lambda b: b)},
+    "norm1": _norm(f"{p}.norm1" if dino else f"{p}.layernorm_before", d),
+    "norm2": _norm(f"{p}.norm2" if dino else f"{p}.layernorm_after", d),
+    "attn": {
+      "query": qkv("query"),
+      "key": qkv("key"),
+      "value": qkv("value"),
+      "out": {
+        "kernel": (
+          f"{p}.attention.output.dense.weight",
+          (d, h * k),
+          lambda w: w.T.reshape(h, k, d),
+        ),
+        "bias": (f"{p}.attention.output.dense.bias", (d,), lambda b: b),
       },
+    },
   }
   if c.swiglu:  # weights_in stacks [gate; up] along the output axis.
     block["mlp"] = {
-        "gate": {"kernel": (f"{p}.mlp.weights_in.weight", (2 * f, d), lambda w: w[:f].T),
-                 "bias": (f"{p}.mlp.weights_in.bias", (2 * f,), lambda b: b[:f])},
-        "up": {"kernel": (f"{p}.mlp.weights_in.weight", (2 * f, d), lambda w: w[f:].T),
-               "bias": (f"{p}.mlp.weights_in.bias", (2 * f,), lambda b: b[f:])},
-        "down": _linear(f"{p}.mlp.weights_out", f, d),
+      "gate": {
+        "kernel": (f"{p}.mlp.weights_in.weight", (2 * f, d), lambda w: w[:f].T),
+        "bias": (f"{p}.mlp.weights_in.bias", (2 * f,), lambda b: b[:f]),
+      },
+      "up": {
+        "kernel": (f"{p}.mlp.weights_in.weight", (2 * f, d), lambda w: w[f:].T),
+        "bias": (f"{p}.mlp.weights_in.bias", (2 * f,), lambda b: b[f:]),
+      },
+      "down": _linear(f"{p}.mlp.weights_out", f, d),
     }
   elif dino:
-    block["mlp"] = {"fc1": _linear(f"{p}.mlp.fc1", d, f), "fc2": _linear(f"{p}.mlp.fc2", f, d)}
+    block["mlp"] = {
+      "fc1": _linear(f"{p}.mlp.fc1", d, f),
+      "fc2": _linear(f"{p}.mlp.fc2", f, d),
+    }
   else:
-    block["mlp"] = {"fc1": _linear(f"{p}.intermediate.dense", d, f),
-                    "fc2": _linear(f"{p}.output.dense", f, d)}
+    block["mlp"] = {
+      "fc1": _linear(f"{p}.intermediate.dense", d, f),
+      "fc2": _linear(f"{p}.output.dense", f, d),
+    }
   if c.layer_scale:
     block["ls1"] = {"scale": (f"{p}.layer_scale1.lambda1", (d,), lambda w: w)}
     block["ls2"] = {"scale": (f"{p}.layer_scale2.lambda1", (d,), lambda w: w)}
@@ -89,22 +125,43 @@ def _block_rules(c: EncoderConfig, i: int) -> dict:
 def checkpoint_rules(c: EncoderConfig) -> dict[tuple, Rule]:
   """ctjax parameter path -> (checkpoint name, checkpoint shape, transform)."""
   d, pch = c.hidden_size, c.patch_size
-  n_pos = c.num_prefix_tokens + c.grid_size ** 2
+  n_pos = c.num_prefix_tokens + c.grid_size**2
   tree = {
-      "patch_embed": {"proj": {
-          "kernel": ("embeddings.patch_embeddings.projection.weight",
-                     (d, c.num_channels, pch, pch), lambda w: w.transpose(2, 3, 1, 0)),
-          "bias": ("embeddings.patch_embeddings.projection.bias", (d,), lambda b: b)}},
-      "cls_token": ("embeddings.cls_token", (1, 1, d), lambda t: t.reshape(1, d)),
-      "pos_embed": ("embeddings.position_embeddings", (1, n_pos, d), lambda t: t[0]),
-      "blocks": {i: _block_rules(c, i) for i in range(c.num_layers)},
-      "norm": _norm("layernorm", d),
+    "patch_embed": {
+      "proj": {
+        "kernel": (
+          "embeddings.patch_embeddings.projection.weight",
+          (d, c.num_channels, pch, pch),
+          lambda w: w.transpose(2, 3, 1, 0),
+        ),
+        "bias": (
+          "embeddings.patch_embeddings.projection.bias",
+          (d,),
+          lambda b: b,
+        ),
+      }
+    },
+    "cls_token": ("embeddings.cls_token", (1, 1, d), lambda t: t.reshape(1, d)),
+    "pos_embed": (
+      "embeddings.position_embeddings",
+      (1, n_pos, d),
+      lambda t: t[0],
+    ),
+    "blocks": {i: _block_rules(c, i) for i in range(c.num_layers)},
+    "norm": _norm("layernorm", d),
   }
   if c.model_type == "deit":
-    tree["dist_token"] = ("embeddings.distillation_token", (1, 1, d), lambda t: t.reshape(1, d))
+    tree["dist_token"] = (
+      "embeddings.distillation_token",
+      (1, 1, d),
+      lambda t: t.reshape(1, d),
+    )
   if c.num_registers:
-    tree["register_tokens"] = ("embeddings.register_tokens", (1, c.num_registers, d),
-                               lambda t: t[0])
+    tree["register_tokens"] = (
+      "embeddings.register_tokens",
+      (1, c.num_registers, d),
+      lambda t: t[0],
+    )
   flat = {}
 
   def walk(node, path):
@@ -125,16 +182,23 @@ _QKV = {"q": "query", "k": "key", "v": "value"}
 
 def _rename_v5(name: str, model_type: str) -> str:
   name = re.sub(r"^layers\.(\d+)\.", r"encoder.layer.\1.", name)
-  name = re.sub(r"\.attention\.([qkv])_proj\.",
-                lambda m: f".attention.attention.{_QKV[m.group(1)]}.", name)
+  name = re.sub(
+    r"\.attention\.([qkv])_proj\.",
+    lambda m: f".attention.attention.{_QKV[m.group(1)]}.",
+    name,
+  )
   name = name.replace(".attention.o_proj.", ".attention.output.dense.")
   name = name.replace(".mlp.down_proj.", ".mlp.weights_out.")
   if model_type in ("vit", "deit"):
-    name = name.replace(".mlp.fc1.", ".intermediate.dense.").replace(".mlp.fc2.", ".output.dense.")
+    name = name.replace(".mlp.fc1.", ".intermediate.dense.").replace(
+      ".mlp.fc2.", ".output.dense."
+    )
   return name
 
 
-def canonical_tensors(tensors: Mapping[str, np.ndarray], model_type: str) -> dict:
+def canonical_tensors(
+  tensors: Mapping[str, np.ndarray], model_type: str
+) -> dict:
   """Encoder-relative checkpoint name -> (original name, array).
 
   Strips task-model prefixes ("vit." ...), drops heads outside the encoder
@@ -146,23 +210,30 @@ def canonical_tensors(tensors: Mapping[str, np.ndarray], model_type: str) -> dic
     short = name
     for prefix in _PREFIXES:
       if short.startswith(prefix):
-        short = short[len(prefix):]
+        short = short[len(prefix) :]
         break
     if short.startswith(_IGNORED):
       continue
     out[_rename_v5(short, model_type)] = (name, array)
-  for key in [k for k in out if ".mlp.gate_proj." in k]:  # re-fuse SwiGLU [gate; up]
+  for key in [
+    k for k in out if ".mlp.gate_proj." in k
+  ]:  # re-fuse SwiGLU [gate; up]
     up_key = key.replace(".gate_proj.", ".up_proj.")
     if up_key in out:
       gate_name, gate = out.pop(key)
       _, up = out.pop(up_key)
       out[key.replace(".gate_proj.", ".weights_in.")] = (
-          gate_name.replace("gate_proj", "gate_proj+up_proj"),
-          np.concatenate([np.asarray(gate), np.asarray(up)], axis=0))
+        gate_name.replace("gate_proj", "gate_proj+up_proj"),
+        np.concatenate([np.asarray(gate), np.asarray(up)], axis=0),
+      )
   return out
 
 
-def load_state(config: EncoderConfig, tensors: Mapping[str, np.ndarray], source: str = "checkpoint"):
+def load_state(
+  config: EncoderConfig,
+  tensors: Mapping[str, np.ndarray],
+  source: str = "checkpoint",
+):
   """Converts checkpoint tensors into (graphdef, nnx.State) of a VisionTransformer.
 
   Args:
@@ -181,7 +252,9 @@ def load_state(config: EncoderConfig, tensors: Mapping[str, np.ndarray], source:
   used, missing, mismatched = set(), [], []
   for path, leaf in jax_flat(pure):
     if path not in rules:
-      raise AssertionError(f"no checkpoint rule for ctjax parameter {path}")  # a ctjax bug
+      raise AssertionError(
+        f"no checkpoint rule for ctjax parameter {path}"
+      )  # a ctjax bug
     name, hf_shape, fn = rules[path]
     if name not in found:
       if name not in missing:
@@ -191,7 +264,9 @@ def load_state(config: EncoderConfig, tensors: Mapping[str, np.ndarray], source:
     original, array = found[name]
     array = np.asarray(array)
     if tuple(array.shape) != tuple(hf_shape):
-      msg = f"{original}: shape {tuple(array.shape)}, expected {tuple(hf_shape)}"
+      msg = (
+        f"{original}: shape {tuple(array.shape)}, expected {tuple(hf_shape)}"
+      )
       if msg not in mismatched:
         mismatched.append(msg)
       continue
@@ -200,15 +275,21 @@ def load_state(config: EncoderConfig, tensors: Mapping[str, np.ndarray], source:
     _set(pure, path, value)
   unexpected = sorted(found[n][0] for n in set(found) - used)
   if missing or unexpected or mismatched:
-    parts = [f"cannot load {source} into a {config.model_type} encoder "
-             f"(L={config.num_layers}, D={config.hidden_size}, patch={config.patch_size}, "
-             f"image={config.image_size}):"]
+    parts = [
+      f"cannot load {source} into a {config.model_type} encoder "
+      f"(L={config.num_layers}, D={config.hidden_size}, patch={config.patch_size}, "
+      f"image={config.image_size}):"
+    ]
     if missing:
       parts.append(f"  missing tensors ({len(missing)}): {', '.join(missing)}")
     if unexpected:
-      parts.append(f"  unexpected tensors ({len(unexpected)}): {', '.join(unexpected)}")
+      parts.append(
+        f"  unexpected tensors ({len(unexpected)}): {', '.join(unexpected)}"
+      )
     if mismatched:
-      parts.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+      parts.append(
+        f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}"
+      )
     raise ValueError("\n".join(parts))
   nnx.replace_by_pure_dict(state, pure)
   return graphdef, state
@@ -237,22 +318,33 @@ def resolve(path_or_repo_id: str) -> str:
   if os.path.isdir(path_or_repo_id):
     return path_or_repo_id
   if os.path.exists(path_or_repo_id):
-    raise ValueError(f"{path_or_repo_id!r} is a file; pass the checkpoint folder "
-                     "(config.json + model.safetensors)")
+    raise ValueError(
+      f"{path_or_repo_id!r} is a file; pass the checkpoint folder "
+      "(config.json + model.safetensors)"
+    )
   from huggingface_hub import snapshot_download
+
   try:
     return snapshot_download(
-        path_or_repo_id,
-        allow_patterns=["config.json", "preprocessor_config.json", "*.safetensors",
-                        "model.safetensors.index.json"])
+      path_or_repo_id,
+      allow_patterns=[
+        "config.json",
+        "preprocessor_config.json",
+        "*.safetensors",
+        "model.safetensors.index.json",
+      ],
+    )
   except Exception as e:  # noqa: BLE001 -- many hub error types; re-raised with context.
-    raise ValueError(f"{path_or_repo_id!r} is neither a folder nor a repo id found in the "
-                     f"Hugging Face cache ({type(e).__name__}: {e})") from e
+    raise ValueError(
+      f"{path_or_repo_id!r} is neither a folder nor a repo id found in the "
+      f"Hugging Face cache ({type(e).__name__}: {e})"
+    ) from e
 
 
 def read_tensors(folder: str) -> dict[str, np.ndarray]:
   """All tensors of model.safetensors (sharded or not), else pytorch_model.bin."""
   from safetensors import safe_open
+
   index = os.path.join(folder, "model.safetensors.index.json")
   if os.path.exists(index):
     with open(index) as f:
@@ -273,17 +365,22 @@ def read_tensors(folder: str) -> dict[str, np.ndarray]:
     try:
       import torch
     except ImportError:
-      raise ValueError(f"{bin_path} needs torch to read; install torch or convert the "
-                       "checkpoint to model.safetensors") from None
+      raise ValueError(
+        f"{bin_path} needs torch to read; install torch or convert the "
+        "checkpoint to model.safetensors"
+      ) from None
     state = torch.load(bin_path, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() for k, v in state.items()}
-  raise ValueError(f"{folder} holds no model.safetensors, model.safetensors.index.json "
-                   "or pytorch_model.bin")
+  raise ValueError(
+    f"{folder} holds no model.safetensors, model.safetensors.index.json "
+    "or pytorch_model.bin"
+  )
 
 
 def read_config(folder: str) -> EncoderConfig:
   """EncoderConfig from config.json (via AutoConfig) and preprocessor_config.json."""
   from transformers import AutoConfig
+
   if not os.path.exists(os.path.join(folder, "config.json")):
     raise ValueError(f"{folder} has no config.json")
   hf_config = AutoConfig.from_pretrained(folder)

@@ -8,6 +8,7 @@ Research code uses the pure function directly::
 ``Encoder`` bundles that with the config, the preprocessing statistics and a
 stable identity string (used as a cache key by ctjax.embedding).
 """
+
 import functools
 import hashlib
 
@@ -37,10 +38,14 @@ def forward(graphdef, params, pixels, dtype=jnp.float32) -> EncoderOutput:
   dtype = jnp.dtype(dtype)
   if dtype != jnp.float32:
     params = jax.tree.map(
-        lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+      lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+      params,
+    )
   model = nnx.merge(graphdef, params)
   # float32 means float32: no TF32 matmuls on GPU (bfloat16 is the fast path).
-  with jax.default_matmul_precision("highest" if dtype == jnp.float32 else "default"):
+  with jax.default_matmul_precision(
+    "highest" if dtype == jnp.float32 else "default"
+  ):
     return model(pixels.astype(dtype))
 
 
@@ -62,7 +67,9 @@ class Encoder:
     self._jitted = jax.jit(forward, static_argnums=(0, 3))
 
   @classmethod
-  def from_module(cls, module: VisionTransformer, source: str = "") -> "Encoder":
+  def from_module(
+    cls, module: VisionTransformer, source: str = ""
+  ) -> "Encoder":
     graphdef, params = nnx.split(module)
     return cls(module.config, graphdef, params, source)
 
@@ -77,7 +84,9 @@ class Encoder:
 
   def __call__(self, pixels, dtype=jnp.float32) -> EncoderOutput:
     """pixels ``[B, H, W, C]`` normalised -> EncoderOutput (jitted)."""
-    return self._jitted(self.graphdef, self.params, jnp.asarray(pixels), jnp.dtype(dtype))
+    return self._jitted(
+      self.graphdef, self.params, jnp.asarray(pixels), jnp.dtype(dtype)
+    )
 
   def hidden_states(self, pixels, dtype=jnp.float32) -> jax.Array:
     """pixels ``[B, H, W, C]`` normalised -> ``[L+1, B, T, D]`` hidden states."""
@@ -112,10 +121,14 @@ class Encoder:
   def weights_hash(self) -> str:
     """blake2b over every parameter's path, dtype, shape and bytes."""
     h = hashlib.blake2b(digest_size=16)
-    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(self.params)[0],
-                             key=lambda kv: jax.tree_util.keystr(kv[0])):
+    for path, leaf in sorted(
+      jax.tree_util.tree_flatten_with_path(self.params)[0],
+      key=lambda kv: jax.tree_util.keystr(kv[0]),
+    ):
       a = np.ascontiguousarray(np.asarray(leaf))
-      h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+      h.update(
+        f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode()
+      )
       h.update(a.tobytes())
     return h.hexdigest()
 
@@ -123,8 +136,10 @@ class Encoder:
   def identity(self) -> str:
     """Stable identity: family, sizes and a hash of the weights."""
     c = self.config
-    return (f"{c.model_type}-L{c.num_layers}-D{c.hidden_size}-H{c.num_heads}"
-            f"-P{c.patch_size}-S{c.image_size}-R{c.num_registers}-{self.weights_hash}")
+    return (
+      f"{c.model_type}-L{c.num_layers}-D{c.hidden_size}-H{c.num_heads}"
+      f"-P{c.patch_size}-S{c.image_size}-R{c.num_registers}-{self.weights_hash}"
+    )
 
   def __repr__(self):
     return f"Encoder({self.identity}, source={self.source!r})"
@@ -139,9 +154,14 @@ def from_config(config: EncoderConfig, seed: int = 0) -> Encoder:
   """
   if not isinstance(config, EncoderConfig):
     from ctjax.models.config import from_hf_config
+
     config = from_hf_config(config)
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0))))
-  nnx.replace_by_pure_dict(state, _random_params(nnx.to_pure_dict(state), config, seed))
+  graphdef, state = nnx.split(
+    nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0)))
+  )
+  nnx.replace_by_pure_dict(
+    state, _random_params(nnx.to_pure_dict(state), config, seed)
+  )
   return Encoder(config, graphdef, state, source=f"random:{seed}")
 
 
@@ -153,14 +173,19 @@ def _random_params(abstract, config: EncoderConfig, seed: int, path=()):
   Host-side because XLA:CPU compiles each PRNG call slowly.
   """
   if isinstance(abstract, dict):
-    return {k: _random_params(v, config, seed, path + (k,)) for k, v in abstract.items()}
+    return {
+      k: _random_params(v, config, seed, path + (k,))
+      for k, v in abstract.items()
+    }
   shape = abstract.shape
   if path[-1] == "bias":
     return np.zeros(shape, np.float32)
   if path[-1] == "scale":
     value = config.layerscale_value if path[-2] in ("ls1", "ls2") else 1.0
     return np.full(shape, value, np.float32)
-  key = hashlib.blake2b("/".join(map(str, path)).encode(), digest_size=8).digest()
+  key = hashlib.blake2b(
+    "/".join(map(str, path)).encode(), digest_size=8
+  ).digest()
   rng = np.random.default_rng([seed, int.from_bytes(key, "little")])
   x = rng.standard_normal(shape)
   bad = np.abs(x) > 2

@@ -4,6 +4,7 @@ Shapes: B batch, T tokens, D width, H heads, K head width, F MLP width,
 P patch side, C channels. Kernels are stored ``[in, out]`` (Flax order);
 convert.py transposes PyTorch's ``[out, in]``.
 """
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -33,10 +34,14 @@ class Dense(nnx.Module):
   projection with kernel ``[D, H, K]``.
   """
 
-  def __init__(self, spec: str, kernel_shape, bias_shape=None, *, rngs: nnx.Rngs):
+  def __init__(
+    self, spec: str, kernel_shape, bias_shape=None, *, rngs: nnx.Rngs
+  ):
     self.spec = spec
     self.kernel = nnx.Param(_init(rngs.params(), kernel_shape, jnp.float32))
-    self.bias = nnx.Param(jnp.zeros(bias_shape, jnp.float32)) if bias_shape else None
+    self.bias = (
+      nnx.Param(jnp.zeros(bias_shape, jnp.float32)) if bias_shape else None
+    )
 
   def __call__(self, x):
     y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
@@ -59,7 +64,9 @@ class LayerNorm(nnx.Module):
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(
+      jnp.float32
+    )
     return y.astype(x.dtype)
 
 
@@ -68,7 +75,9 @@ class PatchEmbed(nnx.Module):
 
   def __init__(self, patch: int, channels: int, dim: int, *, rngs: nnx.Rngs):
     self.patch = patch
-    self.proj = Dense("bhpwqc,pqcd->bhwd", (patch, patch, channels, dim), (dim,), rngs=rngs)
+    self.proj = Dense(
+      "bhpwqc,pqcd->bhwd", (patch, patch, channels, dim), (dim,), rngs=rngs
+    )
 
   def __call__(self, pixels):
     """pixels: ``[B, Hpx, Wpx, C]`` -> tokens ``[B, gh*gw, D]``, gh = Hpx // P.
@@ -79,7 +88,7 @@ class PatchEmbed(nnx.Module):
     b, h, w, c = pixels.shape
     p = self.patch
     gh, gw = h // p, w // p
-    x = pixels[:, :gh * p, :gw * p].reshape(b, gh, p, gw, p, c)
+    x = pixels[:, : gh * p, : gw * p].reshape(b, gh, p, gw, p, c)
     x = self.proj(x)
     return x.reshape(b, gh * gw, x.shape[-1])
 
@@ -87,13 +96,15 @@ class PatchEmbed(nnx.Module):
 class Attention(nnx.Module):
   """Multi-head self-attention without masking."""
 
-  def __init__(self, dim: int, heads: int, head_dim: int, qkv_bias: bool, *, rngs: nnx.Rngs):
+  def __init__(
+    self, dim: int, heads: int, head_dim: int, qkv_bias: bool, *, rngs: nnx.Rngs
+  ):
     bias = (heads, head_dim) if qkv_bias else None
     self.query = Dense("btd,dhk->bthk", (dim, heads, head_dim), bias, rngs=rngs)
     self.key = Dense("btd,dhk->bthk", (dim, heads, head_dim), bias, rngs=rngs)
     self.value = Dense("btd,dhk->bthk", (dim, heads, head_dim), bias, rngs=rngs)
     self.out = Dense("bthk,hkd->btd", (heads, head_dim, dim), (dim,), rngs=rngs)
-    self.scale = head_dim ** -0.5
+    self.scale = head_dim**-0.5
 
   def __call__(self, x):
     """x: ``[B, T, D]`` -> ``[B, T, D]``.
@@ -148,14 +159,20 @@ class Block(nnx.Module):
   def __init__(self, config, *, rngs: nnx.Rngs):
     d = config.hidden_size
     self.norm1 = LayerNorm(d, config.layer_norm_eps)
-    self.attn = Attention(d, config.num_heads, config.head_dim, config.qkv_bias, rngs=rngs)
+    self.attn = Attention(
+      d, config.num_heads, config.head_dim, config.qkv_bias, rngs=rngs
+    )
     self.norm2 = LayerNorm(d, config.layer_norm_eps)
     if config.swiglu:
       self.mlp = SwiGLU(d, config.mlp_dim, rngs=rngs)
     else:
       self.mlp = Mlp(d, config.mlp_dim, config.hidden_act, rngs=rngs)
-    self.ls1 = LayerScale(d, config.layerscale_value) if config.layer_scale else None
-    self.ls2 = LayerScale(d, config.layerscale_value) if config.layer_scale else None
+    self.ls1 = (
+      LayerScale(d, config.layerscale_value) if config.layer_scale else None
+    )
+    self.ls2 = (
+      LayerScale(d, config.layerscale_value) if config.layer_scale else None
+    )
 
   def __call__(self, x):
     """x: ``[B, T, D]`` -> ``[B, T, D]``."""

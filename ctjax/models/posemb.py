@@ -8,6 +8,7 @@ kernel widened by the downscale factor, weights renormalised at the border).
 Both are separable, so each is a ``[out, in]`` matrix per axis, built here in
 NumPy from the static sizes and applied with one einsum.
 """
+
 import math
 
 import jax.numpy as jnp
@@ -16,8 +17,11 @@ import numpy as np
 
 def _cubic(x, a):
   x = np.abs(x)
-  return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                  np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+  return np.where(
+    x <= 1,
+    ((a + 2) * x - (a + 3)) * x * x + 1,
+    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0),
+  )
 
 
 def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -65,6 +69,7 @@ def resample_grid(grid, new_hw: tuple[int, int], antialias: bool):
   make = bicubic_aa_matrix if antialias else bicubic_matrix
   mh = jnp.asarray(make(g_h, new_hw[0]), jnp.float32)
   mw = jnp.asarray(make(g_w, new_hw[1]), jnp.float32)
-  out = jnp.einsum("ih,jw,hwd->ijd", mh, mw, grid.astype(jnp.float32),
-                   precision="highest")
+  out = jnp.einsum(
+    "ih,jw,hwd->ijd", mh, mw, grid.astype(jnp.float32), precision="highest"
+  )
   return out.astype(grid.dtype)

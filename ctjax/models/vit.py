@@ -5,6 +5,7 @@ The forward pass keeps every hidden state: index 0 is the embedding output
 block i, as transformers' ``output_hidden_states``. The final LayerNorm is
 applied only to ``last_hidden_state``.
 """
+
 import dataclasses
 
 import jax
@@ -24,6 +25,7 @@ class EncoderOutput:
     hidden_states: ``[L+1, B, T, D]``; 0 = embeddings, i = after block i.
     last_hidden_state: ``[B, T, D]``, the final LayerNorm of hidden_states[-1].
   """
+
   hidden_states: jax.Array
   last_hidden_state: jax.Array
 
@@ -35,15 +37,25 @@ class VisionTransformer(nnx.Module):
     d = config.hidden_size
     init = nnx.initializers.truncated_normal(stddev=0.02)
     self.config = config
-    self.patch_embed = layers.PatchEmbed(config.patch_size, config.num_channels, d, rngs=rngs)
+    self.patch_embed = layers.PatchEmbed(
+      config.patch_size, config.num_channels, d, rngs=rngs
+    )
     self.cls_token = nnx.Param(init(rngs.params(), (1, d), jnp.float32))
-    self.dist_token = (nnx.Param(init(rngs.params(), (1, d), jnp.float32))
-                       if config.model_type == "deit" else None)
-    self.register_tokens = (nnx.Param(init(rngs.params(), (config.num_registers, d), jnp.float32))
-                            if config.num_registers else None)
-    n_pos = config.num_prefix_tokens + config.grid_size ** 2
+    self.dist_token = (
+      nnx.Param(init(rngs.params(), (1, d), jnp.float32))
+      if config.model_type == "deit"
+      else None
+    )
+    self.register_tokens = (
+      nnx.Param(init(rngs.params(), (config.num_registers, d), jnp.float32))
+      if config.num_registers
+      else None
+    )
+    n_pos = config.num_prefix_tokens + config.grid_size**2
     self.pos_embed = nnx.Param(init(rngs.params(), (n_pos, d), jnp.float32))
-    self.blocks = nnx.List([layers.Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.blocks = nnx.List(
+      [layers.Block(config, rngs=rngs) for _ in range(config.num_layers)]
+    )
     self.norm = layers.LayerNorm(d, config.layer_norm_eps)
 
   def position_embeddings(self, gh: int, gw: int):
@@ -54,32 +66,40 @@ class VisionTransformer(nnx.Module):
       return pos
     n = c.num_prefix_tokens
     grid = pos[n:].reshape(c.grid_size, c.grid_size, -1)
-    grid = posemb.resample_grid(grid, (gh, gw),
-                                antialias=c.model_type == "dinov2_with_registers")
+    grid = posemb.resample_grid(
+      grid, (gh, gw), antialias=c.model_type == "dinov2_with_registers"
+    )
     return jnp.concatenate([pos[:n], grid.reshape(gh * gw, -1)], axis=0)
 
   def embed(self, pixels):
     """pixels: ``[B, Hpx, Wpx, C]`` normalised -> embedding output ``[B, T, D]``."""
     c = self.config
     if pixels.ndim != 4 or pixels.shape[-1] != c.num_channels:
-      raise ValueError(f"pixels must be [B, H, W, {c.num_channels}] (NHWC), got shape "
-                       f"{tuple(pixels.shape)}")
+      raise ValueError(
+        f"pixels must be [B, H, W, {c.num_channels}] (NHWC), got shape "
+        f"{tuple(pixels.shape)}"
+      )
     b, h, w, _ = pixels.shape
     gh, gw = h // c.patch_size, w // c.patch_size
     if gh < 1 or gw < 1:
-      raise ValueError(f"image {h}x{w} is smaller than one {c.patch_size}px patch")
+      raise ValueError(
+        f"image {h}x{w} is smaller than one {c.patch_size}px patch"
+      )
     x = self.patch_embed(pixels)
     dt = x.dtype
     prefix = [self.cls_token[...]]
     if self.dist_token is not None:
       prefix.append(self.dist_token[...])
-    prefix = jnp.broadcast_to(jnp.concatenate(prefix, 0).astype(dt)[None],
-                              (b, len(prefix), x.shape[-1]))
+    prefix = jnp.broadcast_to(
+      jnp.concatenate(prefix, 0).astype(dt)[None], (b, len(prefix), x.shape[-1])
+    )
     x = jnp.concatenate([prefix, x], axis=1)
     x = x + self.position_embeddings(gh, gw).astype(dt)[None]
     if self.register_tokens is not None:
-      reg = jnp.broadcast_to(self.register_tokens[...].astype(dt)[None],
-                             (b, c.num_registers, x.shape[-1]))
+      reg = jnp.broadcast_to(
+        self.register_tokens[...].astype(dt)[None],
+        (b, c.num_registers, x.shape[-1]),
+      )
       x = jnp.concatenate([x[:, :1], reg, x[:, 1:]], axis=1)
     return x
 
@@ -90,4 +110,6 @@ class VisionTransformer(nnx.Module):
     for block in self.blocks:
       x = block(x)
       states.append(x)
-    return EncoderOutput(hidden_states=jnp.stack(states), last_hidden_state=self.norm(x))
+    return EncoderOutput(
+      hidden_states=jnp.stack(states), last_hidden_state=self.norm(x)
+    )

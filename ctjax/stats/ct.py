@@ -10,6 +10,7 @@ Read this file top to bottom against ../shared/PROTOCOL.md §1:
      Z_π = (U_π − (n_π m_π / 2 − 0.5)) / sqrt(n_π m_π (n_π + m_π + 1) / 12);
   4. C_T = Σ_{π: m_π/m > τ} (n_π/n) Z_π / Σ_{π: m_π/m > τ} (n_π/n).
 """
+
 import dataclasses
 import functools
 import warnings
@@ -33,6 +34,7 @@ class Neighbors:
     test_dist: ``[L, n]`` L(p).
     gen_cells: ``[L, m]`` cell of each generated point.
   """
+
   gen_index: np.ndarray
   gen_dist: np.ndarray
   test_index: np.ndarray
@@ -57,6 +59,7 @@ class CTResult:
     tau: the threshold used.
     neighbors: a `Neighbors`, when asked for.
   """
+
   ct: np.ndarray
   z: np.ndarray
   included: np.ndarray
@@ -70,15 +73,21 @@ class CTResult:
 
   def squeeze(self) -> "CTResult":
     """Drops a leading layer axis of size 1 (``ct`` becomes a float)."""
+
     def sq(x):
       return x[0] if isinstance(x, np.ndarray) and x.shape[:1] == (1,) else x
-    fields = {f.name: sq(getattr(self, f.name))
-              for f in dataclasses.fields(self) if f.name != "neighbors"}
+
+    fields = {
+      f.name: sq(getattr(self, f.name))
+      for f in dataclasses.fields(self)
+      if f.name != "neighbors"
+    }
     fields["ct"] = float(self.ct.reshape(-1)[0])
     nbrs = self.neighbors
     if nbrs is not None:
-      nbrs = Neighbors(**{f.name: sq(getattr(nbrs, f.name))
-                          for f in dataclasses.fields(nbrs)})
+      nbrs = Neighbors(
+        **{f.name: sq(getattr(nbrs, f.name)) for f in dataclasses.fields(nbrs)}
+      )
     return CTResult(**fields, neighbors=nbrs)
 
 
@@ -86,8 +95,12 @@ def check_tau(tau: float, m: int | None = None) -> float:
   """Validates τ ∈ [0, 1)."""
   tau = float(tau)
   if not 0.0 <= tau < 1.0 or not np.isfinite(tau):
-    hint = (f" (the default τ = 20/m needs more than 20 generated points; "
-            f"got m = {m}: pass tau explicitly)" if m is not None else "")
+    hint = (
+      f" (the default τ = 20/m needs more than 20 generated points; "
+      f"got m = {m}: pass tau explicitly)"
+      if m is not None
+      else ""
+    )
     raise ValueError(f"tau must be in [0, 1), got {tau}{hint}")
   return tau
 
@@ -97,8 +110,15 @@ def default_tau(m: int) -> float:
   return check_tau(20.0 / m, m)
 
 
-def z_and_ct(twice_u: np.ndarray, n_test: np.ndarray, n_gen: np.ndarray,
-             tau: float, *, degenerate=None, layer_names=None):
+def z_and_ct(
+  twice_u: np.ndarray,
+  n_test: np.ndarray,
+  n_gen: np.ndarray,
+  tau: float,
+  *,
+  degenerate=None,
+  layer_names=None,
+):
   """Finishes the statistic on the host, in float64.
 
   Args:
@@ -124,41 +144,68 @@ def z_and_ct(twice_u: np.ndarray, n_test: np.ndarray, n_gen: np.ndarray,
   nm = (n_c * m_c).astype(np.float64)
   sd = np.sqrt(nm * (n_c + m_c + 1) / 12.0)
   with np.errstate(invalid="ignore", divide="ignore"):
-    z = np.where(nm > 0, (u - (nm / 2.0 - 0.5)) / np.where(sd > 0, sd, 1.0),
-                 np.nan)
+    z = np.where(
+      nm > 0, (u - (nm / 2.0 - 0.5)) / np.where(sd > 0, sd, 1.0), np.nan
+    )
     test_frac = n_c / np.maximum(n, 1)
     gen_frac = m_c / np.maximum(m, 1)
   included = (gen_frac > tau) & (n_c > 0) & ~degenerate[:, None]
   weight = np.where(included, test_frac, 0.0)
   total = weight.sum(axis=1)
   with np.errstate(invalid="ignore", divide="ignore"):
-    ct = np.where(total > 0,
-                  np.sum(weight * np.where(included, z, 0.0), axis=1)
-                  / np.where(total > 0, total, 1.0), np.nan)
+    ct = np.where(
+      total > 0,
+      np.sum(weight * np.where(included, z, 0.0), axis=1)
+      / np.where(total > 0, total, 1.0),
+      np.nan,
+    )
   for l in range(n_layers):
     if degenerate[l]:
       ct[l] = np.nan
       z[l] = np.nan
     elif total[l] == 0:
       warnings.warn(
-          f"layer {names[l]}: no cell holds more than tau={tau:g} of the "
-          f"generated points; C_T is NaN (lower tau or score more points)",
-          RuntimeWarning, stacklevel=3)
-  return CTResult(ct=ct, z=z, included=included, test_frac=test_frac,
-                  gen_frac=gen_frac, u=u, n_test=n_c, n_gen=m_c, tau=tau)
+        f"layer {names[l]}: no cell holds more than tau={tau:g} of the "
+        f"generated points; C_T is NaN (lower tau or score more points)",
+        RuntimeWarning,
+        stacklevel=3,
+      )
+  return CTResult(
+    ct=ct,
+    z=z,
+    included=included,
+    test_frac=test_frac,
+    gen_frac=gen_frac,
+    u=u,
+    n_test=n_c,
+    n_gen=m_c,
+    tau=tau,
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("n_cells", "metric",
-                                             "tile_queries", "tile_train"))
-def _ct_kernel(test, test_cells, gen, gen_cells, train, train_cells, *,
-               n_cells, metric, tile_queries, tile_train):
+@functools.partial(
+  jax.jit, static_argnames=("n_cells", "metric", "tile_queries", "tile_train")
+)
+def _ct_kernel(
+  test,
+  test_cells,
+  gen,
+  gen_cells,
+  train,
+  train_cells,
+  *,
+  n_cells,
+  metric,
+  tile_queries,
+  tile_train,
+):
   index = nb.build_index(train, train_cells, n_cells, metric)
   # P and Q go through one call so identical points get identical distances.
   queries = jnp.concatenate([test, gen])
   q_cells = jnp.concatenate([test_cells, gen_cells]).astype(jnp.int32)
-  dist, idx = nb.nearest_in_cell(index, queries, q_cells,
-                                 tile_queries=tile_queries,
-                                 tile_train=tile_train)
+  dist, idx = nb.nearest_in_cell(
+    index, queries, q_cells, tile_queries=tile_queries, tile_train=tile_train
+  )
   n = test.shape[0]
   sorted_d, starts = mannwhitney.sort_by_cell(dist[:n], q_cells[:n], n_cells)
   tu = mannwhitney.twice_u(sorted_d, starts, dist[n:], q_cells[n:])
@@ -169,14 +216,17 @@ def _as_points(name, x, layer=None):
   x = np.asarray(x)
   where = f"layer {layer}: " if layer is not None else ""
   if x.ndim != 2:
-    raise ValueError(f"{where}{name} must be [points, dims], got shape {x.shape}")
+    raise ValueError(
+      f"{where}{name} must be [points, dims], got shape {x.shape}"
+    )
   if not np.issubdtype(x.dtype, np.floating):
     x = x.astype(np.float32)
   bad = ~np.isfinite(x)
   if bad.any():
     row = int(np.argwhere(bad)[0][0])
-    raise ValueError(f"{where}{name} has {int(bad.sum())} NaN/Inf values "
-                     f"(first in row {row})")
+    raise ValueError(
+      f"{where}{name} has {int(bad.sum())} NaN/Inf values (first in row {row})"
+    )
   return x
 
 
@@ -193,9 +243,20 @@ def _as_cells(name, cells, n_points):
   return cells.astype(np.int32)
 
 
-def c_t(test, test_cells, gen, gen_cells, train, train_cells, *, tau: float,
-        metric: str = "l2", tile_queries: int | None = 64,
-        tile_train: int = 4096, return_neighbors: bool = False) -> CTResult:
+def c_t(
+  test,
+  test_cells,
+  gen,
+  gen_cells,
+  train,
+  train_cells,
+  *,
+  tau: float,
+  metric: str = "l2",
+  tile_queries: int | None = 64,
+  tile_train: int = 4096,
+  return_neighbors: bool = False,
+) -> CTResult:
   """C_T of one embedding space with cells supplied by the caller.
 
   This is Meehan et al.'s test as published: the caller partitions the space.
@@ -224,12 +285,16 @@ def c_t(test, test_cells, gen, gen_cells, train, train_cells, *, tau: float,
   """
   if metric not in nb.METRICS:
     raise ValueError(f"metric must be one of {nb.METRICS}, got {metric!r}")
-  test, gen, train = (_as_points(n, x) for n, x in
-                      (("test", test), ("gen", gen), ("train", train)))
+  test, gen, train = (
+    _as_points(n, x)
+    for n, x in (("test", test), ("gen", gen), ("train", train))
+  )
   dims = {x.shape[1] for x in (test, gen, train)}
   if len(dims) != 1:
-    raise ValueError(f"train, test and gen must share one dimension; got "
-                     f"train {train.shape}, test {test.shape}, gen {gen.shape}")
+    raise ValueError(
+      f"train, test and gen must share one dimension; got "
+      f"train {train.shape}, test {test.shape}, gen {gen.shape}"
+    )
   tau = check_tau(tau, gen.shape[0])
   test_cells = _as_cells("test_cells", test_cells, test.shape[0])
   gen_cells = _as_cells("gen_cells", gen_cells, gen.shape[0])
@@ -241,20 +306,34 @@ def c_t(test, test_cells, gen, gen_cells, train, train_cells, *, tau: float,
   n_test = np.bincount(test_cells, minlength=k)
   n_gen = np.bincount(gen_cells, minlength=k)
   check_cells(n_train, n_test, n_gen)
-  dtype = jnp.result_type(float)   # float64 under jax_enable_x64
+  dtype = jnp.result_type(float)  # float64 under jax_enable_x64
   tu, dist, idx = _ct_kernel(
-      jnp.asarray(test, dtype), test_cells, jnp.asarray(gen, dtype), gen_cells,
-      jnp.asarray(train, dtype), train_cells, n_cells=k, metric=metric,
-      tile_queries=tile_queries, tile_train=tile_train)
+    jnp.asarray(test, dtype),
+    test_cells,
+    jnp.asarray(gen, dtype),
+    gen_cells,
+    jnp.asarray(train, dtype),
+    train_cells,
+    n_cells=k,
+    metric=metric,
+    tile_queries=tile_queries,
+    tile_train=tile_train,
+  )
   sums = mannwhitney.cell_sums(np.asarray(tu)[None], gen_cells[None], k)
   res = z_and_ct(sums, n_test[None], n_gen[None], tau)
   if return_neighbors:
     dist, idx = np.asarray(dist), np.asarray(idx)
     n = test.shape[0]
-    res = dataclasses.replace(res, neighbors=Neighbors(
-        gen_index=idx[None, n:], gen_dist=dist[None, n:],
-        test_index=idx[None, :n], test_dist=dist[None, :n],
-        gen_cells=gen_cells[None]))
+    res = dataclasses.replace(
+      res,
+      neighbors=Neighbors(
+        gen_index=idx[None, n:],
+        gen_dist=dist[None, n:],
+        test_index=idx[None, :n],
+        test_dist=dist[None, :n],
+        gen_cells=gen_cells[None],
+      ),
+    )
   return res.squeeze()
 
 
@@ -267,17 +346,24 @@ def check_cells(n_train, n_test, n_gen=None, layer=None, n_cells_arg=None):
     n_cells_arg: the n_cells the user asked for (for the hint).
   """
   where = f"layer {layer}, " if layer is not None else ""
-  hint = (f"; use fewer cells (n_cells < {n_cells_arg})" if n_cells_arg
-          else "; use fewer cells")
+  hint = (
+    f"; use fewer cells (n_cells < {n_cells_arg})"
+    if n_cells_arg
+    else "; use fewer cells"
+  )
   n_gen = np.zeros_like(n_test) if n_gen is None else n_gen
   for c in range(len(n_test)):
     used = n_train[c] + n_test[c] + n_gen[c] > 0
     if used and n_train[c] == 0:
-      raise ValueError(f"{where}cell {c}: no training point in this cell "
-                       f"(test: {n_test[c]}, generated: {n_gen[c]}); every cell "
-                       f"needs at least one training and one test point{hint}")
+      raise ValueError(
+        f"{where}cell {c}: no training point in this cell "
+        f"(test: {n_test[c]}, generated: {n_gen[c]}); every cell "
+        f"needs at least one training and one test point{hint}"
+      )
     if used and n_test[c] == 0:
-      raise ValueError(f"{where}cell {c}: no test point in this cell "
-                       f"(train: {n_train[c]}, generated: {n_gen[c]}); every "
-                       f"cell needs at least one training and one test "
-                       f"point{hint}")
+      raise ValueError(
+        f"{where}cell {c}: no test point in this cell "
+        f"(train: {n_train[c]}, generated: {n_gen[c]}); every "
+        f"cell needs at least one training and one test "
+        f"point{hint}"
+      )

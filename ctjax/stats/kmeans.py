@@ -6,6 +6,7 @@ squared centre shift falls below ``tol`` times the mean per-feature variance
 (scikit-learn's criterion) or ``max_iter`` is reached. Cluster sums use
 `segment_sum`; every buffer has a static shape.
 """
+
 import dataclasses
 import functools
 import math
@@ -16,9 +17,11 @@ import jax.numpy as jnp
 _HI = jax.lax.Precision.HIGHEST
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["centers", "labels", "inertia", "n_iter"],
-                   meta_fields=[])
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["centers", "labels", "inertia", "n_iter"],
+  meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class KMeans:
   """A k-means fit.
@@ -29,14 +32,16 @@ class KMeans:
     inertia: ``[]`` sum of squared distances to the assigned centre.
     n_iter: ``[]`` Lloyd iterations run by the winning restart.
   """
+
   centers: jax.Array
   labels: jax.Array
   inertia: jax.Array
   n_iter: jax.Array
 
 
-def sq_distances(x: jax.Array, centers: jax.Array,
-                 x_sq: jax.Array | None = None) -> jax.Array:
+def sq_distances(
+  x: jax.Array, centers: jax.Array, x_sq: jax.Array | None = None
+) -> jax.Array:
   """Squared Euclidean distances ``[n, k]`` between ``x [n, d]`` and ``centers [k, d]``."""
   if x_sq is None:
     x_sq = jnp.sum(x * x, axis=1)
@@ -70,7 +75,7 @@ def _kmeans_plus_plus(key, x, x_sq, k):
     cum = jnp.where(total > 0, cum, jnp.arange(1, n + 1, dtype=cum.dtype))
     u = jax.random.uniform(sub, (trials,), cum.dtype) * cum[-1]
     cand = jnp.clip(jnp.searchsorted(cum, u, side="right"), 0, n - 1)
-    d_cand = sq_distances(x, x[cand], x_sq)            # [n, trials]
+    d_cand = sq_distances(x, x[cand], x_sq)  # [n, trials]
     new_closest = jnp.minimum(closest[:, None], d_cand)
     best = jnp.argmin(jnp.sum(new_closest, axis=0))
     centers = centers.at[i].set(x[cand[best]])
@@ -112,8 +117,15 @@ def _lloyd(x, x_sq, centers, max_iter, tol_abs):
   return centers, n_iter
 
 
-def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 10,
-           max_iter: int = 300, tol: float = 1e-4) -> KMeans:
+def kmeans(
+  x: jax.Array,
+  k: int,
+  key: jax.Array,
+  *,
+  n_init: int = 10,
+  max_iter: int = 300,
+  tol: float = 1e-4,
+) -> KMeans:
   """k-means on ``x [N, d]`` into ``k`` cells.
 
   Jit-compiled (k, n_init, max_iter static); callable inside other jits.
@@ -152,5 +164,9 @@ def _kmeans(x, k, key, *, n_init, max_iter, tol):
   centers = centers[best]
   d2 = sq_distances(x, centers, x_sq)
   labels = jnp.argmin(d2, axis=1).astype(jnp.int32)
-  return KMeans(centers=centers, labels=labels,
-                inertia=jnp.sum(jnp.min(d2, axis=1)), n_iter=n_iter[best])
+  return KMeans(
+    centers=centers,
+    labels=labels,
+    inertia=jnp.sum(jnp.min(d2, axis=1)),
+    n_iter=n_iter[best],
+  )

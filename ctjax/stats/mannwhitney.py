@@ -10,6 +10,7 @@ test distances sorted by (cell, distance). The per-cell sums, which reach
 n·m ≈ 10⁹ and more, are taken on the host in int64 (`cell_sums`), never in
 float32.
 """
+
 import functools
 import math
 
@@ -33,9 +34,9 @@ def sort_by_cell(dists: jax.Array, cells: jax.Array, n_cells: int):
   """
   cells = cells.astype(jnp.int32)
   order = jnp.lexsort((dists, cells))
-  starts = jnp.searchsorted(cells[order],
-                            jnp.arange(n_cells + 1, dtype=jnp.int32),
-                            side="left").astype(jnp.int32)
+  starts = jnp.searchsorted(
+    cells[order], jnp.arange(n_cells + 1, dtype=jnp.int32), side="left"
+  ).astype(jnp.int32)
   return dists[order], starts
 
 
@@ -60,8 +61,12 @@ def _count_below(sorted_dists, lo, hi, values, strict):
 
 
 @jax.jit
-def twice_u(sorted_dists: jax.Array, starts: jax.Array, q_dists: jax.Array,
-            q_cells: jax.Array) -> jax.Array:
+def twice_u(
+  sorted_dists: jax.Array,
+  starts: jax.Array,
+  q_dists: jax.Array,
+  q_cells: jax.Array,
+) -> jax.Array:
   """2·U contribution ``[m]`` (int32) of each query against its cell's tests.
 
   Args:

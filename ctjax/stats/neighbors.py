@@ -15,6 +15,7 @@ Candidates are ranked with the fast inner-product form; the returned distance
 is then recomputed in difference form from the winning pair, so an exact copy
 has distance exactly 0 and a duplicated query gets bit-identical distances.
 """
+
 import dataclasses
 import functools
 
@@ -25,9 +26,11 @@ _HI = jax.lax.Precision.HIGHEST
 METRICS = ("l2", "cosine")
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["points", "aux", "cells", "starts", "order"],
-                   meta_fields=["metric"])
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["points", "aux", "cells", "starts", "order"],
+  meta_fields=["metric"],
+)
 @dataclasses.dataclass(frozen=True)
 class CellIndex:
   """Training points sorted by cell.
@@ -41,6 +44,7 @@ class CellIndex:
     order: ``[N]`` int32 original index of each sorted point.
     metric: "l2" or "cosine".
   """
+
   points: jax.Array
   aux: jax.Array
   cells: jax.Array
@@ -54,8 +58,9 @@ def _inv_norm(x):
   return jnp.where(norm > 0, 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
 
 
-def build_index(train: jax.Array, cells: jax.Array, n_cells: int,
-                metric: str) -> CellIndex:
+def build_index(
+  train: jax.Array, cells: jax.Array, n_cells: int, metric: str
+) -> CellIndex:
   """Sorts ``train [N, d]`` by ``cells [N]`` (values in [0, n_cells))."""
   if metric not in METRICS:
     raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -64,14 +69,20 @@ def build_index(train: jax.Array, cells: jax.Array, n_cells: int,
   points = train[order]
   sorted_cells = cells[order]
   starts = jnp.searchsorted(
-      sorted_cells, jnp.arange(n_cells + 2, dtype=jnp.int32),
-      side="left").astype(jnp.int32)
+    sorted_cells, jnp.arange(n_cells + 2, dtype=jnp.int32), side="left"
+  ).astype(jnp.int32)
   if metric == "l2":
     aux = jnp.sum(points * points, axis=1)
   else:
     aux = _inv_norm(points)
-  return CellIndex(points=points, aux=aux, cells=sorted_cells, starts=starts,
-                   order=order, metric=metric)
+  return CellIndex(
+    points=points,
+    aux=aux,
+    cells=sorted_cells,
+    starts=starts,
+    order=order,
+    metric=metric,
+  )
 
 
 def exact_distance(q: jax.Array, t: jax.Array, metric: str) -> jax.Array:
@@ -81,8 +92,9 @@ def exact_distance(q: jax.Array, t: jax.Array, metric: str) -> jax.Array:
   u = q * _inv_norm(q)[:, None]
   v = t * _inv_norm(t)[:, None]
   # 1 − |u·v| = min(‖u − v‖², ‖u + v‖²) / 2 for unit vectors; exact 0 for copies.
-  return 0.5 * jnp.minimum(jnp.sum((u - v) ** 2, axis=-1),
-                           jnp.sum((u + v) ** 2, axis=-1))
+  return 0.5 * jnp.minimum(
+    jnp.sum((u - v) ** 2, axis=-1), jnp.sum((u + v) ** 2, axis=-1)
+  )
 
 
 def _scores(metric: str, q, q_aux, t, t_aux):
@@ -106,7 +118,7 @@ def _tile_search(index: CellIndex, q, q_cells, q_aux, tile_train):
 
   def body(state):
     j, best, arg = state
-    s = jnp.minimum(j, n - tile_train)      # keep the slice in bounds
+    s = jnp.minimum(j, n - tile_train)  # keep the slice in bounds
     rows = s + jnp.arange(tile_train, dtype=jnp.int32)
     take = lambda a: jax.lax.dynamic_slice_in_dim(a, s, tile_train)
     sc = _scores(index.metric, q, q_aux, take(index.points), take(index.aux))
@@ -115,17 +127,25 @@ def _tile_search(index: CellIndex, q, q_cells, q_aux, tile_train):
     k = jnp.argmin(sc, axis=1)
     v = jnp.take_along_axis(sc, k[:, None], axis=1)[:, 0]
     better = v < best
-    return (j + tile_train, jnp.where(better, v, best),
-            jnp.where(better, rows[k], arg))
+    return (
+      j + tile_train,
+      jnp.where(better, v, best),
+      jnp.where(better, rows[k], arg),
+    )
 
   init = (r0, jnp.full((b,), jnp.inf, q.dtype), jnp.zeros((b,), jnp.int32))
   _, best, arg = jax.lax.while_loop(lambda s: s[0] < r1, body, init)
   return arg, jnp.isfinite(best)
 
 
-def nearest_in_cell(index: CellIndex, queries: jax.Array, q_cells: jax.Array,
-                    *, tile_queries: int | None = 64,
-                    tile_train: int = 4096):
+def nearest_in_cell(
+  index: CellIndex,
+  queries: jax.Array,
+  q_cells: jax.Array,
+  *,
+  tile_queries: int | None = 64,
+  tile_train: int = 4096,
+):
   """Nearest training point in the query's own cell.
 
   Args:
@@ -158,13 +178,19 @@ def nearest_in_cell(index: CellIndex, queries: jax.Array, q_cells: jax.Array,
     pad = n_tiles * tile_queries - m
     qs = jnp.concatenate([queries[perm], jnp.zeros((pad, d), queries.dtype)])
     cs = jnp.concatenate([q_cells[perm], jnp.full((pad,), n_cells, jnp.int32)])
-    aux = (jnp.concatenate([q_aux[perm], jnp.zeros((pad,), queries.dtype)])
-           if q_aux is not None else jnp.zeros((m + pad,), queries.dtype))
-    tiles = (qs.reshape(n_tiles, tile_queries, d),
-             cs.reshape(n_tiles, tile_queries),
-             aux.reshape(n_tiles, tile_queries))
+    aux = (
+      jnp.concatenate([q_aux[perm], jnp.zeros((pad,), queries.dtype)])
+      if q_aux is not None
+      else jnp.zeros((m + pad,), queries.dtype)
+    )
+    tiles = (
+      qs.reshape(n_tiles, tile_queries, d),
+      cs.reshape(n_tiles, tile_queries),
+      aux.reshape(n_tiles, tile_queries),
+    )
     pos_s, found_s = jax.lax.map(
-        lambda t: _tile_search(index, t[0], t[1], t[2], tile_train), tiles)
+      lambda t: _tile_search(index, t[0], t[1], t[2], tile_train), tiles
+    )
     inv = jnp.argsort(perm)
     pos = pos_s.reshape(-1)[:m][inv]
     found = found_s.reshape(-1)[:m][inv]

@@ -6,6 +6,7 @@ upper-triangular blocks of XᵀX are multiplied — the covariance is symmetric,
 so this saves up to half of the dominant cost. The eigendecomposition is
 `jnp.linalg.eigh` of the D x D covariance: no randomisation, no truncation.
 """
+
 import dataclasses
 import functools
 
@@ -15,10 +16,11 @@ import jax.numpy as jnp
 _HI = jax.lax.Precision.HIGHEST
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["mean", "components", "variances",
-                                "total_variance"],
-                   meta_fields=[])
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["mean", "components", "variances", "total_variance"],
+  meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class PCA:
   """A fitted PCA.
@@ -32,6 +34,7 @@ class PCA:
       ``explained_variance_``).
     total_variance: ``[]`` trace of the covariance (all D axes).
   """
+
   mean: jax.Array
   components: jax.Array
   variances: jax.Array
@@ -60,8 +63,9 @@ def _triangular_gram(xc: jax.Array, block: int) -> jax.Array:
   return jnp.block(rows)
 
 
-def covariance(x: jax.Array, mean: jax.Array, *, chunk: int = 4096,
-               block: int = 256) -> jax.Array:
+def covariance(
+  x: jax.Array, mean: jax.Array, *, chunk: int = 4096, block: int = 256
+) -> jax.Array:
   """Unnormalised scatter matrix Σ (x_i − mean)(x_i − mean)ᵀ.
 
   Args:
@@ -91,8 +95,9 @@ def covariance(x: jax.Array, mean: jax.Array, *, chunk: int = 4096,
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "chunk", "block"))
-def fit_pca(x: jax.Array, n_components: int, *, chunk: int = 4096,
-            block: int = 256) -> PCA:
+def fit_pca(
+  x: jax.Array, n_components: int, *, chunk: int = 4096, block: int = 256
+) -> PCA:
   """Fits PCA on ``x [N, D]`` (centred), keeping ``n_components`` axes.
 
   Jit-able with ``n_components`` static. Signs are fixed so that the entry of
@@ -101,8 +106,9 @@ def fit_pca(x: jax.Array, n_components: int, *, chunk: int = 4096,
   n, d = x.shape
   if not 1 <= n_components <= min(n, d):
     raise ValueError(
-        f"n_components={n_components} must be in [1, min(N, D)] = "
-        f"[1, {min(n, d)}] for data of shape {x.shape}")
+      f"n_components={n_components} must be in [1, min(N, D)] = "
+      f"[1, {min(n, d)}] for data of shape {x.shape}"
+    )
   mean = jnp.mean(x, axis=0)
   scatter = covariance(x, mean, chunk=chunk, block=block)
   cov = scatter / max(n - 1, 1)
@@ -110,11 +116,15 @@ def fit_pca(x: jax.Array, n_components: int, *, chunk: int = 4096,
   evals = evals[::-1][:n_components]
   evecs = evecs[:, ::-1][:, :n_components]
   pivot = jnp.take_along_axis(
-      evecs, jnp.argmax(jnp.abs(evecs), axis=0)[None], axis=0)
+    evecs, jnp.argmax(jnp.abs(evecs), axis=0)[None], axis=0
+  )
   evecs = evecs * jnp.where(pivot < 0, -1.0, 1.0).astype(evecs.dtype)
-  return PCA(mean=mean, components=evecs,
-             variances=jnp.maximum(evals, 0.0),
-             total_variance=jnp.trace(cov))
+  return PCA(
+    mean=mean,
+    components=evecs,
+    variances=jnp.maximum(evals, 0.0),
+    total_variance=jnp.trace(cov),
+  )
 
 
 def transform(pca: PCA, x: jax.Array) -> jax.Array:

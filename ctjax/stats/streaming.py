@@ -15,6 +15,7 @@ chunks ``[L, c, D]`` of T once, and only ``O(c · D + D²)`` of T is in memory:
 `tiles_for_budget` turns a memory budget into nearest-neighbour tile sizes.
 Chunks are padded to a fixed row count so each pass compiles once.
 """
+
 import functools
 import math
 from collections.abc import Iterable
@@ -56,8 +57,10 @@ class ChunkSource:
       if len(train.shape) == 2:
         train = train[None]
       if len(train.shape) != 3:
-        raise ValueError(f"train must be [layers, points, dims] (or [points, "
-                         f"dims]), got shape {tuple(train.shape)}")
+        raise ValueError(
+          f"train must be [layers, points, dims] (or [points, "
+          f"dims]), got shape {tuple(train.shape)}"
+        )
       self._array = train
       shape = train.shape
     self.n_layers, self.dim = int(shape[0]), int(shape[2])
@@ -68,8 +71,10 @@ class ChunkSource:
     if chunk.ndim == 2:
       chunk = chunk[None]
     if chunk.ndim != 3:
-      raise ValueError(f"train chunk at row {start} must be [layers, rows, "
-                       f"dims], got shape {chunk.shape}")
+      raise ValueError(
+        f"train chunk at row {start} must be [layers, rows, "
+        f"dims], got shape {chunk.shape}"
+      )
     if not np.issubdtype(chunk.dtype, np.floating):
       chunk = chunk.astype(np.float32)
     return chunk
@@ -79,14 +84,16 @@ class ChunkSource:
     if self._array is not None:
       n = self._array.shape[1]
       for s in range(0, n, self.chunk_size):
-        yield s, self._as_chunk(self._array[:, s:s + self.chunk_size], s)
+        yield s, self._as_chunk(self._array[:, s : s + self.chunk_size], s)
       return
     start = 0
     for chunk in self._make():
       chunk = self._as_chunk(chunk, start)
       if chunk.shape[0] != self.n_layers or chunk.shape[2] != self.dim:
-        raise ValueError(f"train chunk at row {start} has shape {chunk.shape}; "
-                         f"expected [{self.n_layers}, rows, {self.dim}]")
+        raise ValueError(
+          f"train chunk at row {start} has shape {chunk.shape}; "
+          f"expected [{self.n_layers}, rows, {self.dim}]"
+        )
       if chunk.shape[1]:
         yield start, chunk
       start += chunk.shape[1]
@@ -120,9 +127,11 @@ def mean_pass(source: ChunkSource, layer_names) -> tuple[int, np.ndarray]:
     finite = np.asarray(finite)
     if not finite.all():
       bad = [layer_names[l] for l in np.flatnonzero(~finite)]
-      raise ValueError(f"train has NaN or Inf values in layer(s) "
-                       f"{', '.join(bad)} (rows {start}-"
-                       f"{start + chunk.shape[1] - 1})")
+      raise ValueError(
+        f"train has NaN or Inf values in layer(s) "
+        f"{', '.join(bad)} (rows {start}-"
+        f"{start + chunk.shape[1] - 1})"
+      )
     total += np.asarray(sums, np.float64)
     n += chunk.shape[1]
   if n == 0:
@@ -137,8 +146,9 @@ def _chunk_scatter(x, mean):
   return jax.lax.map(lambda a: pca_lib.covariance(a[0], a[1]), (x, mean))
 
 
-def pca_from_scatter(mean: np.ndarray, scatter: np.ndarray, n: int,
-                     n_components: int) -> pca_lib.PCA:
+def pca_from_scatter(
+  mean: np.ndarray, scatter: np.ndarray, n: int, n_components: int
+) -> pca_lib.PCA:
   """PCA of one layer from its exact scatter matrix (as `fit_pca`).
 
   Args:
@@ -155,22 +165,28 @@ def pca_from_scatter(mean: np.ndarray, scatter: np.ndarray, n: int,
   evecs = evecs[:, ::-1][:, :n_components]
   pivot = evecs[np.argmax(np.abs(evecs), axis=0), np.arange(n_components)]
   evecs = evecs * np.where(pivot < 0, -1.0, 1.0)
-  return pca_lib.PCA(mean=jnp.asarray(mean), components=jnp.asarray(evecs),
-                     variances=jnp.asarray(np.maximum(evals, 0.0)),
-                     total_variance=jnp.asarray(np.trace(cov)))
+  return pca_lib.PCA(
+    mean=jnp.asarray(mean),
+    components=jnp.asarray(evecs),
+    variances=jnp.asarray(np.maximum(evals, 0.0)),
+    total_variance=jnp.asarray(np.trace(cov)),
+  )
 
 
-def pca_pass(source: ChunkSource, mean: np.ndarray, n: int,
-             n_components: int) -> pca_lib.PCA:
+def pca_pass(
+  source: ChunkSource, mean: np.ndarray, n: int, n_components: int
+) -> pca_lib.PCA:
   """PCA of every layer (fields stacked over L) from the exact covariance."""
   mean_dev = jnp.asarray(mean)
-  mean_pad = np.asarray(mean_dev)    # padding rows equal to the mean add 0
+  mean_pad = np.asarray(mean_dev)  # padding rows equal to the mean add 0
   scatter = np.zeros((source.n_layers, source.dim, source.dim), np.float64)
   for _, chunk in source.chunks():
     x = jnp.asarray(source.padded(chunk, fill=mean_pad))
     scatter += np.asarray(_chunk_scatter(x, mean_dev), np.float64)
-  layers = [pca_from_scatter(mean[l], scatter[l], n, n_components)
-            for l in range(source.n_layers)]
+  layers = [
+    pca_from_scatter(mean[l], scatter[l], n, n_components)
+    for l in range(source.n_layers)
+  ]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
 
 
@@ -184,16 +200,19 @@ def _project(pca, x):
 @jax.jit
 def _assign(centers, x):
   """Cells ``[L, c]`` and squared distance to the centre ``[L, c]``."""
+
   def one(a):
     d2 = km.sq_distances(a[1], a[0])
     return jnp.argmin(d2, axis=1).astype(jnp.int32), jnp.min(d2, axis=1)
+
   return jax.lax.map(one, (centers, x))
 
 
 @functools.partial(jax.jit, static_argnames=("n_cells", "n_init"))
 def _kmeans_layers(sample, keys, *, n_cells, n_init):
-  return jax.lax.map(lambda a: km.kmeans(a[0], n_cells, a[1], n_init=n_init),
-                     (sample, keys))
+  return jax.lax.map(
+    lambda a: km.kmeans(a[0], n_cells, a[1], n_init=n_init), (sample, keys)
+  )
 
 
 def sample_rows(n: int, sample_size: int | None, seed: int) -> np.ndarray:
@@ -207,9 +226,16 @@ def sample_rows(n: int, sample_size: int | None, seed: int) -> np.ndarray:
   return np.sort(rng.choice(n, size=sample_size, replace=False))
 
 
-def kmeans_pass(source: ChunkSource, pca: pca_lib.PCA, keys: jax.Array, *,
-                n_cells: int, n_init: int, sample_size: int | None,
-                seed: int) -> tuple[jax.Array, km.KMeans]:
+def kmeans_pass(
+  source: ChunkSource,
+  pca: pca_lib.PCA,
+  keys: jax.Array,
+  *,
+  n_cells: int,
+  n_init: int,
+  sample_size: int | None,
+  seed: int,
+) -> tuple[jax.Array, km.KMeans]:
   """Projects T, fits k-means on a sample, assigns every point.
 
   Args:
@@ -228,51 +254,68 @@ def kmeans_pass(source: ChunkSource, pca: pca_lib.PCA, keys: jax.Array, *,
   parts = []
   for _, chunk in source.chunks():
     c = chunk.shape[1]
-    parts.append(np.asarray(_project(pca, jnp.asarray(source.padded(chunk))))
-                 [:, :c])
-  pt = np.concatenate(parts, axis=1) if parts else np.zeros(
-      (source.n_layers, 0, d), np.float32)
+    parts.append(
+      np.asarray(_project(pca, jnp.asarray(source.padded(chunk))))[:, :c]
+    )
+  pt = (
+    np.concatenate(parts, axis=1)
+    if parts
+    else np.zeros((source.n_layers, 0, d), np.float32)
+  )
   del parts
   n = pt.shape[1]
   rows = sample_rows(n, sample_size, seed)
   if rows.shape[0] < n_cells:
-    raise ValueError(f"sample_size={rows.shape[0]} is smaller than "
-                     f"n_cells={n_cells}")
+    raise ValueError(
+      f"sample_size={rows.shape[0]} is smaller than n_cells={n_cells}"
+    )
   sample = pt if rows.shape[0] == n else pt[:, rows]
-  fit = _kmeans_layers(jnp.asarray(sample), keys, n_cells=n_cells,
-                       n_init=n_init)
+  fit = _kmeans_layers(
+    jnp.asarray(sample), keys, n_cells=n_cells, n_init=n_init
+  )
   del sample
   labels = np.empty((source.n_layers, n), np.int32)
   inertia = np.zeros(source.n_layers, np.float64)
   step = source.chunk_size
   for s in range(0, n, step):
-    x = pt[:, s:s + step]
+    x = pt[:, s : s + step]
     lab, d2 = _assign(fit.centers, jnp.asarray(source.padded(x)))
-    labels[:, s:s + x.shape[1]] = np.asarray(lab)[:, :x.shape[1]]
-    inertia += np.asarray(d2, np.float64)[:, :x.shape[1]].sum(axis=1)
-  fit = km.KMeans(centers=fit.centers, labels=jnp.asarray(labels),
-                  inertia=jnp.asarray(inertia, fit.inertia.dtype),
-                  n_iter=fit.n_iter)
+    labels[:, s : s + x.shape[1]] = np.asarray(lab)[:, : x.shape[1]]
+    inertia += np.asarray(d2, np.float64)[:, : x.shape[1]].sum(axis=1)
+  fit = km.KMeans(
+    centers=fit.centers,
+    labels=jnp.asarray(labels),
+    inertia=jnp.asarray(inertia, fit.inertia.dtype),
+    n_iter=fit.n_iter,
+  )
   return jnp.asarray(pt), fit
 
 
 # ------------------------------------------------------------ memory budget
-def tile_bytes(tile_queries: int, tile_train: int, n_dims: int,
-               itemsize: int = 4) -> int:
+def tile_bytes(
+  tile_queries: int, tile_train: int, n_dims: int, itemsize: int = 4
+) -> int:
   """Working set of one step of the tiled nearest-neighbour search.
 
   Per step: scores, masked scores ``[tile_queries, tile_train]`` (float) and
   the same-cell mask (bool), plus the scanned slice of training points
   ``[tile_train, d]`` with its norms and cells.
   """
-  return (tile_queries * tile_train * (2 * itemsize + 1)
-          + tile_train * (n_dims * itemsize + itemsize + 4)
-          + tile_queries * (n_dims * itemsize + 3 * itemsize + 8))
+  return (
+    tile_queries * tile_train * (2 * itemsize + 1)
+    + tile_train * (n_dims * itemsize + itemsize + 4)
+    + tile_queries * (n_dims * itemsize + 3 * itemsize + 8)
+  )
 
 
-def tiles_for_budget(memory_budget: int, n_dims: int, n_train: int, *,
-                     tile_queries: int = 64,
-                     itemsize: int = 4) -> tuple[int, int]:
+def tiles_for_budget(
+  memory_budget: int,
+  n_dims: int,
+  n_train: int,
+  *,
+  tile_queries: int = 64,
+  itemsize: int = 4,
+) -> tuple[int, int]:
   """Nearest-neighbour tile sizes whose working set fits ``memory_budget``.
 
   Args:
@@ -298,6 +341,7 @@ def tiles_for_budget(memory_budget: int, n_dims: int, n_train: int, *,
       return tq, int(max(1, min(tile_train, n_train)))
     tq //= 2
   raise ValueError(
-      f"memory_budget={memory_budget} bytes is too small for a nearest-"
-      f"neighbour tile (at least {tile_bytes(8, 128, n_dims, itemsize)} bytes "
-      f"for 8 queries x 128 training rows at d={n_dims})")
+    f"memory_budget={memory_budget} bytes is too small for a nearest-"
+    f"neighbour tile (at least {tile_bytes(8, 128, n_dims, itemsize)} bytes "
+    f"for 8 queries x 128 training rows at d={n_dims})"
+  )

@@ -1,4 +1,5 @@
 """Baselines against scipy / numpy references and separable toy families."""
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -8,8 +9,12 @@ from ctjax.audit import baselines
 
 def _scipy_frechet(mu1, c1, mu2, c2):
   covmean = scipy.linalg.sqrtm(c1 @ c2)
-  return float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2)
-               - 2 * np.trace(np.real(covmean)))
+  return float(
+    np.sum((mu1 - mu2) ** 2)
+    + np.trace(c1)
+    + np.trace(c2)
+    - 2 * np.trace(np.real(covmean))
+  )
 
 
 def _spd(rng, d, rank=None):
@@ -22,25 +27,33 @@ def test_frechet_matches_scipy_sqrtm(rng, d):
   for _ in range(3):
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
     c1, c2 = _spd(rng, d), _spd(rng, d)
-    np.testing.assert_allclose(baselines.frechet_distance(mu1, c1, mu2, c2),
-                               _scipy_frechet(mu1, c1, mu2, c2), rtol=1e-7,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+      baselines.frechet_distance(mu1, c1, mu2, c2),
+      _scipy_frechet(mu1, c1, mu2, c2),
+      rtol=1e-7,
+      atol=1e-9,
+    )
 
 
 def test_frechet_rank_deficient_matches_scipy(rng):
   mu = np.zeros(6)
   c1, c2 = _spd(rng, 6, rank=2), _spd(rng, 6, rank=3)
-  np.testing.assert_allclose(baselines.frechet_distance(mu, c1, mu, c2),
-                             _scipy_frechet(mu, c1, mu, c2), atol=1e-6)
+  np.testing.assert_allclose(
+    baselines.frechet_distance(mu, c1, mu, c2),
+    _scipy_frechet(mu, c1, mu, c2),
+    atol=1e-6,
+  )
 
 
 def test_frechet_diagonal_closed_form(rng):
   mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
   s1, s2 = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
-  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2))**2)
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
   np.testing.assert_allclose(
-      baselines.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)),
-      expected, rtol=1e-10)
+    baselines.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)),
+    expected,
+    rtol=1e-10,
+  )
   c = _spd(rng, 5)
   assert abs(baselines.frechet_distance(mu1, c, mu1, c)) < 1e-9
 
@@ -58,7 +71,11 @@ def test_gaussian_stats_matches_numpy(rng):
 
 
 def test_frechet_baseline_identifies_family(rng):
-  means = {"a": np.zeros(6), "b": np.full(6, 0.8), "c": np.r_[np.ones(3), -np.ones(3)]}
+  means = {
+    "a": np.zeros(6),
+    "b": np.full(6, 0.8),
+    "c": np.r_[np.ones(3), -np.ones(3)],
+  }
   scales = {"a": 1.0, "b": 1.0, "c": 2.0}
   draw = lambda k: means[k] + scales[k] * rng.standard_normal((200, 6))
   base = baselines.FrechetBaseline().fit({k: [draw(k), draw(k)] for k in means})
@@ -107,8 +124,14 @@ def test_pixel_stats_baseline(rng, bins, standardize):
 
 def test_classifier_baseline_votes(rng):
   enrolled = {k: [_bars(rng, k, 150)] for k in "hvb"}
-  cfg = baselines.ClassifierConfig(channels=(4, 8), hidden=16, num_steps=200, learning_rate=1e-2,
-                                   batch_size=64, predict_batch=64)
+  cfg = baselines.ClassifierConfig(
+    channels=(4, 8),
+    hidden=16,
+    num_steps=200,
+    learning_rate=1e-2,
+    batch_size=64,
+    predict_batch=64,
+  )
   base = baselines.ClassifierBaseline(cfg, progress=False).fit(enrolled)
   for k in "hvb":
     query = _bars(rng, k, 100)  # 100 > predict_batch: padding path is used

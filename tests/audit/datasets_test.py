@@ -1,4 +1,5 @@
 """Tests for ctjax.audit.datasets against scikit-learn's arrays and the IDX spec."""
+
 import gzip
 import os
 
@@ -51,8 +52,9 @@ def test_digits_split_is_fixed():
   np.testing.assert_array_equal(a.test_labels, b.test_labels)
 
 
-@pytest.mark.parametrize("code,dtype", [(0x08, np.uint8), (0x0C, ">i4"),
-                                        (0x0D, ">f4")])
+@pytest.mark.parametrize(
+  "code,dtype", [(0x08, np.uint8), (0x0C, ">i4"), (0x0D, ">f4")]
+)
 @pytest.mark.parametrize("suffix", [".gz", ""])
 def test_read_idx_round_trip(tmp_path, rng, code, dtype, suffix):
   arr = (rng.integers(0, 200, size=(5, 3, 4))).astype(dtype)
@@ -60,7 +62,9 @@ def test_read_idx_round_trip(tmp_path, rng, code, dtype, suffix):
   _write_idx(path, arr, code)
   out = datasets.read_idx(path)
   assert out.shape == (5, 3, 4)
-  np.testing.assert_array_equal(out, arr.astype(np.dtype(dtype).newbyteorder("=")))
+  np.testing.assert_array_equal(
+    out, arr.astype(np.dtype(dtype).newbyteorder("="))
+  )
 
 
 def test_read_idx_rejects_bad_files(tmp_path):
@@ -76,10 +80,10 @@ def test_read_idx_rejects_bad_files(tmp_path):
 
 def _fake_fashion(folder, rng, n_train=7, n_test=3):
   files = {
-      "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
-      "train-labels-idx1-ubyte.gz": rng.integers(0, 10, (n_train,)),
-      "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
-      "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, (n_test,)),
+    "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
+    "train-labels-idx1-ubyte.gz": rng.integers(0, 10, (n_train,)),
+    "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
+    "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, (n_test,)),
   }
   for name, arr in files.items():
     _write_idx(os.path.join(folder, name), arr.astype(np.uint8))
@@ -89,10 +93,15 @@ def _fake_fashion(folder, rng, n_train=7, n_test=3):
 def test_fashion_mnist_from_given_root(tmp_path, rng):
   files = _fake_fashion(os.fspath(tmp_path), rng)
   ds = datasets.load("fashion_mnist", root=tmp_path)
-  assert ds.train_images.shape == (7, 28, 28) and ds.test_images.dtype == np.uint8
-  np.testing.assert_array_equal(ds.train_images,
-                                files["train-images-idx3-ubyte.gz"])
-  np.testing.assert_array_equal(ds.test_labels, files["t10k-labels-idx1-ubyte.gz"])
+  assert (
+    ds.train_images.shape == (7, 28, 28) and ds.test_images.dtype == np.uint8
+  )
+  np.testing.assert_array_equal(
+    ds.train_images, files["train-images-idx3-ubyte.gz"]
+  )
+  np.testing.assert_array_equal(
+    ds.test_labels, files["t10k-labels-idx1-ubyte.gz"]
+  )
 
 
 def test_fashion_mnist_env_var(tmp_path, rng, monkeypatch):
@@ -112,9 +121,13 @@ def test_unknown_name():
 
 
 @pytest.mark.skipif(
-    not os.path.exists(os.path.join(datasets.FASHION_MNIST_DEFAULT_ROOT,
-                                    "train-labels-idx1-ubyte.gz")),
-    reason="dataset-fashion-mnist not installed")
+  not os.path.exists(
+    os.path.join(
+      datasets.FASHION_MNIST_DEFAULT_ROOT, "train-labels-idx1-ubyte.gz"
+    )
+  ),
+  reason="dataset-fashion-mnist not installed",
+)
 def test_real_fashion_mnist_published_facts():
   ds = datasets.load("fashion_mnist", root=datasets.FASHION_MNIST_DEFAULT_ROOT)
   assert ds.train_images.shape == (60000, 28, 28)
@@ -123,5 +136,6 @@ def test_real_fashion_mnist_published_facts():
   np.testing.assert_array_equal(np.bincount(ds.train_labels), [6000] * 10)
   np.testing.assert_array_equal(np.bincount(ds.test_labels), [1000] * 10)
   # First training labels: ankle boot, T-shirt, T-shirt, dress, T-shirt, ...
-  np.testing.assert_array_equal(ds.train_labels[:10],
-                                [9, 0, 0, 3, 0, 2, 7, 2, 5, 5])
+  np.testing.assert_array_equal(
+    ds.train_labels[:10], [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+  )

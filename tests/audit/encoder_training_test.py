@@ -1,4 +1,5 @@
 """The shipped default encoders, their training code and the Hugging Face exporter."""
+
 import json
 import os
 
@@ -14,8 +15,13 @@ from ctjax.audit import encoder_training as et
 from ctjax import preprocess as pp
 from ctjax.models import convert, export
 
-SHIPPED = [d for d in et.DEFAULTS
-           if os.path.exists(os.path.join(et.ASSETS_DIR, f"vit-{d}", "model.safetensors"))]
+SHIPPED = [
+  d
+  for d in et.DEFAULTS
+  if os.path.exists(
+    os.path.join(et.ASSETS_DIR, f"vit-{d}", "model.safetensors")
+  )
+]
 
 
 def _fashion_available():
@@ -48,47 +54,73 @@ def _pure(encoder):
 @pytest.mark.parametrize("dataset", SHIPPED)
 def test_shipped_folder_loads_with_its_training_config(dataset):
   folder = et.asset_folder(dataset)
-  for name in ("config.json", "model.safetensors", "preprocessor_config.json", et.HEAD_FILE,
-               et.REPORT_FILE):
+  for name in (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    et.HEAD_FILE,
+    et.REPORT_FILE,
+  ):
     assert os.path.exists(os.path.join(folder, name)), name
   encoder = cm.from_pretrained(folder)
   assert encoder.config == et.DEFAULTS[dataset].encoder
   report = et.training_report(dataset)
   assert report["dataset"] == dataset
-  assert report["command"].startswith(f"python -m ctjax.audit.encoder_training --dataset {dataset}")
+  assert report["command"].startswith(
+    f"python -m ctjax.audit.encoder_training --dataset {dataset}"
+  )
   for key in ("seed", "steps", "train_seconds", "test_accuracy"):
     assert key in report, key
   head = et.default_head(dataset)
-  assert head.kernel.shape == (encoder.config.hidden_size, 10) and head.bias.shape == (10,)
+  assert head.kernel.shape == (
+    encoder.config.hidden_size,
+    10,
+  ) and head.bias.shape == (10,)
   # The shipped weights are trained: far from the random control.
   control = et.random_encoder(dataset, seed=report["seed"])
   assert control.config == encoder.config
   trained, random = _pure(encoder), _pure(control)
   assert trained.keys() == random.keys()
-  assert not np.allclose(trained[("pos_embed",)], random[("pos_embed",)], atol=1e-2)
+  assert not np.allclose(
+    trained[("pos_embed",)], random[("pos_embed",)], atol=1e-2
+  )
 
 
 def test_shipped_package_is_small():
-  total = sum(os.path.getsize(os.path.join(root, f))
-              for root, _, files in os.walk(et.ASSETS_DIR) for f in files)
+  total = sum(
+    os.path.getsize(os.path.join(root, f))
+    for root, _, files in os.walk(et.ASSETS_DIR)
+    for f in files
+  )
   assert total < 5 * 2**20
 
 
 def test_digits_accuracy_matches_training_report(digits, digits_encoder):
   report = et.training_report("digits")
-  acc = et.accuracy(digits_encoder, et.default_head("digits"), digits.test_images,
-                    digits.test_labels)
+  acc = et.accuracy(
+    digits_encoder,
+    et.default_head("digits"),
+    digits.test_images,
+    digits.test_labels,
+  )
   assert abs(acc - report["test_accuracy"]) <= 0.005
   assert acc >= 0.9
 
 
-@pytest.mark.skipif("fashion_mnist" not in SHIPPED or not _fashion_available(),
-                    reason="Fashion-MNIST files or shipped weights missing")
+@pytest.mark.skipif(
+  "fashion_mnist" not in SHIPPED or not _fashion_available(),
+  reason="Fashion-MNIST files or shipped weights missing",
+)
 def test_fashion_mnist_accuracy_matches_training_report():
   data = ds.load("fashion_mnist")
   report = et.training_report("fashion_mnist")
-  acc = et.accuracy(et.default_encoder("fashion_mnist"), et.default_head("fashion_mnist"),
-                    data.test_images, data.test_labels, batch_size=1000)
+  acc = et.accuracy(
+    et.default_encoder("fashion_mnist"),
+    et.default_head("fashion_mnist"),
+    data.test_images,
+    data.test_labels,
+    batch_size=1000,
+  )
   assert abs(acc - report["test_accuracy"]) <= 0.005
   assert acc >= 0.8
 
@@ -114,20 +146,30 @@ def test_training_input_is_the_embedding_pipeline_input(digits):
   images = digits.test_images[:64]
   resized = et.resized_images(images, config)
   assert resized.shape == (64, 18, 18, 1)
-  ours = et._normalise(jnp.asarray(et.centre_crop(resized, config.image_size)), config)
-  want = pp.preprocess(images, pp.PreprocessConfig.from_encoder(cm.from_config(config)))
+  ours = et._normalise(
+    jnp.asarray(et.centre_crop(resized, config.image_size)), config
+  )
+  want = pp.preprocess(
+    images, pp.PreprocessConfig.from_encoder(cm.from_config(config))
+  )
   np.testing.assert_allclose(ours, want, atol=1e-6, rtol=0)
 
 
 def test_augment_crops_windows_of_the_padded_image(rng):
   x = rng.random((6, 10, 10, 1)).astype(np.float32)
   for pad, flip in ((0, False), (2, True)):
-    out = np.asarray(et.augment(jax.random.key(3), jnp.asarray(x), 8, pad, flip))
+    out = np.asarray(
+      et.augment(jax.random.key(3), jnp.asarray(x), 8, pad, flip)
+    )
     assert out.shape == (6, 8, 8, 1)
     padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     span = 10 + 2 * pad - 8 + 1
     for i in range(6):
-      windows = [padded[i, r:r + 8, c:c + 8] for r in range(span) for c in range(span)]
+      windows = [
+        padded[i, r : r + 8, c : c + 8]
+        for r in range(span)
+        for c in range(span)
+      ]
       if flip:
         windows += [w[:, ::-1] for w in windows]
       assert any(np.array_equal(out[i], w) for w in windows), (pad, flip, i)
@@ -135,8 +177,17 @@ def test_augment_crops_windows_of_the_padded_image(rng):
 
 def test_twenty_steps_on_a_subset_decrease_the_loss(digits):
   config = et.TrainConfig(
-      dataset="digits", encoder=et._vit(16, 4, 32, 1, 2, 64), steps=20, batch_size=64,
-      learning_rate=1e-2, warmup_steps=2, label_smoothing=0.0, train_subset=128, pad=1, seed=0)
+    dataset="digits",
+    encoder=et._vit(16, 4, 32, 1, 2, 64),
+    steps=20,
+    batch_size=64,
+    learning_rate=1e-2,
+    warmup_steps=2,
+    label_smoothing=0.0,
+    train_subset=128,
+    pad=1,
+    seed=0,
+  )
   result = et.train(config, digits, log_every=0)
   assert result.losses.shape == (20,)
   # Zero-initialised head: the first loss is exactly log(10).
@@ -145,11 +196,18 @@ def test_twenty_steps_on_a_subset_decrease_the_loss(digits):
   # Cross-entropy on the un-augmented subset (log-sum-exp minus the true logit).
   images, labels = digits.train_images[:128], digits.train_labels[:128]
   pixels = pp.preprocess(images, et.preprocess_config(config.encoder))
-  logits = np.asarray(et.logits_fn(result.encoder.graphdef, result.encoder.params,
-                                   result.head, pixels), np.float64)
+  logits = np.asarray(
+    et.logits_fn(
+      result.encoder.graphdef, result.encoder.params, result.head, pixels
+    ),
+    np.float64,
+  )
   loss = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(128), labels])
   assert loss < np.log(10) - 0.05
-  assert result.encoder.weights_hash != cm.from_config(config.encoder, seed=0).weights_hash
+  assert (
+    result.encoder.weights_hash
+    != cm.from_config(config.encoder, seed=0).weights_hash
+  )
 
 
 # ------------------------------------------------------------------ export
@@ -163,18 +221,32 @@ def test_to_hf_tensors_round_trips_through_from_pretrained(tmp_path, rng):
   assert loaded.config == config
   assert loaded.weights_hash == encoder.weights_hash
   pixels = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
-  np.testing.assert_array_equal(loaded.hidden_states(pixels), encoder.hidden_states(pixels))
+  np.testing.assert_array_equal(
+    loaded.hidden_states(pixels), encoder.hidden_states(pixels)
+  )
 
 
-@pytest.mark.parametrize("overrides", [
+@pytest.mark.parametrize(
+  "overrides",
+  [
     dict(model_type="deit"),
     dict(model_type="dinov2", layer_scale=True, layerscale_value=0.1),
     dict(model_type="dinov2", layer_scale=True, swiglu=True, qkv_bias=False),
     dict(model_type="dinov2_with_registers", layer_scale=True, num_registers=2),
-], ids=["deit", "dinov2", "dinov2-swiglu", "dinov2-registers"])
+  ],
+  ids=["deit", "dinov2", "dinov2-swiglu", "dinov2-registers"],
+)
 def test_to_hf_tensors_inverts_load_state_for_every_family(overrides):
-  config = cm.EncoderConfig(hidden_size=16, num_layers=2, num_heads=2, head_dim=8, mlp_dim=24,
-                            patch_size=4, image_size=8, **overrides)
+  config = cm.EncoderConfig(
+    hidden_size=16,
+    num_layers=2,
+    num_heads=2,
+    head_dim=8,
+    mlp_dim=24,
+    patch_size=4,
+    image_size=8,
+    **overrides,
+  )
   encoder = cm.from_config(config, seed=2)
   _, state = cm.load_state(config, export.to_hf_tensors(encoder))
   back = dict(convert.jax_flat(nnx.to_pure_dict(state)))
@@ -182,37 +254,62 @@ def test_to_hf_tensors_inverts_load_state_for_every_family(overrides):
     np.testing.assert_array_equal(back[path], value, err_msg=str(path))
 
 
-def test_shipped_digits_folder_matches_transformers(tmp_path, digits, digits_encoder):
+def test_shipped_digits_folder_matches_transformers(
+  tmp_path, digits, digits_encoder
+):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   folder = et.asset_folder("digits")
-  model = transformers.ViTModel.from_pretrained(folder, add_pooling_layer=False).eval()
-  pixels = np.asarray(pp.preprocess(digits.test_images[:32],
-                                    pp.PreprocessConfig.from_encoder(digits_encoder)))
-  torch_pixels = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+  model = transformers.ViTModel.from_pretrained(
+    folder, add_pooling_layer=False
+  ).eval()
+  pixels = np.asarray(
+    pp.preprocess(
+      digits.test_images[:32], pp.PreprocessConfig.from_encoder(digits_encoder)
+    )
+  )
+  torch_pixels = torch.from_numpy(
+    np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+  )
   with torch.no_grad():
     out = model(torch_pixels, output_hidden_states=True)
   ours = digits_encoder(pixels)
   assert len(out.hidden_states) == ours.hidden_states.shape[0] == 5
   for layer, want in enumerate(out.hidden_states):
-    np.testing.assert_allclose(ours.hidden_states[layer], want.numpy(), atol=1e-4, rtol=0,
-                               err_msg=f"hidden state {layer}")
-  np.testing.assert_allclose(ours.last_hidden_state, out.last_hidden_state.numpy(), atol=1e-4,
-                             rtol=0)
+    np.testing.assert_allclose(
+      ours.hidden_states[layer],
+      want.numpy(),
+      atol=1e-4,
+      rtol=0,
+      err_msg=f"hidden state {layer}",
+    )
+  np.testing.assert_allclose(
+    ours.last_hidden_state, out.last_hidden_state.numpy(), atol=1e-4, rtol=0
+  )
   # The head is ViTForImageClassification's classifier: same logits in torch.
   from safetensors.numpy import save_file
+
   head = et.default_head("digits")
   clf_folder = tmp_path / "clf"
-  export.hf_config(digits_encoder.config, num_labels=10).save_pretrained(clf_folder)
-  tensors = {f"vit.{k}": v for k, v in export.to_hf_tensors(digits_encoder).items()}
-  save_file({**tensors, **et.head_tensors(head)}, str(clf_folder / "model.safetensors"))
+  export.hf_config(digits_encoder.config, num_labels=10).save_pretrained(
+    clf_folder
+  )
+  tensors = {
+    f"vit.{k}": v for k, v in export.to_hf_tensors(digits_encoder).items()
+  }
+  save_file(
+    {**tensors, **et.head_tensors(head)}, str(clf_folder / "model.safetensors")
+  )
   clf, info = transformers.ViTForImageClassification.from_pretrained(
-      clf_folder, output_loading_info=True)
+    clf_folder, output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   clf.eval()
   with torch.no_grad():
     want_logits = clf(torch_pixels).logits.numpy()
-  logits = et.logits_fn(digits_encoder.graphdef, digits_encoder.params, head, jnp.asarray(pixels))
+  logits = et.logits_fn(
+    digits_encoder.graphdef, digits_encoder.params, head, jnp.asarray(pixels)
+  )
   np.testing.assert_allclose(logits, want_logits, atol=1e-4, rtol=0)
 
 
@@ -224,10 +321,18 @@ def test_preprocessor_config_describes_the_pipeline(digits, digits_encoder):
   assert saved["crop_size"] == {"height": 16, "width": 16}
   assert saved["size"] == {"height": 18, "width": 18}
   processor = transformers.DeiTImageProcessorPil(
-      **{k: v for k, v in saved.items() if k != "image_processor_type"})
+    **{k: v for k, v in saved.items() if k != "image_processor_type"}
+  )
   from PIL import Image
+
   images = digits.test_images[:8]
-  want = processor([Image.fromarray(im).convert("RGB") for im in images], return_tensors="np")["pixel_values"]
-  ours = np.asarray(pp.preprocess(images, pp.PreprocessConfig.from_encoder(digits_encoder)))
+  want = processor(
+    [Image.fromarray(im).convert("RGB") for im in images], return_tensors="np"
+  )["pixel_values"]
+  ours = np.asarray(
+    pp.preprocess(images, pp.PreprocessConfig.from_encoder(digits_encoder))
+  )
   # PIL resizes on uint8 (rounding); ctjax in float: within 2/255 on 0..1, i.e. 4/255 after /0.5.
-  np.testing.assert_allclose(ours, want.transpose(0, 2, 3, 1), atol=4 / 255 + 1e-6, rtol=0)
+  np.testing.assert_allclose(
+    ours, want.transpose(0, 2, 3, 1), atol=4 / 255 + 1e-6, rtol=0
+  )

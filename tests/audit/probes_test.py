@@ -1,4 +1,5 @@
 """Probes against PIL references and the relations they are meant to have."""
+
 import collections
 
 import numpy as np
@@ -18,8 +19,7 @@ def images(rng):
 
 
 def _pil_rotate(img, angle):
-  return np.asarray(Image.fromarray(img).rotate(angle,
-                                                resample=Image.BILINEAR))
+  return np.asarray(Image.fromarray(img).rotate(angle, resample=Image.BILINEAR))
 
 
 @pytest.mark.parametrize("side", [8, 28])
@@ -34,8 +34,9 @@ def test_rotate_matches_pil(rng, side):
 def test_rotate_identity_and_quarter_turn(images):
   np.testing.assert_array_equal(probes.rotate(images, np.zeros(12)), images)
   # Counter-clockwise quarter turn == np.rot90 (exact on a square grid).
-  np.testing.assert_array_equal(probes.rotate(images, np.full(12, 90.0)),
-                                np.rot90(images, 1, axes=(1, 2)))
+  np.testing.assert_array_equal(
+    probes.rotate(images, np.full(12, 90.0)), np.rot90(images, 1, axes=(1, 2))
+  )
 
 
 def test_rotate_rgb_rotates_each_channel(rng):
@@ -43,12 +44,14 @@ def test_rotate_rgb_rotates_each_channel(rng):
   out = probes.rotate(x, np.array([10.0, -20.0, 25.0]))
   for c in range(3):
     np.testing.assert_array_equal(
-        out[..., c], probes.rotate(x[..., c], np.array([10.0, -20.0, 25.0])))
+      out[..., c], probes.rotate(x[..., c], np.array([10.0, -20.0, 25.0]))
+    )
 
 
 def test_rotate_probe_angles_in_range(images):
-  out, info = probes.make_probe("rotate", images, images, 10, seed=3,
-                                return_info=True)
+  out, info = probes.make_probe(
+    "rotate", images, images, 10, seed=3, return_info=True
+  )
   assert np.all(np.abs(info["angles"]) <= 30)
   ref = probes.rotate(images[info["indices"]], info["angles"])
   np.testing.assert_array_equal(out, ref)
@@ -66,8 +69,9 @@ def test_noise_residual_std():
 
 
 def test_noise_probe_unclipped_pixels(images):
-  out, info = probes.make_probe("noise", images, images, 12, seed=0,
-                                return_info=True)
+  out, info = probes.make_probe(
+    "noise", images, images, 12, seed=0, return_info=True
+  )
   src = images[info["indices"]].astype(float)
   resid = out.astype(float) - src
   inner = (out > 0) & (out < 255)
@@ -79,10 +83,16 @@ def test_downsample_matches_pil(rng, side, factor):
   x = rng.integers(0, 256, size=(4, side, side)).astype(np.uint8)
   out = probes.downsample(x, factor)
   small = side // factor
-  ref = np.stack([
-      np.asarray(Image.fromarray(i.astype(np.float32), mode="F")
-                 .resize((small, small), Image.BOX)
-                 .resize((side, side), Image.BILINEAR)) for i in x])
+  ref = np.stack(
+    [
+      np.asarray(
+        Image.fromarray(i.astype(np.float32), mode="F")
+        .resize((small, small), Image.BOX)
+        .resize((side, side), Image.BILINEAR)
+      )
+      for i in x
+    ]
+  )
   assert np.abs(out.astype(float) - ref).max() <= 0.51
 
 
@@ -101,12 +111,16 @@ def test_downsample_rejects_indivisible_side():
 
 
 def test_shuffle_preserves_blocks(images):
-  out, info = probes.make_probe("shuffle", images, images, 12, seed=5,
-                                return_info=True)
+  out, info = probes.make_probe(
+    "shuffle", images, images, 12, seed=5, return_info=True
+  )
   src = images[info["indices"]]
   for o, s, perm in zip(out, src, info["permutations"]):
-    blocks = lambda im: [im[r:r + 2, c:c + 2].tobytes()
-                         for r in range(0, 8, 2) for c in range(0, 8, 2)]
+    blocks = lambda im: [
+      im[r : r + 2, c : c + 2].tobytes()
+      for r in range(0, 8, 2)
+      for c in range(0, 8, 2)
+    ]
     assert collections.Counter(blocks(o)) == collections.Counter(blocks(s))
     # Block k of the output is block perm[k] of the source.
     bs, bo = blocks(s), blocks(o)
@@ -133,12 +147,14 @@ def test_segment_keeps_foreground_and_fills_noise():
 
 def test_copy_and_test_probes(images, rng):
   test = rng.integers(0, 256, size=(7, 8, 8)).astype(np.uint8)
-  out, info = probes.make_probe("copy", images, test, 5, seed=1,
-                                return_info=True)
+  out, info = probes.make_probe(
+    "copy", images, test, 5, seed=1, return_info=True
+  )
   np.testing.assert_array_equal(out, images[info["indices"]])
   assert len(set(info["indices"].tolist())) == 5  # without replacement
-  out, info = probes.make_probe("test", images, test, 7, seed=1,
-                                return_info=True)
+  out, info = probes.make_probe(
+    "test", images, test, 7, seed=1, return_info=True
+  )
   np.testing.assert_array_equal(out, test[info["indices"]])
   assert sorted(info["indices"].tolist()) == list(range(7))
 

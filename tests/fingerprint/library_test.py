@@ -1,5 +1,6 @@
 """Tests for ctjax.fingerprint: the authors' published accuracies, similarities
 against scipy, persistence, reference checks, open set, evaluation."""
+
 import json
 import math
 import os
@@ -10,19 +11,23 @@ from scipy.spatial import distance
 
 from ctjax import fingerprint as fp
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
-                        "paper-curves")
+FIXTURES = os.path.join(
+  os.path.dirname(os.path.dirname(__file__)), "fixtures", "paper-curves"
+)
 
 
 # -- the authors' files ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,correct,total", [
+@pytest.mark.parametrize(
+  "name,correct,total",
+  [
     ("Ffull_score", 6, 6),
     ("Fsmall_score", 5, 6),
     ("ffull_scores", 3, 3),
     ("fsmall_scores", 3, 6),
-])
+  ],
+)
 def test_paper_files_give_authors_accuracies(name, correct, total):
   path = os.path.join(FIXTURES, f"{name}.txt")
   lib, ev = fp.evaluate_curve_file(path)
@@ -33,8 +38,10 @@ def test_paper_files_give_authors_accuracies(name, correct, total):
   enrolled = [(l, np.nan_to_num(c, nan=0.0)[1:]) for l, c in data.enrolled]
   for (label, q), pred in zip(data.queries, ev.predictions):
     q = np.nan_to_num(q, nan=0.0)[1:]
-    sims = [0.5 * (1 - distance.cosine(q, b)) + 0.5 / (1 + distance.euclidean(q, b))
-            for _, b in enrolled]
+    sims = [
+      0.5 * (1 - distance.cosine(q, b)) + 0.5 / (1 + distance.euclidean(q, b))
+      for _, b in enrolled
+    ]
     assert enrolled[int(np.argmax(sims))][0] == pred
   assert len(lib) == len(data.enrolled)
 
@@ -80,16 +87,20 @@ def test_similarity_hand_values():
   a0 = np.array([1.0, 2.0, 0.0, -0.5])
   cos = 1 - distance.cosine(a0, b)
   d = distance.euclidean(a0, b)
-  assert fp.similarity(a, b) == pytest.approx(0.5 * cos + 0.5 / (1 + d),
-                                              rel=1e-12)
+  assert fp.similarity(a, b) == pytest.approx(
+    0.5 * cos + 0.5 / (1 + d), rel=1e-12
+  )
   assert fp.similarity(a, b, alpha=0.8) == pytest.approx(
-      0.8 * cos + 0.2 / (1 + d), rel=1e-12)
+    0.8 * cos + 0.2 / (1 + d), rel=1e-12
+  )
   assert fp.similarity(a, b, metric="cosine") == pytest.approx(cos, rel=1e-12)
-  assert fp.similarity(a, b, metric="l2") == pytest.approx(1 / (1 + d),
-                                                           rel=1e-12)
+  assert fp.similarity(a, b, metric="l2") == pytest.approx(
+    1 / (1 + d), rel=1e-12
+  )
   # Hand-computed: a=[3,4], b=[4,3]: cos = 24/25, |a-b| = sqrt(2).
   assert fp.similarity([3, 4], [4, 3]) == pytest.approx(
-      0.5 * 0.96 + 0.5 / (1 + math.sqrt(2)), rel=1e-12)
+    0.5 * 0.96 + 0.5 / (1 + math.sqrt(2)), rel=1e-12
+  )
   # A zero (or all-NaN) curve has cosine 0.
   assert fp.similarity([np.nan, np.nan], [1.0, 0.0], metric="cosine") == 0.0
   assert fp.similarity([0.0, 0.0], [3.0, 4.0]) == pytest.approx(0.5 / 6)
@@ -100,12 +111,15 @@ def test_similarity_matrix_matches_scipy_cdist(rng):
   b = rng.normal(size=(4, 7))
   cos = 1 - distance.cdist(a, b, "cosine")
   inv = 1 / (1 + distance.cdist(a, b, "euclidean"))
-  np.testing.assert_allclose(fp.similarity_matrix(a, b), 0.5 * cos + 0.5 * inv,
-                             rtol=1e-12)
-  np.testing.assert_allclose(fp.similarity_matrix(a, b, metric="cosine"), cos,
-                             rtol=1e-12)
-  np.testing.assert_allclose(fp.similarity_matrix(a, b, metric="l2-centroid"),
-                             inv, rtol=1e-12)
+  np.testing.assert_allclose(
+    fp.similarity_matrix(a, b), 0.5 * cos + 0.5 * inv, rtol=1e-12
+  )
+  np.testing.assert_allclose(
+    fp.similarity_matrix(a, b, metric="cosine"), cos, rtol=1e-12
+  )
+  np.testing.assert_allclose(
+    fp.similarity_matrix(a, b, metric="l2-centroid"), inv, rtol=1e-12
+  )
   square = fp.similarity_matrix(a)
   np.testing.assert_allclose(square, square.T, rtol=1e-12)
   np.testing.assert_allclose(np.diag(square), 1.0, rtol=1e-12)
@@ -143,8 +157,9 @@ def test_identify_rejects_bad_curves():
   with pytest.raises(ValueError, match="empty"):
     lib.identify([1.0, 2.0])
   lib.add("A", [1.0, 2.0, 3.0])
-  with pytest.raises(ValueError, match="2 layers but the library's curves "
-                     "have 3"):
+  with pytest.raises(
+    ValueError, match="2 layers but the library's curves have 3"
+  ):
     lib.identify([1.0, 2.0])
   with pytest.raises(ValueError, match="4 layers"):
     lib.add("B", [1.0, 2.0, 3.0, 4.0])
@@ -163,7 +178,8 @@ def test_identify_set_majority_vote_and_tie_break():
   assert votes[0][1] == pytest.approx(2 / 3)
   cos = lambda u, v: 1 - distance.cosine(u, v)
   assert votes[0][2] == pytest.approx(
-      (cos([1, 0.1], [1, 0]) + cos([1, 0.2], [1, 0])) / 2)
+    (cos([1, 0.1], [1, 0]) + cos([1, 0.2], [1, 0])) / 2
+  )
   # One vote each: B's vote is the more confident one, so B ranks first.
   votes = lib.identify_set([[1.0, 0.5], [0.01, 1.0]])
   assert [v[0] for v in votes] == ["B", "A"]
@@ -185,11 +201,18 @@ class FakeReference:
 
     class Result:
       ct = np.asarray(batch).mean(axis=(1, 2))
+
     return Result()
 
   def identity(self):
-    return {"encoder": "tiny-vit", "pooling": "cls", "layers": (0, 1, 2),
-            "n_components": 4, "n_cells": 3, "hash": self.tag}
+    return {
+      "encoder": "tiny-vit",
+      "pooling": "cls",
+      "layers": (0, 1, 2),
+      "n_components": 4,
+      "n_cells": 3,
+      "hash": self.tag,
+    }
 
 
 def test_add_batches_splits_and_drops_remainder(rng):
@@ -222,12 +245,16 @@ def test_mismatched_reference_is_refused(rng):
   with pytest.raises(ValueError, match="different C_T reference"):
     lib.identify_batches(emb, other, batch_size=20)
   assert lib.identify_batches(emb, FakeReference("aaa"), batch_size=20)[0] == (
-      "gen", 1.0, pytest.approx(1.0))
+    "gen",
+    1.0,
+    pytest.approx(1.0),
+  )
 
 
 def test_save_load_round_trip(tmp_path, rng):
-  lib = fp.FingerprintLibrary(metric="paper-centroid", alpha=0.3,
-                              reference=FakeReference("abc"))
+  lib = fp.FingerprintLibrary(
+    metric="paper-centroid", alpha=0.3, reference=FakeReference("abc")
+  )
   for label in ("x", "y", "z"):
     for _ in range(2):
       c = rng.normal(size=5)
@@ -244,7 +271,10 @@ def test_save_load_round_trip(tmp_path, rng):
   assert back.labels == lib.labels
   np.testing.assert_array_equal(back.curves, lib.curves)
   assert (back.metric, back.alpha, back.threshold) == (
-      lib.metric, lib.alpha, lib.threshold)
+    lib.metric,
+    lib.alpha,
+    lib.threshold,
+  )
   assert back.reference == lib.reference
   q = rng.normal(size=5)
   assert back.identify(q) == lib.identify(q)
@@ -319,9 +349,12 @@ def test_loo_scores_match_brute_force(rng):
   cos = 1 - distance.cdist(x, x, "cosine")
   lab = np.array(labels)
   np.testing.assert_allclose(
-      impostor, [cos[i, lab != lab[i]].max() for i in range(6)], rtol=1e-12)
-  want = [max(cos[i, j] for j in range(6) if j != i and lab[j] == lab[i])
-          for i in range(5)]  # "c" has one curve: no genuine score
+    impostor, [cos[i, lab != lab[i]].max() for i in range(6)], rtol=1e-12
+  )
+  want = [
+    max(cos[i, j] for j in range(6) if j != i and lab[j] == lab[i])
+    for i in range(5)
+  ]  # "c" has one curve: no genuine score
   np.testing.assert_allclose(genuine, want, rtol=1e-12)
 
 
@@ -352,20 +385,28 @@ def test_evaluate_constructed_confusion():
   lib = fp.FingerprintLibrary(metric="cosine")
   for label, c in zip("ABC", e):
     lib.add(label, c)
-  queries = [("A", e[0]), ("A", e[1]), ("B", e[1]),
-             ("C", e[0] + 0.1 * e[2]), ("C", e[2]), ("D", e[2])]
+  queries = [
+    ("A", e[0]),
+    ("A", e[1]),
+    ("B", e[1]),
+    ("C", e[0] + 0.1 * e[2]),
+    ("C", e[2]),
+    ("D", e[2]),
+  ]
   ev = fp.evaluate(lib, queries, top_ks=(1, 2, 3))
   assert ev.labels == ["A", "B", "C", "D"]
-  np.testing.assert_array_equal(ev.confusion, [[1, 1, 0, 0],
-                                               [0, 1, 0, 0],
-                                               [1, 0, 1, 0],
-                                               [0, 0, 1, 0]])
+  np.testing.assert_array_equal(
+    ev.confusion, [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 0]]
+  )
   assert (ev.n_correct, ev.n_queries) == (3, 6)
   assert ev.accuracy == 0.5
   assert ev.per_label_accuracy == {"A": 0.5, "B": 1.0, "C": 0.5, "D": 0.0}
   # Ties keep enrolment order, so ("A", e1) ranks B, A, C: top-2 correct.
-  assert ev.top_k_accuracy == {1: 0.5, 2: pytest.approx(5 / 6),
-                               3: pytest.approx(5 / 6)}
+  assert ev.top_k_accuracy == {
+    1: 0.5,
+    2: pytest.approx(5 / 6),
+    3: pytest.approx(5 / 6),
+  }
   assert ev.predictions == ["A", "B", "B", "A", "C", "C"]
   json.dumps(ev.to_dict())
 
@@ -376,8 +417,7 @@ def test_evaluate_open_set_adds_unknown_column():
   lib.add("B", [0.0, 1.0])
   ev = fp.evaluate(lib, [("A", [1.0, 0.05]), ("B", [1.0, 1.0])])
   assert ev.labels == ["A", "B", "unknown"]
-  np.testing.assert_array_equal(ev.confusion,
-                                [[1, 0, 0], [0, 0, 1], [0, 0, 0]])
+  np.testing.assert_array_equal(ev.confusion, [[1, 0, 0], [0, 0, 1], [0, 0, 0]])
   with pytest.raises(ValueError, match=r"query 0 \('A'\).*3 layers"):
     fp.evaluate(lib, [("A", [1.0, 0.0, 0.0])])
 
@@ -387,11 +427,19 @@ def test_evaluate_open_set_adds_unknown_column():
 
 def test_integration_with_ct_reference(tmp_path, rng):
   from ctjax.reference import CTReference  # pylint: disable=g-import-not-at-top
+
   n_layers, dim = 2, 6
   train = rng.normal(size=(n_layers, 300, dim))
   test = rng.normal(size=(n_layers, 150, dim))
-  ref = CTReference.fit(train, test, n_components=4, n_cells=2, metric="l2",
-                        n_init=2, meta={"encoder": "fake", "layers": [0, 1]})
+  ref = CTReference.fit(
+    train,
+    test,
+    n_components=4,
+    n_cells=2,
+    metric="l2",
+    n_init=2,
+    meta={"encoder": "fake", "layers": [0, 1]},
+  )
 
   def generator(copy_layer, m):
     # Near-copies of training points on `copy_layer`, fresh samples elsewhere.
@@ -401,26 +449,35 @@ def test_integration_with_ct_reference(tmp_path, rng):
     return g
 
   lib = fp.FingerprintLibrary()
-  enrolled_a = lib.add_batches("copies-0", generator(0, 130), ref,
-                               batch_size=60)
+  enrolled_a = lib.add_batches(
+    "copies-0", generator(0, 130), ref, batch_size=60
+  )
   lib.add_batches("copies-1", generator(1, 120), ref, batch_size=60)
   assert enrolled_a.shape == (2, n_layers)  # 10 of 130 samples dropped
   assert lib.reference == fp.reference_identity(ref)
   # Copying shows as a strongly negative C_T on the copied layer only.
   assert (enrolled_a[:, 0] < -3).all() and (enrolled_a[:, 1] > -3).all()
   g = generator(1, 60)
-  np.testing.assert_array_equal(fp.batch_curves(g, ref, 60)[0],
-                                ref.score(g).ct)
+  np.testing.assert_array_equal(fp.batch_curves(g, ref, 60)[0], ref.score(g).ct)
   assert lib.identify_batches(g, ref, batch_size=60)[0][0] == "copies-1"
   assert lib.identify_batches(generator(0, 120), ref, batch_size=60)[0][:2] == (
-      "copies-0", 1.0)
+    "copies-0",
+    1.0,
+  )
   # The identity survives saving the library and the reference.
   lib.save(tmp_path / "lib.json")
   ref.save(tmp_path / "ref.npz")
   back = fp.FingerprintLibrary.load(tmp_path / "lib.json")
   back.check_reference(CTReference.load(tmp_path / "ref.npz"))
-  other = CTReference.fit(train, test, n_components=4, n_cells=2, metric="l2",
-                          n_init=2, seed=1, meta={"encoder": "fake",
-                                                  "layers": [0, 1]})
+  other = CTReference.fit(
+    train,
+    test,
+    n_components=4,
+    n_cells=2,
+    metric="l2",
+    n_init=2,
+    seed=1,
+    meta={"encoder": "fake", "layers": [0, 1]},
+  )
   with pytest.raises(ValueError, match="different C_T reference.*seed"):
     back.add_batches("x", g, other, batch_size=60)

@@ -1,4 +1,5 @@
 """Tiny random Hugging Face checkpoints saved to temporary folders."""
+
 import numpy as np
 import pytest
 
@@ -27,6 +28,12 @@ def save_tiny(tmp_path, model_cls, config_cls, seed=0, **config):
 def torch_hidden_states(model, pixels, **kwargs):
   """pixels [B, H, W, C] numpy -> ([L+1, B, T, D], last_hidden_state [B, T, D])."""
   with torch.no_grad():
-    out = model(torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))),
-                output_hidden_states=True, **kwargs)
-  return (np.stack([h.numpy() for h in out.hidden_states]), out.last_hidden_state.numpy())
+    out = model(
+      torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))),
+      output_hidden_states=True,
+      **kwargs,
+    )
+  return (
+    np.stack([h.numpy() for h in out.hidden_states]),
+    out.last_hidden_state.numpy(),
+  )

@@ -1,4 +1,5 @@
 """ctjax.c_t against the SciPy oracle, and its input errors."""
+
 import jax
 import numpy as np
 import pytest
@@ -13,10 +14,10 @@ def _lattice_data(rng, d=4, k=3):
   train = rng.integers(-3, 4, size=(120, d)).astype(np.float64)
   test = rng.integers(-3, 4, size=(90, d)).astype(np.float64)
   gen = rng.integers(-3, 4, size=(80, d)).astype(np.float64)
-  gen[:10] = train[:10]          # copies: distance exactly 0
-  test[:5] = train[20:25]        # copies in P too: ties at 0
-  gen[10:15] = test[30:35]       # the same points in P and Q: tied L
-  cells = lambda x: (np.abs(x).sum(1).astype(int) % k)
+  gen[:10] = train[:10]  # copies: distance exactly 0
+  test[:5] = train[20:25]  # copies in P too: ties at 0
+  gen[10:15] = test[30:35]  # the same points in P and Q: tied L
+  cells = lambda x: np.abs(x).sum(1).astype(int) % k
   return train, test, gen, cells(train), cells(test), cells(gen)
 
 
@@ -24,8 +25,8 @@ def _gaussian_data(rng, d=6, k=4):
   train = rng.normal(size=(150, d))
   test = rng.normal(size=(100, d))
   gen = np.concatenate([train[:20] * 1.0, rng.normal(size=(60, d)) * 0.7])
-  gen[20:25] = test[:5]          # duplicated P/Q points: tied L
-  test[5:8] = train[30:33]       # copies in P too: ties at exactly 0
+  gen[20:25] = test[:5]  # duplicated P/Q points: tied L
+  test[5:8] = train[30:33]  # copies in P too: ties at exactly 0
   cells = lambda x: np.argmax(x[:, :k], axis=1)
   return train, test, gen, cells(train), cells(test), cells(gen)
 
@@ -33,16 +34,20 @@ def _gaussian_data(rng, d=6, k=4):
 # Integer lattices have exact L2 ties; their cosine "ties" (parallel lattice
 # vectors) are equal only in exact arithmetic, so cosine uses Gaussian data
 # with exact copies and duplicated points instead.
-CASES = [("l2", _lattice_data), ("l2", _gaussian_data),
-         ("cosine", _gaussian_data)]
+CASES = [
+  ("l2", _lattice_data),
+  ("l2", _gaussian_data),
+  ("cosine", _gaussian_data),
+]
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.1, 0.24])
 @pytest.mark.parametrize("metric,data", CASES)
 def test_c_t_matches_oracle_x64(enable_x64, rng, metric, tau, data):
   train, test, gen, c_tr, c_te, c_ge = data(rng)
-  want, z_want, inc_want = oracle.c_t(test, c_te, gen, c_ge, train, c_tr, tau,
-                                      metric)
+  want, z_want, inc_want = oracle.c_t(
+    test, c_te, gen, c_ge, train, c_tr, tau, metric
+  )
   got = ctjax.c_t(test, c_te, gen, c_ge, train, c_tr, tau=tau, metric=metric)
   assert np.isfinite(want)
   np.testing.assert_allclose(got.ct, want, rtol=1e-9, atol=1e-12)
@@ -56,19 +61,40 @@ def test_c_t_matches_oracle_float32(rng, metric, tau, data):
   assert not jax.config.jax_enable_x64
   train, test, gen, c_tr, c_te, c_ge = data(rng)
   f32 = lambda x: x.astype(np.float32)
-  want, _, _ = oracle.c_t(f32(test), c_te, f32(gen), c_ge, f32(train), c_tr,
-                          tau, metric)
-  got = ctjax.c_t(f32(test), c_te, f32(gen), c_ge, f32(train), c_tr, tau=tau,
-                  metric=metric)
+  want, _, _ = oracle.c_t(
+    f32(test), c_te, f32(gen), c_ge, f32(train), c_tr, tau, metric
+  )
+  got = ctjax.c_t(
+    f32(test), c_te, f32(gen), c_ge, f32(train), c_tr, tau=tau, metric=metric
+  )
   np.testing.assert_allclose(got.ct, want, rtol=1e-4)
 
 
 def test_tiled_equals_materialised(rng):
   train, test, gen, c_tr, c_te, c_ge = _gaussian_data(rng)
-  a = ctjax.c_t(test, c_te, gen, c_ge, train, c_tr, tau=0.05,
-                tile_queries=None, return_neighbors=True)
-  b = ctjax.c_t(test, c_te, gen, c_ge, train, c_tr, tau=0.05,
-                tile_queries=8, tile_train=16, return_neighbors=True)
+  a = ctjax.c_t(
+    test,
+    c_te,
+    gen,
+    c_ge,
+    train,
+    c_tr,
+    tau=0.05,
+    tile_queries=None,
+    return_neighbors=True,
+  )
+  b = ctjax.c_t(
+    test,
+    c_te,
+    gen,
+    c_ge,
+    train,
+    c_tr,
+    tau=0.05,
+    tile_queries=8,
+    tile_train=16,
+    return_neighbors=True,
+  )
   assert a.ct == b.ct
   np.testing.assert_array_equal(a.neighbors.gen_index, b.neighbors.gen_index)
   np.testing.assert_array_equal(a.neighbors.test_dist, b.neighbors.test_dist)
@@ -76,12 +102,13 @@ def test_tiled_equals_materialised(rng):
 
 def test_neighbors_match_brute_force(enable_x64, rng):
   train, test, gen, c_tr, c_te, c_ge = _gaussian_data(rng)
-  got = ctjax.c_t(test, c_te, gen, c_ge, train, c_tr, tau=0.1,
-                  return_neighbors=True).neighbors
+  got = ctjax.c_t(
+    test, c_te, gen, c_ge, train, c_tr, tau=0.1, return_neighbors=True
+  ).neighbors
   d, i = oracle.nearest_in_cell(gen, c_ge, train, c_tr, "l2")
   np.testing.assert_allclose(got.gen_dist, d, rtol=1e-12)
   np.testing.assert_array_equal(got.gen_index, i)
-  assert np.all(got.gen_dist[:20] == 0)        # exact copies
+  assert np.all(got.gen_dist[:20] == 0)  # exact copies
 
 
 def test_exact_u_beyond_float32_range():
@@ -90,8 +117,16 @@ def test_exact_u_beyond_float32_range():
   test = np.arange(n, dtype=np.float64)[:, None] + 0.5
   gen = np.arange(m, dtype=np.float64)[:, None] + 0.25
   train = np.zeros((1, 1))
-  res = ctjax.c_t(test, np.zeros(n, int), gen, np.zeros(m, int), train,
-                  np.zeros(1, int), tau=0.0, metric="l2")
+  res = ctjax.c_t(
+    test,
+    np.zeros(n, int),
+    gen,
+    np.zeros(m, int),
+    train,
+    np.zeros(1, int),
+    tau=0.0,
+    metric="l2",
+  )
   # L(p) = i + 0.5, L(q) = j + 0.25: q_j beats p_i iff j > i.
   u = m * (m - 1) // 2
   assert res.u[0] == u
@@ -99,7 +134,6 @@ def test_exact_u_beyond_float32_range():
 
 
 class TestErrors:
-
   def _ok(self, rng):
     x = rng.normal(size=(30, 3))
     c = np.arange(30) % 3

@@ -1,4 +1,5 @@
 """k-means against scikit-learn."""
+
 import jax
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ from ctjax.stats import kmeans as km
 
 @pytest.mark.parametrize("k,spread", [(10, 1.0), (5, 4.0), (8, 10.0)])
 def test_inertia_within_one_percent_of_sklearn(k, spread):
-  x, _ = make_blobs(3000, n_features=16, centers=12, cluster_std=spread,
-                    random_state=k)
+  x, _ = make_blobs(
+    3000, n_features=16, centers=12, cluster_std=spread, random_state=k
+  )
   x = x.astype(np.float32)
   ours = km.kmeans(x, k, jax.random.PRNGKey(0), n_init=10)
   ref = KMeans(k, n_init=10, random_state=0).fit(x)
@@ -41,7 +43,11 @@ def test_duplicate_points_no_empty_cell():
   # 3 distinct values but k = 3: every cell must get a point.
   x = np.repeat(np.eye(3, dtype=np.float32), 50, axis=0)
   res = km.kmeans(x, 3, jax.random.PRNGKey(0))
-  assert sorted(np.bincount(np.asarray(res.labels), minlength=3)) == [50, 50, 50]
+  assert sorted(np.bincount(np.asarray(res.labels), minlength=3)) == [
+    50,
+    50,
+    50,
+  ]
   assert float(res.inertia) == pytest.approx(0.0, abs=1e-6)
 
 

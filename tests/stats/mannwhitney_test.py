@@ -1,4 +1,5 @@
 """Exact U counts against scipy.stats.mannwhitneyu, with ties (hypothesis)."""
+
 import hypothesis
 import hypothesis.strategies as st
 import jax.numpy as jnp
@@ -8,24 +9,29 @@ from scipy.stats import mannwhitneyu
 from ctjax.stats import mannwhitney
 
 # Few distinct values -> many ties, within and across the two samples.
-values = st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 7.25]),
-                  min_size=1, max_size=40)
+values = st.lists(
+  st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 7.25]), min_size=1, max_size=40
+)
 
 
 @hypothesis.settings(max_examples=60, deadline=None)
 @hypothesis.given(p=values, q=values, k=st.integers(1, 3), data=st.data())
 def test_u_per_cell_matches_scipy(p, q, k, data):
   p, q = np.array(p, np.float32), np.array(q, np.float32)
-  pc = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=len(p),
-                                   max_size=len(p))))
-  qc = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=len(q),
-                                   max_size=len(q))))
+  pc = np.array(
+    data.draw(st.lists(st.integers(0, k - 1), min_size=len(p), max_size=len(p)))
+  )
+  qc = np.array(
+    data.draw(st.lists(st.integers(0, k - 1), min_size=len(q), max_size=len(q)))
+  )
   # Pad to a fixed length with the sentinel cell k (one compilation per k).
   pad = lambda x, fill: np.concatenate([x, np.full(40 - len(x), fill, x.dtype)])
   sorted_d, starts = mannwhitney.sort_by_cell(
-      jnp.asarray(pad(p, 0.0)), jnp.asarray(pad(pc, k)), k)
-  tu = mannwhitney.twice_u(sorted_d, starts, jnp.asarray(pad(q, 0.0)),
-                           jnp.asarray(pad(qc, k)))
+    jnp.asarray(pad(p, 0.0)), jnp.asarray(pad(pc, k)), k
+  )
+  tu = mannwhitney.twice_u(
+    sorted_d, starts, jnp.asarray(pad(q, 0.0)), jnp.asarray(pad(qc, k))
+  )
   u = mannwhitney.cell_sums(np.asarray(tu), pad(qc, k), k) / 2
   for c in range(k):
     pi, qi = p[pc == c], q[qc == c]
@@ -34,10 +40,12 @@ def test_u_per_cell_matches_scipy(p, q, k, data):
 
 
 def test_padding_rows_count_nothing():
-  sorted_d, starts = mannwhitney.sort_by_cell(jnp.array([1.0, 2.0]),
-                                              jnp.array([0, 0]), 1)
-  tu = mannwhitney.twice_u(sorted_d, starts, jnp.array([5.0, 5.0]),
-                           jnp.array([0, 1]))       # cell 1 = sentinel
+  sorted_d, starts = mannwhitney.sort_by_cell(
+    jnp.array([1.0, 2.0]), jnp.array([0, 0]), 1
+  )
+  tu = mannwhitney.twice_u(
+    sorted_d, starts, jnp.array([5.0, 5.0]), jnp.array([0, 1])
+  )  # cell 1 = sentinel
   np.testing.assert_array_equal(np.asarray(tu), [4, 0])
 
 

@@ -4,6 +4,7 @@ Written from ../shared/PROTOCOL.md with none of ctjax's code: brute-force
 distance matrices from scipy.spatial.distance.cdist, U from
 scipy.stats.mannwhitneyu, plain float64 arithmetic.
 """
+
 import numpy as np
 from scipy.spatial.distance import cdist
 from scipy.stats import mannwhitneyu
@@ -14,8 +15,8 @@ def pairwise(a, b, metric):
   b = np.asarray(b, np.float64)
   if metric == "l2":
     return cdist(a, b, "euclidean")
-  cos_dist = cdist(a, b, "cosine")           # 1 − cos
-  d = np.minimum(cos_dist, 2.0 - cos_dist)   # 1 − |cos|
+  cos_dist = cdist(a, b, "cosine")  # 1 − cos
+  d = np.minimum(cos_dist, 2.0 - cos_dist)  # 1 − |cos|
   # Rounding leaves ~1e-16 for parallel vectors; they are exact copies.
   return np.where(d < 1e-12, 0.0, d)
 
@@ -47,7 +48,9 @@ def c_t(test, test_cells, gen, gen_cells, train, train_cells, tau, metric):
     if n_c == 0 or m_c == 0:
       continue
     u = mannwhitneyu(q, p).statistic
-    z[c] = (u - (n_c * m_c / 2 - 0.5)) / np.sqrt(n_c * m_c * (n_c + m_c + 1) / 12)
+    z[c] = (u - (n_c * m_c / 2 - 0.5)) / np.sqrt(
+      n_c * m_c * (n_c + m_c + 1) / 12
+    )
     if m_c / m > tau:
       included[c] = True
       num += n_c / n * z[c]
@@ -55,14 +58,17 @@ def c_t(test, test_cells, gen, gen_cells, train, train_cells, tau, metric):
   return (num / den if den > 0 else np.nan), z, included
 
 
-def pipeline(train, test, gen, *, n_components, n_cells, metric, tau=None,
-             seed=0):
+def pipeline(
+  train, test, gen, *, n_components, n_cells, metric, tau=None, seed=0
+):
   """The paper's per-layer pipeline with scikit-learn (PCA, KMeans n_init=10)."""
   from sklearn.cluster import KMeans
   from sklearn.decomposition import PCA
+
   pca = PCA(n_components, svd_solver="full").fit(train)
   pt, pp, pg = (pca.transform(x) for x in (train, test, gen))
   km = KMeans(n_cells, n_init=10, random_state=seed).fit(pt)
   tau = 20 / len(gen) if tau is None else tau
-  return c_t(pp, km.predict(pp), pg, km.predict(pg), pt, km.labels_, tau,
-             metric)[0]
+  return c_t(
+    pp, km.predict(pp), pg, km.predict(pg), pt, km.labels_, tau, metric
+  )[0]

@@ -1,4 +1,5 @@
 """PCA against a float64 NumPy eigendecomposition."""
+
 import numpy as np
 import pytest
 from scipy.linalg import subspace_angles
@@ -14,7 +15,7 @@ def _gapped(rng, n=4000, d=96, k=8):
   return x.astype(np.float32)
 
 
-@pytest.mark.parametrize("block", [256, 32, 40])   # full, and symmetric blocks
+@pytest.mark.parametrize("block", [256, 32, 40])  # full, and symmetric blocks
 @pytest.mark.parametrize("chunk", [4096, 333])
 def test_variances_and_subspace(rng, block, chunk):
   x = _gapped(rng)
@@ -23,20 +24,25 @@ def test_variances_and_subspace(rng, block, chunk):
   x64 = x.astype(np.float64)
   cov = np.cov(x64, rowvar=False)
   evals, evecs = np.linalg.eigh(cov)
-  np.testing.assert_allclose(np.asarray(fit.variances), evals[::-1][:k],
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(fit.variances), evals[::-1][:k], rtol=1e-4
+  )
   proj = np.asarray(pca_lib.transform(fit, x)).astype(np.float64)
-  np.testing.assert_allclose(proj.var(axis=0, ddof=1), evals[::-1][:k],
-                             rtol=1e-4)
-  angles = subspace_angles(np.asarray(fit.components, np.float64),
-                           evecs[:, ::-1][:, :k])
+  np.testing.assert_allclose(
+    proj.var(axis=0, ddof=1), evals[::-1][:k], rtol=1e-4
+  )
+  angles = subspace_angles(
+    np.asarray(fit.components, np.float64), evecs[:, ::-1][:, :k]
+  )
   assert angles.max() < 1e-3
-  np.testing.assert_allclose(float(fit.total_variance), np.trace(cov),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    float(fit.total_variance), np.trace(cov), rtol=1e-4
+  )
 
 
 def test_matches_sklearn_projection_up_to_sign(rng):
   from sklearn.decomposition import PCA
+
   x = _gapped(rng, n=1000, d=20, k=4)
   ours = np.asarray(pca_lib.transform(pca_lib.fit_pca(x, 4), x))
   ref = PCA(4, svd_solver="full").fit_transform(x.astype(np.float64))

@@ -1,4 +1,5 @@
 """Streaming fit: chunked exact PCA, k-means on a sample, budgeted tiles."""
+
 import numpy as np
 import pytest
 from sklearn import decomposition
@@ -10,7 +11,7 @@ from ctjax.stats import streaming
 
 L, N, n, m, D = 2, 1300, 400, 300, 12
 FIT = dict(n_components=6, n_cells=4, seed=2, n_init=3)
-CHUNK = 256                      # N = 5 chunks + a padded partial one
+CHUNK = 256  # N = 5 chunks + a padded partial one
 
 
 def _data(seed=7):
@@ -22,10 +23,15 @@ def _data(seed=7):
 
   def sample(k):
     return centers[rng.integers(0, 5, k)] + rng.normal(size=(k, D)) * scale
+
   train = np.stack([sample(N) for _ in range(L)]).astype(np.float32)
   test = np.stack([sample(n) for _ in range(L)]).astype(np.float32)
-  gen = np.stack([train[l, :m] + rng.normal(size=(m, D)) * s
-                  for l, s in enumerate([0.02, 1.5])]).astype(np.float32)
+  gen = np.stack(
+    [
+      train[l, :m] + rng.normal(size=(m, D)) * s
+      for l, s in enumerate([0.02, 1.5])
+    ]
+  ).astype(np.float32)
   return train, test, gen
 
 
@@ -53,22 +59,28 @@ def test_pca_pass_equals_fit_pca_and_sklearn(data):
   names = ["a", "b"]
   count, mean = streaming.mean_pass(source, names)
   assert count == N
-  np.testing.assert_allclose(mean, train.astype(np.float64).mean(1),
-                             atol=1e-5)
+  np.testing.assert_allclose(mean, train.astype(np.float64).mean(1), atol=1e-5)
   pca = streaming.pca_pass(source, mean, count, 6)
   for l in range(L):
     want = pca_lib.fit_pca(train[l], 6)
     # Same axes with the same sign convention, so compare them directly.
     np.testing.assert_allclose(pca.components[l], want.components, atol=2e-5)
-    sk = decomposition.PCA(6, svd_solver="full").fit(train[l].astype(np.float64))
-    np.testing.assert_allclose(pca.variances[l], sk.explained_variance_,
-                               rtol=1e-5)
-    np.testing.assert_allclose(np.abs(np.sum(
-        np.asarray(pca.components[l]) * sk.components_.T, axis=0)), 1.0,
-                               atol=1e-5)
-    np.testing.assert_allclose(pca.total_variance[l],
-                               np.var(train[l].astype(np.float64), 0,
-                                      ddof=1).sum(), rtol=1e-5)
+    sk = decomposition.PCA(6, svd_solver="full").fit(
+      train[l].astype(np.float64)
+    )
+    np.testing.assert_allclose(
+      pca.variances[l], sk.explained_variance_, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+      np.abs(np.sum(np.asarray(pca.components[l]) * sk.components_.T, axis=0)),
+      1.0,
+      atol=1e-5,
+    )
+    np.testing.assert_allclose(
+      pca.total_variance[l],
+      np.var(train[l].astype(np.float64), 0, ddof=1).sum(),
+      rtol=1e-5,
+    )
 
 
 def test_streaming_fit_equals_in_memory_fit(data, in_memory, tmp_path):
@@ -80,24 +92,35 @@ def test_streaming_fit_equals_in_memory_fit(data, in_memory, tmp_path):
   mm[:] = train
   mm.flush()
   source = np.memmap(path, np.float32, "r", shape=train.shape)
-  got = ctjax.CTReference.fit_streaming(source, test, sample_size=None,
-                                        chunk_size=CHUNK, **FIT)
+  got = ctjax.CTReference.fit_streaming(
+    source, test, sample_size=None, chunk_size=CHUNK, **FIT
+  )
   a, b = ref.arrays, got.arrays
-  for k in ("cells", "order", "starts", "test_cells", "test_index",
-            "n_train_cells", "n_test_cells"):
+  for k in (
+    "cells",
+    "order",
+    "starts",
+    "test_cells",
+    "test_index",
+    "n_train_cells",
+    "n_test_cells",
+  ):
     np.testing.assert_array_equal(b[k], a[k], err_msg=k)
-  for l in range(L):   # the same subspace: principal angles are zero
-    s = np.linalg.svd(np.asarray(a["pca_components"][l]).T
-                      @ np.asarray(b["pca_components"][l]), compute_uv=False)
+  for l in range(L):  # the same subspace: principal angles are zero
+    s = np.linalg.svd(
+      np.asarray(a["pca_components"][l]).T @ np.asarray(b["pca_components"][l]),
+      compute_uv=False,
+    )
     np.testing.assert_allclose(s, 1.0, atol=1e-5)
   np.testing.assert_allclose(b["centers"], a["centers"], atol=1e-4)
   np.testing.assert_allclose(b["inertia"], a["inertia"], rtol=1e-5)
   np.testing.assert_allclose(b["test_dist"], a["test_dist"], atol=1e-5)
   out = got.score(gen, return_neighbors=True)
   np.testing.assert_allclose(out.ct, res.ct, rtol=0, atol=1e-6)
-  np.testing.assert_array_equal(out.neighbors.gen_cells,
-                                res.neighbors.gen_cells)
-  assert res.ct[0] < -5                     # the copied layer shows
+  np.testing.assert_array_equal(
+    out.neighbors.gen_cells, res.neighbors.gen_cells
+  )
+  assert res.ct[0] < -5  # the copied layer shows
   assert got.identity()["n_train"] == N and "kmeans_sample" not in got.config
 
 
@@ -106,12 +129,18 @@ def test_streaming_fit_with_a_sample_and_budget(data, in_memory):
   train, test, gen = data
   budget = 300_000
   got = ctjax.CTReference.fit_streaming(
-      _uneven_chunks(train), test, sample_size=500, chunk_size=CHUNK,
-      memory_budget=budget, **FIT)
+    _uneven_chunks(train),
+    test,
+    sample_size=500,
+    chunk_size=CHUNK,
+    memory_budget=budget,
+    **FIT,
+  )
   cfg = got.config
   assert cfg["kmeans_sample"] == 500
-  assert streaming.tile_bytes(cfg["tile_queries"], cfg["tile_train"],
-                              6) <= budget
+  assert (
+    streaming.tile_bytes(cfg["tile_queries"], cfg["tile_train"], 6) <= budget
+  )
   rows = streaming.sample_rows(N, 500, FIT["seed"])
   for l in range(L):
     mean = np.asarray(got.arrays["pca_mean"][l], np.float64)
@@ -126,7 +155,8 @@ def test_streaming_fit_with_a_sample_and_budget(data, in_memory):
     # Every training point sits in its nearest centre's cell.
     cells = np.empty(N, int)
     cells[np.asarray(got.arrays["order"][l])] = np.asarray(
-        got.arrays["cells"][l])
+      got.arrays["cells"][l]
+    )
     d2 = ((pt[:, None] - c[None]) ** 2).sum(-1)
     ok = np.take_along_axis(d2, cells[:, None], 1)[:, 0] <= d2.min(1) + 1e-3
     assert ok.all()
@@ -139,10 +169,10 @@ def test_sample_rows():
   assert rows.shape == (100,) and np.all(np.diff(rows) > 0)
   np.testing.assert_array_equal(rows, streaming.sample_rows(1000, 100, 3))
   assert not np.array_equal(rows, streaming.sample_rows(1000, 100, 4))
-  np.testing.assert_array_equal(streaming.sample_rows(50, None, 0),
-                                np.arange(50))
-  np.testing.assert_array_equal(streaming.sample_rows(50, 80, 0),
-                                np.arange(50))
+  np.testing.assert_array_equal(
+    streaming.sample_rows(50, None, 0), np.arange(50)
+  )
+  np.testing.assert_array_equal(streaming.sample_rows(50, 80, 0), np.arange(50))
 
 
 def test_tiles_for_budget_is_maximal_and_exact(rng):
@@ -150,7 +180,7 @@ def test_tiles_for_budget_is_maximal_and_exact(rng):
   for budget in (200_000, 1_000_000, 8_000_000):
     tq, tt = streaming.tiles_for_budget(budget, d, 10**6)
     assert streaming.tile_bytes(tq, tt, d) <= budget
-    assert streaming.tile_bytes(tq, 2 * tt, d) > budget   # the largest 2^j
+    assert streaming.tile_bytes(tq, 2 * tt, d) > budget  # the largest 2^j
   assert streaming.tiles_for_budget(10**9, d, 3000) == (64, 3000)
   tq, tt = streaming.tiles_for_budget(30_000, d, 10**6)
   assert tq < 64 and tt >= 128
@@ -181,7 +211,8 @@ def test_bad_chunks_are_named(data):
   with pytest.raises(ValueError, match="row 10"):
     list(streaming.ChunkSource(wrong).chunks())
   with pytest.raises(ValueError, match="sample_size=3"):
-    ctjax.CTReference.fit_streaming(train, test, sample_size=3,
-                                    chunk_size=CHUNK, **FIT)
+    ctjax.CTReference.fit_streaming(
+      train, test, sample_size=3, chunk_size=CHUNK, **FIT
+    )
   with pytest.raises(ValueError, match="same number of layers"):
     ctjax.CTReference.fit_streaming(train, test[:1], chunk_size=CHUNK, **FIT)

@@ -5,6 +5,7 @@ place with ``os.replace``, so a crash or a concurrent reader never sees a
 half-written file. Metadata travels as a JSON string inside the archive, so
 loading never unpickles anything.
 """
+
 import json
 import zipfile
 
@@ -36,8 +37,12 @@ def _load_npz(path):
 
 def save_model(path, model):
   """Saves a :class:`GeneratorModel` to ``path`` (``.npz``)."""
-  meta = {"family": model.family, "image_shape": list(model.image_shape),
-          "seed": model.seed, "hparams": model.hparams}
+  meta = {
+    "family": model.family,
+    "image_shape": list(model.image_shape),
+    "seed": model.seed,
+    "hparams": model.hparams,
+  }
   arrays = {_PARAM + k: np.asarray(v) for k, v in model.params.items()}
   arrays[_META] = np.asarray(json.dumps(meta, sort_keys=True))
   save_npz_atomic(path, arrays)
@@ -47,18 +52,29 @@ def load_model(path):
   """Loads a :class:`GeneratorModel` written by :func:`save_model`."""
   meta, arrays = _load_npz(path)
   try:
-    params = {k[len(_PARAM):]: v for k, v in arrays.items()
-              if k.startswith(_PARAM)}
-    return GeneratorModel(meta["family"], tuple(meta["image_shape"]),
-                          int(meta["seed"]), meta["hparams"], params)
+    params = {
+      k[len(_PARAM) :]: v for k, v in arrays.items() if k.startswith(_PARAM)
+    }
+    return GeneratorModel(
+      meta["family"],
+      tuple(meta["image_shape"]),
+      int(meta["seed"]),
+      meta["hparams"],
+      params,
+    )
   except KeyError as e:
     raise ValueError(f"{path}: cache metadata lacks field {e}.") from e
 
 
 def save_samples(path, images, meta):
   """Saves uint8 images ``[n, H, W(, C)]`` and a JSON-able ``meta`` dict."""
-  save_npz_atomic(path, {"images": np.asarray(images, np.uint8),
-                         _META: np.asarray(json.dumps(meta, sort_keys=True))})
+  save_npz_atomic(
+    path,
+    {
+      "images": np.asarray(images, np.uint8),
+      _META: np.asarray(json.dumps(meta, sort_keys=True)),
+    },
+  )
 
 
 def load_samples(path):

@@ -5,6 +5,7 @@ Pixel conventions: generators see images as float vectors; uint8 0..255 maps to
 [-1, 1] (``to_signed``) or [0, 1] (``to_unit``), and samples map back by
 clipping and rounding to uint8 of the training images' shape.
 """
+
 import dataclasses
 import functools
 import math
@@ -27,6 +28,7 @@ class GeneratorModel:
     hparams: JSON-able dict of the hyperparameters it was trained with.
     params: flat dict name -> np.ndarray (see ``flatten_params``).
   """
+
   family: str
   image_shape: tuple
   seed: int
@@ -45,8 +47,9 @@ def check_images(images, what="images"):
     raise ValueError(f"{what} must be uint8 on 0..255, got {images.dtype}.")
   if images.ndim not in (3, 4) or images.shape[0] < 2:
     raise ValueError(
-        f"{what} must be [N, H, W] or [N, H, W, C] with N >= 2, got "
-        f"{images.shape}.")
+      f"{what} must be [N, H, W] or [N, H, W, C] with N >= 2, got "
+      f"{images.shape}."
+    )
   return images
 
 
@@ -93,14 +96,16 @@ def unflatten_params(template, flat, what="parameters"):
   if errors:
     raise ValueError(f"{what} do not fit the model: " + "; ".join(errors))
   return jax.tree_util.tree_unflatten(
-      treedef, [jnp.asarray(flat[n], t.dtype) for n, (_, t) in
-                zip(names, leaves)])
+    treedef, [jnp.asarray(flat[n], t.dtype) for n, (_, t) in zip(names, leaves)]
+  )
 
 
 def hparams_dict(config):
   """A frozen config dataclass -> JSON-able dict."""
-  return {k: (list(v) if isinstance(v, tuple) else v)
-          for k, v in dataclasses.asdict(config).items()}
+  return {
+    k: (list(v) if isinstance(v, tuple) else v)
+    for k, v in dataclasses.asdict(config).items()
+  }
 
 
 def make_config(cls, overrides):
@@ -108,10 +113,13 @@ def make_config(cls, overrides):
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(overrides) - names)
   if unknown:
-    raise ValueError(f"unknown hyperparameter(s) {unknown} for "
-                     f"{cls.__qualname__}; known: {sorted(names)}.")
-  fixed = {k: (tuple(v) if isinstance(v, list) else v)
-           for k, v in overrides.items()}
+    raise ValueError(
+      f"unknown hyperparameter(s) {unknown} for "
+      f"{cls.__qualname__}; known: {sorted(names)}."
+    )
+  fixed = {
+    k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()
+  }
   return cls(**fixed)
 
 
@@ -119,6 +127,7 @@ def make_config(cls, overrides):
 def _scan_chunk(carry, data, key, *, step, static, length):
   def body(c, k):
     return step(c, data, k, static)
+
   return jax.lax.scan(body, carry, jax.random.split(key, length))
 
 
@@ -130,8 +139,18 @@ def _chunk_length(num_steps, max_chunk):
   return 1
 
 
-def train_loop(step, static, carry, data, key, num_steps, *, desc,
-               progress=True, max_chunk=250):
+def train_loop(
+  step,
+  static,
+  carry,
+  data,
+  key,
+  num_steps,
+  *,
+  desc,
+  progress=True,
+  max_chunk=250,
+):
   """Runs ``num_steps`` of a pure training step as jitted ``lax.scan`` chunks.
 
   Args:
@@ -155,12 +174,14 @@ def train_loop(step, static, carry, data, key, num_steps, *, desc,
   length = _chunk_length(num_steps, max_chunk)
   data = jax.tree.map(jnp.asarray, data)
   losses = []
-  with tqdm(total=num_steps, desc=desc, disable=not progress,
-            leave=False) as bar:
+  with tqdm(
+    total=num_steps, desc=desc, disable=not progress, leave=False
+  ) as bar:
     for _ in range(math.ceil(num_steps / length)):
       key, sub = jax.random.split(key)
-      carry, loss = _scan_chunk(carry, data, sub, step=step, static=static,
-                                length=length)
+      carry, loss = _scan_chunk(
+        carry, data, sub, step=step, static=static, length=length
+      )
       losses.append(loss)
       bar.update(length)
       if progress:
@@ -181,8 +202,10 @@ def sample_in_batches(draw, seed, n, batch_size):
   if n < 0:
     raise ValueError(f"number of samples must be >= 0, got {n}.")
   key = jax.random.PRNGKey(seed)
-  out = [np.asarray(draw(jax.random.fold_in(key, i)))
-         for i in range(math.ceil(n / batch_size))]
+  out = [
+    np.asarray(draw(jax.random.fold_in(key, i)))
+    for i in range(math.ceil(n / batch_size))
+  ]
   if not out:
     return np.zeros((0, 0), np.float32)
   return np.concatenate(out)[:n]

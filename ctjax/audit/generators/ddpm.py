@@ -12,6 +12,7 @@ Both predict x0 from the noise estimate and clip it to [-1, 1] before each
 update (as diffusers' ``clip_sample``). Pixels live on [-1, 1]; the noise
 schedule is the cosine schedule of Nichol & Dhariwal (2021).
 """
+
 import dataclasses
 import functools
 import math
@@ -41,6 +42,7 @@ class Config:
     ema_decay: decay of the exponential moving average used for sampling.
     sample_batch: images per jitted sampling call.
   """
+
   hidden: int = 128
   depth: int = 2
   time_dim: int = 32
@@ -53,11 +55,20 @@ class Config:
   sample_batch: int = 500
 
 
-PRESETS = {"digits": Config(),
-           "fashion_mnist": Config(hidden=512, depth=2, time_dim=64,
-                                   timesteps=200, ddim_steps=40,
-                                   num_steps=4000, batch_size=128,
-                                   learning_rate=1e-3, ema_decay=0.998)}
+PRESETS = {
+  "digits": Config(),
+  "fashion_mnist": Config(
+    hidden=512,
+    depth=2,
+    time_dim=64,
+    timesteps=200,
+    ddim_steps=40,
+    num_steps=4000,
+    batch_size=128,
+    learning_rate=1e-3,
+    ema_decay=0.998,
+  ),
+}
 
 
 def cosine_alpha_bar(timesteps):
@@ -103,8 +114,9 @@ class NoiseNet(nnx.Module):
     self.time1 = nnx.Linear(cfg.time_dim, cfg.hidden, rngs=rngs)
     self.time2 = nnx.Linear(cfg.hidden, cfg.hidden, rngs=rngs)
     self.inp = nnx.Linear(dim, cfg.hidden, rngs=rngs)
-    self.blocks = nnx.List([Block(cfg.hidden, rngs=rngs)
-                            for _ in range(cfg.depth)])
+    self.blocks = nnx.List(
+      [Block(cfg.hidden, rngs=rngs) for _ in range(cfg.depth)]
+    )
     self.norm = nnx.LayerNorm(cfg.hidden, rngs=rngs)
     self.out = nnx.Linear(cfg.hidden, dim, rngs=rngs)
 
@@ -141,8 +153,9 @@ def _step(carry, data, key, static):
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, opt_state = _opt(cfg).update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p,
-                     ema, params)
+  ema = jax.tree.map(
+    lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params
+  )
   return (params, ema, opt_state), loss
 
 
@@ -157,11 +170,22 @@ def train(images, seed=0, progress=True, **hparams):
   graphdef, params = nnx.split(_build(cfg, data.shape[1], seed), nnx.Param)
   carry = (params, params, _opt(cfg).init(params))
   (_, ema, _), _ = common.train_loop(
-      _step, (graphdef, cfg), carry, data, jax.random.PRNGKey(seed + 1),
-      cfg.num_steps, desc=f"ddpm seed {seed}", progress=progress)
-  return common.GeneratorModel("ddpm", images.shape[1:], int(seed),
-                               common.hparams_dict(cfg),
-                               common.flatten_params(ema))
+    _step,
+    (graphdef, cfg),
+    carry,
+    data,
+    jax.random.PRNGKey(seed + 1),
+    cfg.num_steps,
+    desc=f"ddpm seed {seed}",
+    progress=progress,
+  )
+  return common.GeneratorModel(
+    "ddpm",
+    images.shape[1:],
+    int(seed),
+    common.hparams_dict(cfg),
+    common.flatten_params(ema),
+  )
 
 
 def restore(model):
@@ -171,8 +195,11 @@ def restore(model):
   cfg = common.make_config(Config, model.hparams)
   abstract = nnx.eval_shape(lambda: _build(cfg, model.dim))
   graphdef, template = nnx.split(abstract, nnx.Param)
-  return graphdef, common.unflatten_params(template, model.params,
-                                           "ddpm parameters"), cfg
+  return (
+    graphdef,
+    common.unflatten_params(template, model.params, "ddpm parameters"),
+    cfg,
+  )
 
 
 def _predict_x0(eps_fn, x, t, abar_t):
@@ -219,8 +246,9 @@ def ddim_timesteps(timesteps, steps):
   """Evenly spaced DDIM timesteps, descending, int ``[steps]``."""
   if not 1 <= steps <= timesteps:
     raise ValueError(f"ddim_steps must be in [1, {timesteps}], got {steps}.")
-  return np.unique(np.round(np.linspace(0, timesteps - 1, steps))
-                   .astype(np.int32))[::-1].copy()
+  return np.unique(
+    np.round(np.linspace(0, timesteps - 1, steps)).astype(np.int32)
+  )[::-1].copy()
 
 
 def ddim_loop(eps_fn, x, abar, ts):
@@ -254,23 +282,33 @@ def _eps_fn(net):
 def _draw_ancestral(params, key, *, graphdef, cfg, dim):
   k0, kloop = jax.random.split(key)
   x = jax.random.normal(k0, (cfg.sample_batch, dim))
-  return ancestral_loop(_eps_fn(nnx.merge(graphdef, params)), x, kloop,
-                        cosine_alpha_bar(cfg.timesteps))
+  return ancestral_loop(
+    _eps_fn(nnx.merge(graphdef, params)),
+    x,
+    kloop,
+    cosine_alpha_bar(cfg.timesteps),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "dim"))
 def _draw_ddim(params, key, *, graphdef, cfg, dim):
   x = jax.random.normal(key, (cfg.sample_batch, dim))
-  return ddim_loop(_eps_fn(nnx.merge(graphdef, params)), x,
-                   cosine_alpha_bar(cfg.timesteps),
-                   ddim_timesteps(cfg.timesteps, cfg.ddim_steps))
+  return ddim_loop(
+    _eps_fn(nnx.merge(graphdef, params)),
+    x,
+    cosine_alpha_bar(cfg.timesteps),
+    ddim_timesteps(cfg.timesteps, cfg.ddim_steps),
+  )
 
 
 def _sample(draw, model, n, seed):
   graphdef, params, cfg = restore(model)
   x = common.sample_in_batches(
-      lambda k: draw(params, k, graphdef=graphdef, cfg=cfg, dim=model.dim),
-      seed, n, cfg.sample_batch)
+    lambda k: draw(params, k, graphdef=graphdef, cfg=cfg, dim=model.dim),
+    seed,
+    n,
+    cfg.sample_batch,
+  )
   return common.from_signed(x.reshape(n, -1), model.image_shape)
 
 

@@ -4,6 +4,7 @@ Pixels on [-1, 1] (tanh output); non-saturating loss (Goodfellow et al. 2014):
 the discriminator minimises softplus(-D(x)) + softplus(D(G(z))), the generator
 softplus(-D(G(z))). One jitted step updates D, then G, with Adam (beta1 = 0.5).
 """
+
 import dataclasses
 import functools
 
@@ -28,6 +29,7 @@ class Config:
     beta1: Adam beta1.
     sample_batch: images per jitted sampling call.
   """
+
   hidden: int = 128
   latent: int = 16
   num_steps: int = 2000
@@ -37,9 +39,12 @@ class Config:
   sample_batch: int = 500
 
 
-PRESETS = {"digits": Config(),
-           "fashion_mnist": Config(hidden=512, latent=64, num_steps=5000,
-                                   learning_rate=2e-4)}
+PRESETS = {
+  "digits": Config(),
+  "fashion_mnist": Config(
+    hidden=512, latent=64, num_steps=5000, learning_rate=2e-4
+  ),
+}
 
 
 class Generator(nnx.Module):
@@ -108,14 +113,16 @@ def _step(carry, data, key, static):
   z2 = jax.random.normal(k_z2, (cfg.batch_size, cfg.latent))
 
   def d_loss(d_params, g_params):
-    gan = nnx.merge(graphdef, {"generator": g_params,
-                               "discriminator": d_params})
+    gan = nnx.merge(
+      graphdef, {"generator": g_params, "discriminator": d_params}
+    )
     fake = jax.lax.stop_gradient(gan.generator(z1))
     return discriminator_loss(gan.discriminator(real), gan.discriminator(fake))
 
   def g_loss(g_params, d_params):
-    gan = nnx.merge(graphdef, {"generator": g_params,
-                               "discriminator": d_params})
+    gan = nnx.merge(
+      graphdef, {"generator": g_params, "discriminator": d_params}
+    )
     return generator_loss(gan.discriminator(gan.generator(z2)))
 
   ld, grads = jax.value_and_grad(d_loss)(d_p, g_p)
@@ -136,13 +143,22 @@ def train(images, seed=0, progress=True, **hparams):
   g_p, d_p = params["generator"], params["discriminator"]
   carry = (g_p, d_p, _opt(cfg).init(d_p), _opt(cfg).init(g_p))
   (g_p, d_p, _, _), _ = common.train_loop(
-      _step, (graphdef, cfg), carry, data,
-      jax.random.PRNGKey(seed + 1), cfg.num_steps, desc=f"gan seed {seed}",
-      progress=progress)
-  return common.GeneratorModel("gan", images.shape[1:], int(seed),
-                               common.hparams_dict(cfg),
-                               common.flatten_params(
-                                   {"generator": g_p, "discriminator": d_p}))
+    _step,
+    (graphdef, cfg),
+    carry,
+    data,
+    jax.random.PRNGKey(seed + 1),
+    cfg.num_steps,
+    desc=f"gan seed {seed}",
+    progress=progress,
+  )
+  return common.GeneratorModel(
+    "gan",
+    images.shape[1:],
+    int(seed),
+    common.hparams_dict(cfg),
+    common.flatten_params({"generator": g_p, "discriminator": d_p}),
+  )
 
 
 def restore(model):
@@ -150,8 +166,11 @@ def restore(model):
   cfg = common.make_config(Config, model.hparams)
   abstract = nnx.eval_shape(lambda: _build(cfg, model.dim))
   graphdef, template = nnx.split(abstract, nnx.Param)
-  return graphdef, common.unflatten_params(template, model.params,
-                                           "gan parameters"), cfg
+  return (
+    graphdef,
+    common.unflatten_params(template, model.params, "gan parameters"),
+    cfg,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
@@ -164,6 +183,9 @@ def sample(model, n, seed):
   """Draws ``n`` images: uint8 ``[n, *model.image_shape]``."""
   graphdef, params, cfg = restore(model)
   x = common.sample_in_batches(
-      lambda k: _draw(params, k, graphdef=graphdef, cfg=cfg), seed, n,
-      cfg.sample_batch)
+    lambda k: _draw(params, k, graphdef=graphdef, cfg=cfg),
+    seed,
+    n,
+    cfg.sample_batch,
+  )
   return common.from_signed(x.reshape(n, -1), model.image_shape)

@@ -6,6 +6,7 @@ its weight, a latent from that Gaussian, back to pixels through the PCA basis,
 plus isotropic Gaussian noise with the mean variance that PCA left out (so the
 model is a mixture of low-rank-plus-isotropic Gaussians in pixel space).
 """
+
 import dataclasses
 import warnings
 
@@ -28,6 +29,7 @@ class Config:
       training images (scikit-learn's full-covariance EM costs ~4 s per
       iteration on all 60,000 Fashion-MNIST images); PCA uses all of them.
   """
+
   n_components: int = 20
   n_pca: int = 20
   residual_noise: bool = True
@@ -36,8 +38,10 @@ class Config:
   max_fit_images: int = 10000
 
 
-PRESETS = {"digits": Config(),
-           "fashion_mnist": Config(n_components=40, n_pca=50, max_iter=60)}
+PRESETS = {
+  "digits": Config(),
+  "fashion_mnist": Config(n_components=40, n_pca=50, max_iter=60),
+}
 
 
 def train(images, seed=0, progress=True, **hparams):
@@ -45,6 +49,7 @@ def train(images, seed=0, progress=True, **hparams):
   from sklearn.decomposition import PCA
   from sklearn.exceptions import ConvergenceWarning
   from sklearn.mixture import GaussianMixture
+
   del progress
   cfg = common.make_config(Config, hparams)
   images = common.check_images(images)
@@ -59,18 +64,25 @@ def train(images, seed=0, progress=True, **hparams):
   with warnings.catch_warnings():
     # A capped max_iter is a deliberate time budget, not an error.
     warnings.simplefilter("ignore", ConvergenceWarning)
-    gm = GaussianMixture(min(cfg.n_components, len(fit_z)),
-                         covariance_type="full", max_iter=cfg.max_iter,
-                         reg_covar=cfg.reg_covar, random_state=seed).fit(fit_z)
+    gm = GaussianMixture(
+      min(cfg.n_components, len(fit_z)),
+      covariance_type="full",
+      max_iter=cfg.max_iter,
+      reg_covar=cfg.reg_covar,
+      random_state=seed,
+    ).fit(fit_z)
   resid = x - pca.inverse_transform(z)
   params = {
-      "pca_mean": pca.mean_, "pca_components": pca.components_,
-      "weights": gm.weights_, "means": gm.means_,
-      "chol": np.linalg.cholesky(gm.covariances_),
-      "residual_std": np.asarray(np.sqrt(np.mean(resid.var(axis=0)))),
+    "pca_mean": pca.mean_,
+    "pca_components": pca.components_,
+    "weights": gm.weights_,
+    "means": gm.means_,
+    "chol": np.linalg.cholesky(gm.covariances_),
+    "residual_std": np.asarray(np.sqrt(np.mean(resid.var(axis=0)))),
   }
-  return common.GeneratorModel("gmm", images.shape[1:], int(seed),
-                               common.hparams_dict(cfg), params)
+  return common.GeneratorModel(
+    "gmm", images.shape[1:], int(seed), common.hparams_dict(cfg), params
+  )
 
 
 def sample(model, n, seed):

@@ -6,6 +6,7 @@ image plus isotropic Gaussian noise of standard deviation ``bandwidth`` (in
 data (the memorising generator of Meehan et al., Fig. 2); large ones blur it.
 Training is deterministic: the seed only names the run.
 """
+
 import dataclasses
 
 import numpy as np
@@ -20,6 +21,7 @@ class Config:
   Attributes:
     bandwidth: kernel standard deviation in 0..255 pixel units.
   """
+
   bandwidth: float = 24.0
 
 
@@ -41,8 +43,12 @@ def train(images, seed=0, progress=True, **hparams):
     raise ValueError(f"kde bandwidth must be >= 0, got {cfg.bandwidth}.")
   images = common.check_images(images)
   return common.GeneratorModel(
-      "kde", images.shape[1:], int(seed), common.hparams_dict(cfg),
-      {"train": images.reshape(len(images), -1).copy()})
+    "kde",
+    images.shape[1:],
+    int(seed),
+    common.hparams_dict(cfg),
+    {"train": images.reshape(len(images), -1).copy()},
+  )
 
 
 def sample(model, n, seed):

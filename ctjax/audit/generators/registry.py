@@ -13,6 +13,7 @@ fashion_mnist presets, per seed -- kde 0 s, gmm 1-5 min (EM on 10,000
 images), vae ~2 min, gan ~3 min, ddpm ~3 min training + ~15 s per 1,000
 ancestral samples (DDIM ~5x faster): ~35-40 minutes for three seeds.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -39,6 +40,7 @@ class Family:
     config: hyperparameter dataclass (defaults = the digits preset).
     presets: data-set name -> config instance.
   """
+
   name: str
   trainer: str
   train: Callable
@@ -48,25 +50,32 @@ class Family:
 
 
 def _family(name, module, sample=None, trainer=None):
-  return Family(name, trainer or name, module.train, sample or module.sample,
-                module.Config, module.PRESETS)
+  return Family(
+    name,
+    trainer or name,
+    module.train,
+    sample or module.sample,
+    module.Config,
+    module.PRESETS,
+  )
 
 
 FAMILIES = {
-    "kde": _family("kde", kde),
-    "gmm": _family("gmm", gmm),
-    "vae": _family("vae", vae),
-    "gan": _family("gan", gan),
-    "ddpm": _family("ddpm", ddpm),
-    "ddim": _family("ddim", ddpm, sample=ddpm.sample_ddim, trainer="ddpm"),
+  "kde": _family("kde", kde),
+  "gmm": _family("gmm", gmm),
+  "vae": _family("vae", vae),
+  "gan": _family("gan", gan),
+  "ddpm": _family("ddpm", ddpm),
+  "ddim": _family("ddim", ddpm, sample=ddpm.sample_ddim, trainer="ddpm"),
 }
 SEEDS = (0, 1, 2)
 
 
 def get_family(name):
   if name not in FAMILIES:
-    raise ValueError(f"unknown generator family {name!r}; expected one of "
-                     f"{sorted(FAMILIES)}.")
+    raise ValueError(
+      f"unknown generator family {name!r}; expected one of {sorted(FAMILIES)}."
+    )
   return FAMILIES[name]
 
 
@@ -93,21 +102,35 @@ def data_digest(images):
 def model_key(family, dataset_name, images, seed, hparams):
   """Cache key of a trained model: trainer, data set, data, seed, hparams."""
   fam = get_family(family)
-  spec = {"trainer": fam.trainer, "dataset": dataset_name, "seed": int(seed),
-          "hparams": hparams, "data": data_digest(images)}
-  return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()
-                        ).hexdigest()[:16]
+  spec = {
+    "trainer": fam.trainer,
+    "dataset": dataset_name,
+    "seed": int(seed),
+    "hparams": hparams,
+    "data": data_digest(images),
+  }
+  return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[
+    :16
+  ]
 
 
 def model_path(cache_dir, family, dataset_name, images, seed, hparams):
   fam = get_family(family)
   key = model_key(family, dataset_name, images, seed, hparams)
-  return os.path.join(cache_dir, dataset_name, fam.trainer,
-                      f"model-seed{seed}-{key}.npz")
+  return os.path.join(
+    cache_dir, dataset_name, fam.trainer, f"model-seed{seed}-{key}.npz"
+  )
 
 
-def fit_or_load(family, dataset_name, images, seed, cache_dir=None,
-                hparams=None, progress=True):
+def fit_or_load(
+  family,
+  dataset_name,
+  images,
+  seed,
+  cache_dir=None,
+  hparams=None,
+  progress=True,
+):
   """Trains family ``family`` on ``images`` with ``seed``, or loads the cache.
 
   Args:
@@ -141,8 +164,17 @@ def default_sample_seed(seed):
   return 1000 + int(seed)
 
 
-def samples_or_load(family, dataset_name, images, seed, n, cache_dir=None,
-                    sample_seed=None, hparams=None, progress=True):
+def samples_or_load(
+  family,
+  dataset_name,
+  images,
+  seed,
+  n,
+  cache_dir=None,
+  sample_seed=None,
+  hparams=None,
+  progress=True,
+):
   """``n`` samples of run ``seed`` of ``family``, from the cache if present.
 
   Returns:
@@ -156,22 +188,42 @@ def samples_or_load(family, dataset_name, images, seed, n, cache_dir=None,
   path = None
   if cache_dir is not None:
     key = model_key(family, dataset_name, images, seed, hp)
-    path = os.path.join(cache_dir, dataset_name, family,
-                        f"samples-seed{seed}-n{n}-s{sample_seed}-{key}.npz")
+    path = os.path.join(
+      cache_dir,
+      dataset_name,
+      family,
+      f"samples-seed{seed}-n{n}-s{sample_seed}-{key}.npz",
+    )
     if os.path.exists(path):
       return cache.load_samples(path)[0]
-  model = fit_or_load(family, dataset_name, images, seed, cache_dir, hparams,
-                      progress)
+  model = fit_or_load(
+    family, dataset_name, images, seed, cache_dir, hparams, progress
+  )
   out = fam.sample(model, n, sample_seed)
   if path is not None:
-    cache.save_samples(path, out, {"family": family, "seed": int(seed),
-                                   "sample_seed": int(sample_seed),
-                                   "dataset": dataset_name, "hparams": hp})
+    cache.save_samples(
+      path,
+      out,
+      {
+        "family": family,
+        "seed": int(seed),
+        "sample_seed": int(sample_seed),
+        "dataset": dataset_name,
+        "hparams": hp,
+      },
+    )
   return out
 
 
-def samples_for_all(dataset_name, images, n, seeds=SEEDS, families=None,
-                    cache_dir=None, progress=True):
+def samples_for_all(
+  dataset_name,
+  images,
+  n,
+  seeds=SEEDS,
+  families=None,
+  cache_dir=None,
+  progress=True,
+):
   """Samples of every run of every family, with wall times.
 
   Returns:
@@ -181,15 +233,21 @@ def samples_for_all(dataset_name, images, n, seeds=SEEDS, families=None,
   """
   families = tuple(families or FAMILIES)
   samples, seconds = {}, {}
-  with tqdm(total=len(families) * len(seeds), desc="generator runs",
-            disable=not progress) as bar:
+  with tqdm(
+    total=len(families) * len(seeds),
+    desc="generator runs",
+    disable=not progress,
+  ) as bar:
     for family in families:
       start = time.perf_counter()
       samples[family] = []
       for s in seeds:
         bar.set_postfix_str(f"{family} seed {s}")
-        samples[family].append(samples_or_load(
-            family, dataset_name, images, s, n, cache_dir, progress=progress))
+        samples[family].append(
+          samples_or_load(
+            family, dataset_name, images, s, n, cache_dir, progress=progress
+          )
+        )
         bar.update(1)
       seconds[family] = time.perf_counter() - start
   return samples, seconds

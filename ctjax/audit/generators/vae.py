@@ -3,6 +3,7 @@
 Pixels on [0, 1] with a Bernoulli (sigmoid cross-entropy) likelihood and a
 standard-normal prior; a sample is the decoder's mean for z ~ N(0, I).
 """
+
 import dataclasses
 import functools
 
@@ -27,6 +28,7 @@ class Config:
     beta: weight of the KL term.
     sample_batch: images per jitted sampling call.
   """
+
   hidden: int = 128
   latent: int = 8
   num_steps: int = 1500
@@ -36,8 +38,10 @@ class Config:
   sample_batch: int = 500
 
 
-PRESETS = {"digits": Config(),
-           "fashion_mnist": Config(hidden=512, latent=16, num_steps=5000)}
+PRESETS = {
+  "digits": Config(),
+  "fashion_mnist": Config(hidden=512, latent=16, num_steps=5000),
+}
 
 
 class VAE(nnx.Module):
@@ -82,7 +86,8 @@ def _step(carry, data, key, static):
 
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, opt_state = optax.adam(cfg.learning_rate).update(
-      grads, opt_state, params)
+    grads, opt_state, params
+  )
   return (optax.apply_updates(params, updates), opt_state), loss
 
 
@@ -94,12 +99,22 @@ def train(images, seed=0, progress=True, **hparams):
   graphdef, params = nnx.split(_build(cfg, data.shape[1], seed), nnx.Param)
   opt_state = optax.adam(cfg.learning_rate).init(params)
   (params, _), _ = common.train_loop(
-      _step, (graphdef, cfg), (params, opt_state), data,
-      jax.random.PRNGKey(seed + 1), cfg.num_steps, desc=f"vae seed {seed}",
-      progress=progress)
-  return common.GeneratorModel("vae", images.shape[1:], int(seed),
-                               common.hparams_dict(cfg),
-                               common.flatten_params(params))
+    _step,
+    (graphdef, cfg),
+    (params, opt_state),
+    data,
+    jax.random.PRNGKey(seed + 1),
+    cfg.num_steps,
+    desc=f"vae seed {seed}",
+    progress=progress,
+  )
+  return common.GeneratorModel(
+    "vae",
+    images.shape[1:],
+    int(seed),
+    common.hparams_dict(cfg),
+    common.flatten_params(params),
+  )
 
 
 def restore(model):
@@ -107,8 +122,11 @@ def restore(model):
   cfg = common.make_config(Config, model.hparams)
   abstract = nnx.eval_shape(lambda: _build(cfg, model.dim))
   graphdef, template = nnx.split(abstract, nnx.Param)
-  return graphdef, common.unflatten_params(template, model.params,
-                                           "vae parameters"), cfg
+  return (
+    graphdef,
+    common.unflatten_params(template, model.params, "vae parameters"),
+    cfg,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
@@ -121,6 +139,9 @@ def sample(model, n, seed):
   """Draws ``n`` images: uint8 ``[n, *model.image_shape]``."""
   graphdef, params, cfg = restore(model)
   x = common.sample_in_batches(
-      lambda k: _draw(params, k, graphdef=graphdef, cfg=cfg), seed, n,
-      cfg.sample_batch)
+    lambda k: _draw(params, k, graphdef=graphdef, cfg=cfg),
+    seed,
+    n,
+    cfg.sample_batch,
+  )
   return common.from_unit(x.reshape(n, -1), model.image_shape)

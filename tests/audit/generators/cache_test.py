@@ -1,4 +1,5 @@
 """Tests for the atomic npz cache of models and samples."""
+
 import os
 
 import numpy as np
@@ -9,9 +10,15 @@ from ctjax.audit.generators import cache, common
 
 def _model():
   return common.GeneratorModel(
-      "vae", (8, 8), 3, {"hidden": 4, "channels": [1, 2], "name": "x"},
-      {"['enc']['kernel'].value": np.arange(6, dtype=np.float32).reshape(2, 3),
-       "train": np.arange(4, dtype=np.uint8)})
+    "vae",
+    (8, 8),
+    3,
+    {"hidden": 4, "channels": [1, 2], "name": "x"},
+    {
+      "['enc']['kernel'].value": np.arange(6, dtype=np.float32).reshape(2, 3),
+      "train": np.arange(4, dtype=np.uint8),
+    },
+  )
 
 
 def test_model_round_trip(tmp_path):

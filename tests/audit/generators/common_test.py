@@ -1,4 +1,5 @@
 """Tests for ctjax.audit.generators.common."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,8 @@ def test_pixel_round_trips(rng):
   x = rng.integers(0, 256, size=(5, 4, 3)).astype(np.uint8)
   np.testing.assert_array_equal(common.from_unit(common.to_unit(x), (4, 3)), x)
   np.testing.assert_array_equal(
-      common.from_signed(common.to_signed(x), (4, 3)), x)
+    common.from_signed(common.to_signed(x), (4, 3)), x
+  )
   assert common.to_signed(x).min() >= -1 and common.to_signed(x).max() <= 1
   # Out-of-range floats are clipped, not wrapped.
   out = common.from_unit(np.array([[-0.5, 1.7, 0.5]]), (3,))
@@ -31,9 +33,9 @@ def test_flatten_unflatten_round_trip():
   _, params = nnx.split(model, nnx.Param)
   flat = common.flatten_params(params)
   assert all(isinstance(v, np.ndarray) for v in flat.values())
-  _, template = nnx.split(nnx.eval_shape(lambda: nnx.Linear(3, 2,
-                                                            rngs=nnx.Rngs(1))),
-                          nnx.Param)
+  _, template = nnx.split(
+    nnx.eval_shape(lambda: nnx.Linear(3, 2, rngs=nnx.Rngs(1))), nnx.Param
+  )
   back = common.unflatten_params(template, flat)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
     np.testing.assert_array_equal(a, b)
@@ -71,14 +73,30 @@ def _count_step(carry, data, key, static):
 
 
 def test_train_loop_runs_every_step():
-  carry, losses = common.train_loop(_count_step, None, jnp.float32(0),
-                                    jnp.ones((2,)), jax.random.PRNGKey(0), 12,
-                                    desc="t", progress=False, max_chunk=5)
+  carry, losses = common.train_loop(
+    _count_step,
+    None,
+    jnp.float32(0),
+    jnp.ones((2,)),
+    jax.random.PRNGKey(0),
+    12,
+    desc="t",
+    progress=False,
+    max_chunk=5,
+  )
   assert float(carry) == 24.0  # 12 steps of +2, chunks of 4
   np.testing.assert_array_equal(losses, np.arange(12) * 2.0)
   with pytest.raises(ValueError, match="num_steps"):
-    common.train_loop(_count_step, None, 0.0, jnp.ones(2),
-                      jax.random.PRNGKey(0), 0, desc="t", progress=False)
+    common.train_loop(
+      _count_step,
+      None,
+      0.0,
+      jnp.ones(2),
+      jax.random.PRNGKey(0),
+      0,
+      desc="t",
+      progress=False,
+    )
 
 
 def test_sample_in_batches_prefix_stable():

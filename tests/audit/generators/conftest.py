@@ -1,4 +1,5 @@
 """Tiny training sets shared by the generator tests."""
+
 import numpy as np
 import pytest
 

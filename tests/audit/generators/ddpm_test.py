@@ -1,4 +1,5 @@
 """Tests for the DDPM network and its two samplers."""
+
 import math
 
 import jax
@@ -8,8 +9,16 @@ import pytest
 
 from ctjax.audit.generators import ddpm
 
-TINY = dict(hidden=16, depth=1, time_dim=8, timesteps=20, ddim_steps=5,
-            num_steps=20, batch_size=16, sample_batch=32)
+TINY = dict(
+  hidden=16,
+  depth=1,
+  time_dim=8,
+  timesteps=20,
+  ddim_steps=5,
+  num_steps=20,
+  batch_size=16,
+  sample_batch=32,
+)
 
 
 def test_cosine_schedule_matches_the_published_formula():
@@ -25,8 +34,9 @@ def test_cosine_schedule_matches_the_published_formula():
 def test_time_embedding_values():
   emb = ddpm.time_embedding(jnp.array([0, 3]), 4)
   freqs = np.exp(-np.log(10000.0) * np.arange(2) / 2)
-  np.testing.assert_allclose(emb[1], np.r_[np.sin(3 * freqs), np.cos(3 * freqs)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    emb[1], np.r_[np.sin(3 * freqs), np.cos(3 * freqs)], rtol=1e-6
+  )
   np.testing.assert_allclose(emb[0], [0, 0, 1, 1])
 
 
@@ -45,6 +55,7 @@ def _gaussian_oracle(abar, m, s):
   def eps_fn(x, t):
     a = abar[t]
     return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * m) / (a * s * s + 1 - a)
+
   return eps_fn
 
 
@@ -72,8 +83,11 @@ def test_samplers_against_exact_gaussian_recursion():
     a_lin, b_lin = c0 * k + ct, c0 * c
     noise = beta * (1 - abar_prev[t]) / (1 - abar[t]) if t > 0 else 0.0
     mu, var = a_lin * mu + b_lin, a_lin**2 * var + noise
-  out = np.asarray(jax.jit(lambda x: ddpm.ancestral_loop(
-      eps_fn, x, jax.random.PRNGKey(1), abar))(x))
+  out = np.asarray(
+    jax.jit(
+      lambda x: ddpm.ancestral_loop(eps_fn, x, jax.random.PRNGKey(1), abar)
+    )(x)
+  )
   np.testing.assert_allclose(out.mean(), mu, atol=0.005)
   np.testing.assert_allclose(out.std(), math.sqrt(var), rtol=0.02)
   # DDIM: x' = sqrt(ap) x0_hat + sqrt(1 - ap) (x - sqrt(a) x0_hat)/sqrt(1 - a).
@@ -102,11 +116,15 @@ def test_point_mass_data_is_recovered_exactly():
   eps_fn = lambda x, t: (x - jnp.sqrt(abar[t]) * star) / jnp.sqrt(1 - abar[t])
   x = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
   np.testing.assert_allclose(
-      ddpm.ancestral_loop(eps_fn, x, jax.random.PRNGKey(1), abar),
-      np.tile(star, (5, 1)), atol=1e-5)
+    ddpm.ancestral_loop(eps_fn, x, jax.random.PRNGKey(1), abar),
+    np.tile(star, (5, 1)),
+    atol=1e-5,
+  )
   np.testing.assert_allclose(
-      ddpm.ddim_loop(eps_fn, x, abar, ddpm.ddim_timesteps(30, 6)),
-      np.tile(star, (5, 1)), atol=1e-5)
+    ddpm.ddim_loop(eps_fn, x, abar, ddpm.ddim_timesteps(30, 6)),
+    np.tile(star, (5, 1)),
+    atol=1e-5,
+  )
 
 
 def test_train_and_both_samplers(tiny_images):
@@ -116,8 +134,10 @@ def test_train_and_both_samplers(tiny_images):
     s = sampler(model, 40, seed=0)
     assert s.shape == (40, 8, 8) and s.dtype == np.uint8 and s.std() > 0
     np.testing.assert_array_equal(s, sampler(model, 40, seed=0))
-  assert not np.array_equal(ddpm.sample(model, 40, 0),
-                            ddpm.sample_ddim(model, 40, 0))
+  assert not np.array_equal(
+    ddpm.sample(model, 40, 0), ddpm.sample_ddim(model, 40, 0)
+  )
   other = ddpm.train(tiny_images, seed=1, progress=False, **TINY)
-  assert not np.array_equal(ddpm.sample_ddim(model, 8, 0),
-                            ddpm.sample_ddim(other, 8, 0))
+  assert not np.array_equal(
+    ddpm.sample_ddim(model, 8, 0), ddpm.sample_ddim(other, 8, 0)
+  )

@@ -1,4 +1,5 @@
 """Tests for the MLP GAN."""
+
 import numpy as np
 
 from ctjax.audit.generators import gan
@@ -23,12 +24,15 @@ def test_train_sample_shapes_and_seeds(tiny_images):
 
 def test_losses_match_the_log_sigmoid_definitions(rng):
   from scipy.special import expit
+
   real, fake = rng.normal(0, 3, 50), rng.normal(0, 3, 50)
   d_ref = np.mean(-np.log(expit(real)) - np.log(1 - expit(fake)))
   g_ref = np.mean(-np.log(expit(fake)))
-  np.testing.assert_allclose(gan.discriminator_loss(real, fake), d_ref,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    gan.discriminator_loss(real, fake), d_ref, rtol=1e-5
+  )
   np.testing.assert_allclose(gan.generator_loss(fake), g_ref, rtol=1e-5)
   # Non-saturating: the generator's gradient stays large where D rejects.
-  np.testing.assert_allclose(gan.generator_loss(np.zeros(3)), np.log(2),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    gan.generator_loss(np.zeros(3)), np.log(2), rtol=1e-6
+  )

@@ -1,4 +1,5 @@
 """Tests for the pixel-space Gaussian KDE."""
+
 import numpy as np
 import pytest
 
@@ -24,7 +25,9 @@ def test_bandwidth_is_the_noise_std():
 def test_seeds_reproduce_and_rgb_shape(rng):
   x = rng.integers(0, 256, size=(10, 4, 4, 3)).astype(np.uint8)
   model = kde.train(x, 0)
-  np.testing.assert_array_equal(kde.sample(model, 7, 3), kde.sample(model, 7, 3))
+  np.testing.assert_array_equal(
+    kde.sample(model, 7, 3), kde.sample(model, 7, 3)
+  )
   assert not np.array_equal(kde.sample(model, 7, 3), kde.sample(model, 7, 4))
   assert kde.sample(model, 7, 3).shape == (7, 4, 4, 3)
 

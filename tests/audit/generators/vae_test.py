@@ -1,11 +1,11 @@
 """Tests for the MLP VAE."""
+
 import numpy as np
 import pytest
 
 from ctjax.audit.generators import vae
 
-TINY = dict(hidden=16, latent=2, num_steps=30, batch_size=16,
-            sample_batch=32)
+TINY = dict(hidden=16, latent=2, num_steps=30, batch_size=16, sample_batch=32)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,9 @@ def test_shapes_dtype_and_range(model):
 
 def test_seeds_reproduce(model, tiny_images):
   again = vae.train(tiny_images, seed=0, progress=False, **TINY)
-  np.testing.assert_array_equal(vae.sample(model, 10, 1),
-                                vae.sample(again, 10, 1))
+  np.testing.assert_array_equal(
+    vae.sample(model, 10, 1), vae.sample(again, 10, 1)
+  )
   other = vae.train(tiny_images, seed=1, progress=False, **TINY)
   assert not np.array_equal(vae.sample(model, 10, 1), vae.sample(other, 10, 1))
 
@@ -32,14 +33,22 @@ def test_training_lowers_the_loss(tiny_images):
   import optax
   from flax import nnx
   from ctjax.audit.generators import common
+
   cfg = vae.Config(**TINY)
   graphdef, params = nnx.split(vae._build(cfg, 64, 0), nnx.Param)
   carry = (params, optax.adam(cfg.learning_rate).init(params))
   # Same step, settings and length as vae.train: reuses its compiled scan.
   for _ in range(3):
     carry, losses = common.train_loop(
-        vae._step, (graphdef, cfg), carry, common.to_unit(tiny_images),
-        jax.random.PRNGKey(0), cfg.num_steps, desc="t", progress=False)
+      vae._step,
+      (graphdef, cfg),
+      carry,
+      common.to_unit(tiny_images),
+      jax.random.PRNGKey(0),
+      cfg.num_steps,
+      desc="t",
+      progress=False,
+    )
     if _ == 0:
       first = losses[:5].mean()
   assert losses[-5:].mean() < first
@@ -47,7 +56,9 @@ def test_training_lowers_the_loss(tiny_images):
 
 def test_restore_checks_parameters(model):
   import dataclasses
-  broken = dataclasses.replace(model, params={
-      k: v for k, v in list(model.params.items())[1:]})
+
+  broken = dataclasses.replace(
+    model, params={k: v for k, v in list(model.params.items())[1:]}
+  )
   with pytest.raises(ValueError, match="missing"):
     vae.sample(broken, 2, 0)
