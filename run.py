@@ -21,6 +21,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ctjax.fingerprint import rules as fingerprint_rules
+
 COMMANDS = ("demo", "score", "enroll", "identify", "evaluate")
 
 flags.DEFINE_string("train", None, "Training set T: images or embeddings.")
@@ -64,10 +66,22 @@ flags.DEFINE_string("label", None, "Generator label to enrol.")
 flags.DEFINE_multi_string("query", [], "LABEL=PATH query set (evaluate).")
 flags.DEFINE_integer("batch_size", 500, "Generated images per C_T curve.")
 flags.DEFINE_enum(
-  "library_metric",
+  "similarity",
   "paper",
-  ["paper", "cosine", "l2", "paper-centroid", "cosine-centroid", "l2-centroid"],
-  "Matching rule of a new library.",
+  list(fingerprint_rules.SIMILARITIES),
+  "Curve similarity of a new library (enroll).",
+)
+flags.DEFINE_enum(
+  "aggregate",
+  "nearest",
+  list(fingerprint_rules.AGGREGATES),
+  "Score per label of a new library: nearest curve or mean curve (enroll).",
+)
+flags.DEFINE_enum(
+  "library_metric",
+  None,
+  list(fingerprint_rules.RULES),
+  "Deprecated: the rule's short name; use --similarity and --aggregate.",
 )
 flags.DEFINE_integer("top_k", 3, "Labels listed per query batch (identify).")
 flags.DEFINE_string(
@@ -122,7 +136,16 @@ def _run(command):
     **common,
   )
   if command == "enroll":
-    return cli.enroll(label=f.label, gen=f.gen, metric=f.library_metric, **fp)
+    similarity, aggregate = f.similarity, f.aggregate
+    if f.library_metric is not None:
+      similarity, aggregate = fingerprint_rules.parse_rule(f.library_metric)
+    return cli.enroll(
+      label=f.label,
+      gen=f.gen,
+      similarity=similarity,
+      aggregate=aggregate,
+      **fp,
+    )
   if command == "identify":
     return cli.identify(gen=f.gen, top_k=f.top_k, **fp)
   return cli.evaluate(queries=f.query, out=out, **fp)

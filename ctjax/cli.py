@@ -354,7 +354,13 @@ def score(
 
 
 # ------------------------------------------------------------ fingerprints
-def _library(path, reference, metric="paper", create=False):
+def _library(
+  path, reference, similarity="paper", aggregate="nearest", create=False
+):
+  """The library file at ``path``, or a new one (with ``create``).
+
+  An existing file keeps the rule it was created with.
+  """
   from ctjax.fingerprint import FingerprintLibrary  # pylint: disable=g-import-not-at-top
 
   if path and os.path.exists(path):
@@ -363,7 +369,9 @@ def _library(path, reference, metric="paper", create=False):
     return lib
   if not create:
     raise UserError(f"library not found: {path}")
-  return FingerprintLibrary(metric=metric, reference=reference)
+  return FingerprintLibrary(
+    similarity=similarity, aggregate=aggregate, reference=reference
+  )
 
 
 def _reference(path, meta):
@@ -386,16 +394,23 @@ def enroll(
   pool="cls",
   batch_size=500,
   embed_batch_size=64,
-  metric="paper",
+  similarity="paper",
+  aggregate="nearest",
   cache_dir=None,
   echo=print,
 ):
-  """Adds the batch curves of a generator's samples to a library file."""
+  """Adds the batch curves of a generator's samples to a library file.
+
+  ``similarity`` and ``aggregate`` set the rule of a new library file (see
+  `ctjax.fingerprint.rules`).
+  """
   if not label:
     raise UserError("--label is required")
   enc = load_encoder(encoder) if encoder else None
   ref = _reference(reference, reference_meta(encoder, enc, pool))
-  lib = _library(library, ref, metric=metric, create=True)
+  lib = _library(
+    library, ref, similarity=similarity, aggregate=aggregate, create=True
+  )
   emb = load_embeddings(
     gen,
     enc,
@@ -510,7 +525,9 @@ def evaluate(
   names = [f"{l} (enrolled)" for l in lib.labels] + [
     f"{l} (query)" for l, _ in pairs
   ]
-  sim = fp.similarity_matrix(all_curves, metric=lib.metric, alpha=lib.alpha)
+  sim = fp.similarity_matrix(
+    all_curves, similarity=lib.similarity, alpha=lib.alpha
+  )
   report.plot_similarity_heatmap(
     sim, names, os.path.join(out, "similarity.png")
   )

@@ -2,83 +2,28 @@
 
 Plots use matplotlib's object API on the Agg canvas (no pyplot, no display,
 no global state), imported only when a plot is drawn, so the table and JSON
-helpers stay cheap. Every writer goes through a temporary file in the target
-folder and `os.replace`, so a crash never leaves a half-written file.
+helpers stay cheap. Every file is written atomically by `ctjax.storage`.
 """
 
-import contextlib
 import csv
 import io
-import json
 import math
-import os
-import tempfile
 from typing import Any
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from ctjax import storage
 
 # C_T is a weighted mean of per-cell Z scores; |C_T| within this band reads as
 # "fine" in tables and plots (about two standard errors).
 DEFAULT_BAND = 2.0
 
 
-# ----------------------------------------------------------------------------
-# Atomic writing.
-
-
-@contextlib.contextmanager
-def _atomic(path, mode: str = "w", **kwargs):
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(
-    dir=folder, prefix=".tmp-", suffix=os.path.basename(path)
-  )
-  try:
-    with os.fdopen(fd, mode, **kwargs) as f:
-      yield f
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
-
-
-def write_bytes(data: bytes, path) -> str:
-  """Writes ``data`` to ``path`` atomically; returns the path."""
-  with _atomic(path, "wb") as f:
-    f.write(data)
-  return os.fspath(path)
-
-
-def _jsonable(x):
-  """NumPy values -> Python; NaN/inf -> None (strict JSON has neither)."""
-  if isinstance(x, Mapping):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return _jsonable(x.tolist())
-  if isinstance(x, np.generic):
-    return _jsonable(x.item())
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  if hasattr(x, "to_dict"):
-    return _jsonable(x.to_dict())
-  return x
-
-
-def write_json(obj: Any, path, indent: int = 1) -> str:
-  """Writes ``obj`` as strict, indented JSON atomically; returns the path.
-
-  NumPy arrays and scalars become lists and numbers; NaN and +-inf become
-  null; objects with a ``to_dict()`` method are written through it.
-  """
-  text = json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
-  with _atomic(path, "w", encoding="utf-8") as f:
-    f.write(text + "\n")
-  return os.fspath(path)
+# Files are written through `ctjax.storage` (atomic, strict JSON); these names
+# stay here so a report is written with one module.
+write_bytes = storage.write_bytes
+write_json = storage.write_json
 
 
 def _cell(v) -> str:
@@ -100,12 +45,12 @@ def write_table_csv(
         f"table row {i} has {len(row)} cells, expected "
         f"{len(headers)} ({headers})"
       )
-  with _atomic(path, "w", newline="", encoding="utf-8") as f:
-    w = csv.writer(f)
-    w.writerow(headers)
-    for row in rows:
-      w.writerow([_cell(v) for v in row])
-  return os.fspath(path)
+  buf = io.StringIO(newline="")
+  w = csv.writer(buf)
+  w.writerow(headers)
+  for row in rows:
+    w.writerow([_cell(v) for v in row])
+  return storage.write_bytes(buf.getvalue().encode("utf-8"), path)
 
 
 def format_table(
@@ -191,17 +136,32 @@ def plot_curves(
   ylabel: str = "C_T",
   band: float = DEFAULT_BAND,
 ) -> str:
-  """C_T against layer, one colour per label.
+  """Writes `curves_figure` as a PNG to ``path``; returns the path."""
+  fig = curves_figure(
+    curves, layers=layers, title=title, ylabel=ylabel, band=band
+  )
+  return _save(fig, path)
+
+
+def curves_figure(
+  curves: Mapping[str, Any],
+  *,
+  layers=None,
+  title: str = "C_T per layer",
+  ylabel: str = "C_T",
+  band: float = DEFAULT_BAND,
+):
+  """C_T against layer, one colour per label, as a matplotlib Figure.
 
   Args:
     curves: label -> one curve ``[L]`` or several ``[n, L]`` (NaN = gap).
-    path: the PNG to write.
     layers: ``[L]`` x-axis values (default 0..L-1).
     title, ylabel: text.
     band: C_T below -band is shaded as copying, above +band as under-fitting.
 
   Returns:
-    the path written.
+    the Figure: one axes whose data lines are the curves, in the order given
+    (a label's curves in row order), after one horizontal line at 0.
   """
   if not curves:
     raise ValueError("plot_curves needs at least one curve")
@@ -275,7 +235,7 @@ def plot_curves(
     ncol=2 if len(arrays) > 14 else 1,
     frameon=False,
   )
-  return _save(fig, path)
+  return fig
 
 
 def _colours(n: int):
@@ -285,10 +245,9 @@ def _colours(n: int):
   return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _matrix_plot(
+def _matrix_figure(
   matrix,
   labels,
-  path,
   *,
   title,
   cbar_label,
@@ -339,23 +298,31 @@ def _matrix_plot(
             fontsize=7,
             color="white" if m[i, j] > mid else "black",
           )
-  return _save(fig, path)
+  return fig
 
 
 def plot_similarity_heatmap(
   matrix, labels: Sequence[str], path, *, title: str = "Curve similarity"
 ) -> str:
+  """Writes `similarity_figure` as a PNG to ``path``; returns the path."""
+  return _save(similarity_figure(matrix, labels, title=title), path)
+
+
+def similarity_figure(
+  matrix, labels: Sequence[str], *, title: str = "Curve similarity"
+):
   """Heat map of pairwise curve similarity (cf. He et al. 2024, Fig. 6b).
 
   Args:
     matrix: ``[n, n]`` similarities (e.g. `fingerprint.similarity_matrix`).
     labels: ``[n]`` tick labels.
-    path: the PNG to write.
+
+  Returns:
+    the Figure; its first axes shows ``matrix`` as an image.
   """
-  return _matrix_plot(
+  return _matrix_figure(
     matrix,
     list(labels),
-    path,
     title=title,
     cbar_label="similarity",
     cmap="viridis",
@@ -366,13 +333,23 @@ def plot_similarity_heatmap(
 def plot_confusion(
   confusion, labels: Sequence[str], path, *, title: str = "Confusion matrix"
 ) -> str:
-  """Confusion matrix ``[k, k]`` (rows = true label, columns = answer)."""
+  """Writes `confusion_figure` as a PNG to ``path``; returns the path."""
+  return _save(confusion_figure(confusion, labels, title=title), path)
+
+
+def confusion_figure(
+  confusion, labels: Sequence[str], *, title: str = "Confusion matrix"
+):
+  """Confusion matrix ``[k, k]`` (rows = true label, columns = answer).
+
+  Returns:
+    the Figure; its first axes shows the counts as an image, each annotated.
+  """
   c = np.asarray(confusion)
   fmt = "d" if np.issubdtype(c.dtype, np.integer) else ".2f"
-  return _matrix_plot(
+  return _matrix_figure(
     c,
     list(labels),
-    path,
     title=title,
     cbar_label="count",
     cmap="Blues",

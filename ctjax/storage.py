@@ -1,39 +1,148 @@
-"""An on-disk cache of embeddings: atomic writes, resumable per chunk.
+"""Everything ctjax writes to disk goes through here.
 
-Layout: ``<root>/<key>/`` with ``meta.json`` (what the key encodes, for
-humans), ``chunk-<start>-<stop>.npz`` while a run is in progress and
-``embeddings.npy`` + ``done.json`` once it is finished. Every file is
-written to a temporary name in the same folder and renamed with
-``os.replace``, so a crash leaves either the old state or the new one,
-never a truncated file; a rerun reuses every finished chunk.
+- `atomic_write`: the one writer. The bytes go to a temporary file in the
+  target folder, are flushed and fsynced, and the file is renamed over the
+  target with ``os.replace``, so a crash leaves either the old file or the new
+  one, never a truncated one. The new file gets the mode any other tool's
+  output gets (``0o666`` less the umask), not the ``0o600`` of a temporary
+  file.
+- `to_jsonable` / `write_json`: the one JSON normaliser (NumPy arrays and
+  scalars become lists and numbers, NaN and ±inf become null, objects with a
+  ``to_dict()`` are written through it) and the strict JSON file writer.
+- `EmbeddingCache`: an on-disk cache of embeddings, resumable per chunk.
+  Layout: ``<root>/<key>/`` with ``meta.json`` (what the key encodes, for
+  humans), ``chunk-<start>-<stop>.npz`` while a run is in progress and
+  ``embeddings.npy`` + ``done.json`` once it is finished; a rerun reuses every
+  finished chunk.
 """
 
+import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
 
-def atomic_write(path: str, write) -> None:
-  """Calls ``write(fileobj)`` on a temporary file, then renames it to ``path``."""
+# ----------------------------------------------------------------------------
+# The atomic writer.
+
+
+def _umask() -> int:
+  """The process's umask, read without changing it where the OS allows."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  # Elsewhere the only portable way is to set it and put it back.
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def _fsync_folder(folder: str) -> None:
+  # Makes the rename itself durable; not every OS or file system allows it.
+  try:
+    fd = os.open(folder, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def atomic_write(path, write_fn: Callable[[BinaryIO], Any]) -> str:
+  """Calls ``write_fn(fileobj)`` on a temporary binary file, then renames it.
+
+  Args:
+    path: the file to create or replace; its folder is created if needed.
+    write_fn: writes the content to the open binary file object it is given.
+
+  Returns:
+    ``path`` as a string.
+  """
+  path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(
     dir=folder, prefix=".tmp-", suffix=os.path.basename(path)
   )
   try:
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, "wb") as f:
-      write(f)
+      write_fn(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
-    if os.path.exists(tmp):
+    with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
+  _fsync_folder(folder)
+  return path
+
+
+def write_bytes(data: bytes, path) -> str:
+  """Writes ``data`` to ``path`` atomically; returns the path."""
+  return atomic_write(path, lambda f: f.write(data))
+
+
+# ----------------------------------------------------------------------------
+# JSON.
+
+
+def to_jsonable(x):
+  """``x`` as plain JSON types.
+
+  NumPy arrays and scalars become lists and Python numbers, tuples lists,
+  mapping keys strings, NaN and ±inf None (strict JSON has neither), and an
+  object with a ``to_dict()`` method its dict. Anything else is returned as
+  is, so `json.dumps` rejects what it cannot store.
+  """
+  if isinstance(x, Mapping):
+    return {str(k): to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [to_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return to_jsonable(x.tolist())
+  if isinstance(x, np.generic):
+    return to_jsonable(x.item())
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  if hasattr(x, "to_dict"):
+    return to_jsonable(x.to_dict())
+  return x
+
+
+def json_text(obj: Any, indent: int | None = 1, sort_keys: bool = False):
+  """Strict JSON text of ``to_jsonable(obj)`` (raises TypeError if it can't)."""
+  return json.dumps(
+    to_jsonable(obj), indent=indent, sort_keys=sort_keys, allow_nan=False
+  )
+
+
+def write_json(obj: Any, path, indent: int = 1, sort_keys: bool = False):
+  """Writes ``obj`` as strict JSON with a final newline, atomically.
+
+  See `to_jsonable` for what is converted. Returns the path.
+  """
+  text = json_text(obj, indent=indent, sort_keys=sort_keys) + "\n"
+  return write_bytes(text.encode("utf-8"), path)
+
+
+# ----------------------------------------------------------------------------
+# The embedding cache.
 
 
 def cache_key(parts: dict) -> str:
@@ -56,9 +165,10 @@ class EmbeddingCache:
     self.key = cache_key(parts)
     self.folder = os.path.join(os.fspath(root), self.key)
 
-  def _write_json(self, name: str, obj) -> None:
-    text = json.dumps(obj, indent=1, sort_keys=True).encode()
-    atomic_write(os.path.join(self.folder, name), lambda f: f.write(text))
+  def _write_meta(self) -> None:
+    path = os.path.join(self.folder, "meta.json")
+    if not os.path.exists(path):
+      write_json(self.parts, path, sort_keys=True)
 
   def _chunk_path(self, start: int, stop: int) -> str:
     return os.path.join(self.folder, f"chunk-{start:09d}-{stop:09d}.npz")
@@ -83,8 +193,8 @@ class EmbeddingCache:
   def put_chunk(
     self, start: int, stop: int, embeddings: np.ndarray, skipped
   ) -> None:
-    if not os.path.exists(os.path.join(self.folder, "meta.json")):
-      self._write_json("meta.json", self.parts)
+    """Stores the embeddings ``[L, n, D]`` of items [start, stop)."""
+    self._write_meta()
     skipped = np.asarray(list(skipped), dtype=np.str_)
     atomic_write(
       self._chunk_path(start, stop),
@@ -93,14 +203,15 @@ class EmbeddingCache:
 
   def finish(self, embeddings: np.ndarray, skipped) -> None:
     """Writes the final array, then marks the entry done and drops the chunks."""
-    if not os.path.exists(os.path.join(self.folder, "meta.json")):
-      self._write_json("meta.json", self.parts)
+    self._write_meta()
     atomic_write(
       os.path.join(self.folder, "embeddings.npy"),
       lambda f: np.save(f, embeddings),
     )
-    self._write_json(
-      "done.json", {"skipped": list(skipped), "shape": list(embeddings.shape)}
+    write_json(
+      {"skipped": list(skipped), "shape": list(embeddings.shape)},
+      os.path.join(self.folder, "done.json"),
+      sort_keys=True,
     )
     for path in glob.glob(os.path.join(self.folder, "chunk-*.npz")):
       os.remove(path)

@@ -101,26 +101,52 @@ def test_verdict():
   assert report.verdict(-1.0, band=0.5) == "copying"
 
 
+def _curve_lines(fig):
+  """(x, y) of every data line of a `curves_figure` (after the zero line)."""
+  lines = fig.axes[0].get_lines()
+  np.testing.assert_array_equal(lines[0].get_ydata(), [0.0, 0.0])  # axhline
+  return [
+    (np.asarray(l.get_xdata()), np.asarray(l.get_ydata())) for l in lines[1:]
+  ]
+
+
 def test_plot_curves(tmp_path):
   data = fp.read_curve_file(os.path.join(FIXTURES, "ffull_scores.txt"))
   curves = {}
   for label, c in data.enrolled:
     curves.setdefault(label, []).append(c)  # first value NaN: a gap
+  fig = report.curves_figure(curves, title="paper curves (ffull)")
+  lines = _curve_lines(fig)
+  want = [c for cs in curves.values() for c in cs]
+  assert len(lines) == len(want) == 12
+  for (x, y), c in zip(lines, want):
+    np.testing.assert_array_equal(x, np.arange(13))
+    np.testing.assert_array_equal(y, c)  # NaN kept: drawn as a gap
+  legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+  assert legend[2:] == list(curves)  # two shaded bands, then one per label
+  assert fig.axes[0].get_title() == "paper curves (ffull)"
   path = report.plot_curves(
     curves, tmp_path / "curves.png", title="paper curves (ffull)"
   )
-  w, h = _png_size(path)
-  assert (w, h) == (800, 420)
-  one = report.plot_curves(
-    {"only": np.linspace(-20, 20, 5)},
-    tmp_path / "one.png",
-    layers=[1, 2, 3, 4, 5],
-  )
-  assert _png_size(one) == (800, 420)
+  assert _png_size(path) == (800, 420)
+  one = np.linspace(-20, 20, 5)
+  fig = report.curves_figure({"only": one}, layers=[1, 2, 3, 4, 5])
+  ((x, y),) = _curve_lines(fig)
+  np.testing.assert_array_equal(x, [1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(y, one)
+  lo, hi = fig.axes[0].get_ylim()
+  assert lo < -20 and hi > 20  # every point inside the axes
   with pytest.raises(ValueError, match="different lengths"):
     report.plot_curves({"a": [1.0, 2.0], "b": [1.0]}, tmp_path / "x.png")
   with pytest.raises(ValueError, match="layers has shape"):
     report.plot_curves({"a": [1.0, 2.0]}, tmp_path / "x.png", layers=[1])
+
+
+def _annotations(ax):
+  return {
+    (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+    for t in ax.texts
+  }
 
 
 def test_heatmap_and_confusion(tmp_path):
@@ -128,10 +154,29 @@ def test_heatmap_and_confusion(tmp_path):
   curves = np.stack([c for _, c in data.enrolled])
   labels = [l for l, _ in data.enrolled]
   sim = fp.similarity_matrix(curves)
+  ax = report.similarity_figure(sim, labels).axes[0]
+  np.testing.assert_array_equal(ax.get_images()[0].get_array(), sim)
+  assert [t.get_text() for t in ax.get_yticklabels()] == labels
+  if len(labels) <= 20:
+    notes = _annotations(ax)
+    assert notes[(0, 1)] == format(sim[0, 1], ".2f")
+    assert len(notes) == sim.size
   path = report.plot_similarity_heatmap(sim, labels, tmp_path / "heat.png")
   w, h = _png_size(path)
   assert 500 <= w <= 2200 and 400 <= h <= 2000
   _, ev = fp.evaluate_curve_file(os.path.join(FIXTURES, "fsmall_scores.txt"))
+  ax = report.confusion_figure(ev.confusion, ev.labels).axes[0]
+  np.testing.assert_array_equal(ax.get_images()[0].get_array(), ev.confusion)
+  assert [t.get_text() for t in ax.get_xticklabels()] == ev.labels
+  assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "true")
+  notes = _annotations(ax)
+  k = len(ev.labels)
+  assert {notes[i, j] for i in range(k) for j in range(k)} == {
+    str(v) for v in ev.confusion.ravel()
+  }
+  assert all(
+    notes[i, j] == str(ev.confusion[i, j]) for i in range(k) for j in range(k)
+  )
   path = report.plot_confusion(ev.confusion, ev.labels, tmp_path / "conf.png")
   w, h = _png_size(path)
   assert 300 <= w <= 2200 and 300 <= h <= 2000

@@ -1,5 +1,6 @@
 """Atomic writes and per-chunk resumption of the embedding cache."""
 
+import json
 import os
 
 import numpy as np
@@ -52,3 +53,54 @@ def test_chunks_roundtrip_then_finish(tmp_path, rng):
     "embeddings.npy",
     "meta.json",
   ]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_mode_honours_umask(tmp_path, umask):
+  # What `open(path, "w")` gives under the same umask is the reference.
+  old = os.umask(umask)
+  try:
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"x")
+    path = storage.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+    replaced = tmp_path / "old.bin"
+    replaced.write_bytes(b"old")
+    os.chmod(replaced, 0o600)
+    storage.write_bytes(b"new", replaced)
+  finally:
+    os.umask(old)
+  want = plain.stat().st_mode & 0o777
+  assert want == 0o666 & ~umask
+  assert os.stat(path).st_mode & 0o777 == want
+  assert replaced.stat().st_mode & 0o777 == want  # a new file, new mode
+  assert replaced.read_bytes() == b"new"
+
+
+def test_write_json_normalises_numpy_and_non_finite(tmp_path):
+  class HasDict:
+    def to_dict(self):
+      return {"k": np.float32(0.5)}
+
+  obj = {
+    1: np.arange(2, dtype=np.int64),
+    "f": (np.float64("nan"), -np.inf, 2.5),
+    "o": HasDict(),
+    "s": np.str_("t"),
+    "b": np.bool_(True),
+  }
+  want = {
+    "1": [0, 1],
+    "f": [None, None, 2.5],
+    "o": {"k": 0.5},
+    "s": "t",
+    "b": True,
+  }
+  assert storage.to_jsonable(obj) == want
+  path = storage.write_json(obj, tmp_path / "sub" / "o.json", sort_keys=True)
+  text = open(path).read()
+  assert text.endswith("\n") and "NaN" not in text
+  assert json.loads(text) == want
+  assert list(json.loads(text)) == sorted(want)
+  with pytest.raises(TypeError):
+    storage.write_json({"x": object()}, path)
+  assert json.loads(open(path).read()) == want  # the old file is kept

@@ -34,15 +34,6 @@ from ctjax.audit import baselines, datasets, generators, probes
 from ctjax.embedding import embed
 from ctjax.reference import CTReference
 
-RULES = (
-  "paper",
-  "cosine",
-  "l2",
-  "paper-centroid",
-  "cosine-centroid",
-  "l2-centroid",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
@@ -128,12 +119,18 @@ def _fold_queries(curves, held_out):
 
 
 def fingerprint_accuracy(curves, reference, rule):
-  """Mean held-out accuracy over folds; curves[label][run] is ``[b, L]``."""
+  """Mean held-out accuracy over folds; curves[label][run] is ``[b, L]``.
+
+  ``rule`` is a short rule name (one of `fingerprint.RULES`).
+  """
+  similarity, aggregate = fingerprint.parse_rule(rule)
   n_runs = len(next(iter(curves.values())))
   accs, confusion, labels = [], None, None
   for h in range(n_runs):
     enrolled, queries = _fold_queries(curves, h)
-    lib = fingerprint.FingerprintLibrary(metric=rule, reference=reference)
+    lib = fingerprint.FingerprintLibrary(
+      similarity=similarity, aggregate=aggregate, reference=reference
+    )
     for label, c in enrolled:
       lib.add(label, c)
     ev = fingerprint.evaluate(lib, queries)
@@ -259,7 +256,7 @@ def run(
   results_fp = {}
   with stage("fingerprints"):
     for enc_name in encoders:
-      for rule in RULES:
+      for rule in fingerprint.RULES:
         acc, folds, conf, labels = fingerprint_accuracy(
           curves[enc_name], refs[enc_name], rule
         )
@@ -397,7 +394,7 @@ def write_report(
       for r, run in enumerate(runs)
     ]
   sim = fingerprint.similarity_matrix(
-    np.stack([c for _, c in flat]), metric="paper"
+    np.stack([c for _, c in flat]), similarity="paper"
   )
   pngs["similarity"] = report.plot_similarity_heatmap(
     sim,

@@ -1,112 +1,41 @@
-"""Generator fingerprints from C_T-vs-layer curves (He et al. 2024, Sec. 5).
+"""The enrolment library: C_T curves of known generators, and matching.
 
-A generator's samples are split into batches; every batch gives one C_T curve
+A generator's samples are cut into batches; every batch gives one C_T curve
 (one value per encoder layer) against a fixed reference (train/test embeddings
-of the real data). The curves enrolled for known generators form a
-`FingerprintLibrary`; a query curve gets the label of the most similar one.
+of the real data; see docs/method.md). The curves enrolled for known
+generators form a `FingerprintLibrary`; a query curve gets the label that
+scores best under the library's rule (a similarity and an aggregate, see
+`ctjax.fingerprint.rules`). An open-set threshold (see
+`ctjax.fingerprint.calibration`) turns low scores into "unknown".
 
-Matching rules (``metric``), all similarities where larger is closer:
-
-  "paper"   alpha * cos(a, b) + (1 - alpha) / (1 + ||a - b||_2)   (alpha=0.5)
-  "cosine"  cos(a, b)
-  "l2"      1 / (1 + ||a - b||_2)   (a monotone map of -distance into (0, 1],
-            so rankings equal those of the plain L2 distance and thresholds
-            live on a bounded scale)
-
-With the plain name a query is scored per label by its most similar single
-enrolled curve (nearest neighbour, the paper's rule); with the suffix
-"-centroid" (e.g. "paper-centroid") by its similarity to the label's mean
-curve. Every rule replaces NaN by 0 first (the paper's rule), and a zero
-vector has cosine 0 with everything.
-
-Curves are a handful of floats, so the arithmetic here runs in float64 NumPy
-on the host; the expensive part (the C_T curves themselves) is the JAX engine's.
+Files: `FingerprintLibrary.save` writes versioned, indented JSON (NaN as null)
+through `ctjax.storage`; `load` reads the current version (2) and version 1,
+whose single ``metric`` field named the rule ("paper-centroid").
 """
 
 import collections
-import dataclasses
 import json
 import math
 import os
-import re
-from typing import Any, NamedTuple
-from collections.abc import Iterable, Sequence
+import warnings
 
 import numpy as np
 
+from ctjax import storage
+from ctjax.fingerprint import calibration
+from ctjax.fingerprint.rules import (
+  as_curves,
+  check_aggregate,
+  check_similarity,
+  parse_rule,
+  rule_name,
+  similarity_matrix,
+)
+
 UNKNOWN = "unknown"
 FORMAT_NAME = "ctjax.FingerprintLibrary"
-FORMAT_VERSION = 1
-BASE_METRICS = ("paper", "cosine", "l2")
-METRICS = BASE_METRICS + tuple(f"{m}-centroid" for m in BASE_METRICS)
-
-
-# ----------------------------------------------------------------------------
-# Similarities.
-
-
-def _as_curves(x, name: str) -> np.ndarray:
-  """Returns ``x`` as float64 ``[n, L]`` (a 1-D curve becomes ``[1, L]``)."""
-  a = np.asarray(x, dtype=np.float64)
-  if a.ndim == 1:
-    a = a[None]
-  if a.ndim != 2:
-    raise ValueError(
-      f"{name} must be a curve [L] or curves [n, L], got shape {a.shape}"
-    )
-  if np.isinf(a).any():
-    raise ValueError(
-      f"{name} holds an infinite value; C_T curves are finite or NaN"
-    )
-  return a
-
-
-def _split_metric(metric: str) -> tuple[str, bool]:
-  if metric not in METRICS:
-    raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
-  base, _, kind = metric.partition("-")
-  return base, kind == "centroid"
-
-
-def similarity_matrix(
-  a, b=None, *, metric: str = "paper", alpha: float = 0.5
-) -> np.ndarray:
-  """Pairwise similarity of curves under a base rule.
-
-  Args:
-    a: curves ``[n, L]`` (or one curve ``[L]``); NaN is read as 0.
-    b: curves ``[m, L]``; defaults to ``a`` (the heat map of Figure 6b).
-    metric: "paper", "cosine" or "l2" (a "-centroid" suffix is ignored here:
-      this compares curves one to one).
-    alpha: the weight of the cosine term in "paper".
-
-  Returns:
-    ``[n, m]`` float64 similarities, larger = closer.
-  """
-  base, _ = _split_metric(metric)
-  a = np.nan_to_num(_as_curves(a, "a"), nan=0.0)
-  b = a if b is None else np.nan_to_num(_as_curves(b, "b"), nan=0.0)
-  if a.shape[1] != b.shape[1]:
-    raise ValueError(
-      f"curves of different lengths: {a.shape[1]} vs {b.shape[1]} layers"
-    )
-  na = np.linalg.norm(a, axis=1)
-  nb = np.linalg.norm(b, axis=1)
-  denom = na[:, None] * nb[None, :]
-  dots = a @ b.T
-  cos = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
-  dist = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
-  inv = 1.0 / (1.0 + dist)
-  if base == "paper":
-    return alpha * cos + (1.0 - alpha) * inv
-  if base == "cosine":
-    return cos
-  return inv
-
-
-def similarity(a, b, *, metric: str = "paper", alpha: float = 0.5) -> float:
-  """The similarity of two curves ``[L]`` (see `similarity_matrix`)."""
-  return float(similarity_matrix(a, b, metric=metric, alpha=alpha)[0, 0])
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 # ----------------------------------------------------------------------------
@@ -124,15 +53,7 @@ def reference_identity(reference) -> dict | None:
     )
   # Tuples become lists and numpy scalars plain numbers, so an identity read
   # back from a saved library compares equal to the live one.
-  return json.loads(json.dumps(ident, default=_json_default))
-
-
-def _json_default(x):
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, np.generic):
-    return x.item()
-  raise TypeError(f"cannot store {type(x).__name__} in JSON")
+  return json.loads(storage.json_text(ident, indent=None))
 
 
 def _identity_mismatch(mine: dict, theirs: dict) -> str | None:
@@ -194,36 +115,13 @@ def batch_curves(
 # The library.
 
 
-@dataclasses.dataclass(frozen=True)
-class Calibration:
-  """The result of `FingerprintLibrary.calibrate_threshold`.
-
-  Attributes:
-    threshold: queries whose best similarity is below it answer "unknown".
-    target_false_accept_rate: the rate asked for.
-    false_accept_rate: the leave-one-family-out impostor rate it achieves.
-    false_reject_rate: the leave-one-curve-out rate of enrolled curves
-      rejected (NaN when no label holds two curves).
-    impostor_scores: ``[n]`` best similarity of each enrolled curve to the
-      OTHER labels.
-    genuine_scores: ``[g]`` similarity of each enrolled curve to its own label
-      with the curve itself left out.
-  """
-
-  threshold: float
-  target_false_accept_rate: float
-  false_accept_rate: float
-  false_reject_rate: float
-  impostor_scores: np.ndarray
-  genuine_scores: np.ndarray
-
-
 class FingerprintLibrary:
-  """Enrolled C_T curves of known generators, and the rules to match them.
+  """Enrolled C_T curves of known generators, and the rule to match them.
 
   Attributes:
-    metric: one of `METRICS`.
-    alpha: cosine weight of the "paper" rule.
+    similarity: one of `SIMILARITIES` ("paper", "cosine", "l2").
+    aggregate: one of `AGGREGATES` ("nearest", "centroid").
+    alpha: cosine weight of the "paper" similarity.
     reference: the identity dict of the reference the curves were computed
       against (None until one is known; then curves from another reference are
       refused).
@@ -234,21 +132,43 @@ class FingerprintLibrary:
 
   def __init__(
     self,
-    metric: str = "paper",
+    similarity: str = "paper",
+    aggregate: str = "nearest",
     alpha: float = 0.5,
     reference=None,
     threshold: float | None = None,
+    *,
+    metric: str | None = None,
   ):
-    _split_metric(metric)
+    if metric is not None:
+      warnings.warn(
+        "FingerprintLibrary(metric=...) is deprecated; pass similarity= and "
+        "aggregate= (e.g. metric='paper-centroid' is similarity='paper', "
+        "aggregate='centroid')",
+        DeprecationWarning,
+        stacklevel=2,
+      )
+      similarity, aggregate = parse_rule(metric)
     if not 0.0 <= alpha <= 1.0:
       raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    self.metric = metric
+    self.similarity = check_similarity(similarity)
+    self.aggregate = check_aggregate(aggregate)
     self.alpha = float(alpha)
     self.reference = reference_identity(reference)
     self.threshold = None if threshold is None else float(threshold)
     self.labels: list[str] = []
     self._curves: list[np.ndarray] = []
     self._centroid_cache = None
+
+  @property
+  def rule(self) -> str:
+    """The rule's short name ("paper", "l2-centroid", ...; see `RULES`)."""
+    return rule_name(self.similarity, self.aggregate)
+
+  @property
+  def metric(self) -> str:
+    """Deprecated name of `rule`."""
+    return self.rule
 
   # -- enrolment -------------------------------------------------------------
 
@@ -345,7 +265,8 @@ class FingerprintLibrary:
 
   # -- matching --------------------------------------------------------------
 
-  def _centroids(self) -> tuple[list[str], np.ndarray]:
+  def centroids(self) -> tuple[list[str], np.ndarray]:
+    """(labels in enrolment order, their mean curves ``[k, L]``, NaN as 0)."""
     cache = self._centroid_cache
     if cache is None:
       labels = self.label_set
@@ -356,7 +277,7 @@ class FingerprintLibrary:
     return cache
 
   def label_scores(self, curves) -> tuple[list[str], np.ndarray]:
-    """Per-label similarity of query curves, under the library's rule.
+    """Per-label score of query curves, under the library's rule.
 
     Args:
       curves: ``[q, L]`` (or ``[L]``) query curves.
@@ -366,18 +287,18 @@ class FingerprintLibrary:
     """
     if not self._curves:
       raise ValueError("the fingerprint library is empty; enrol curves first")
-    q = _as_curves(curves, "query curves")
+    q = as_curves(curves, "query curves")
     if q.shape[1] != self.n_layers:
       raise ValueError(
         f"query curves have {q.shape[1]} layers but the "
         f"library's curves have {self.n_layers}; curves from a "
         "different layer set cannot be compared"
       )
-    base, centroid = _split_metric(self.metric)
-    if centroid:
-      labels, cents = self._centroids()
-      return labels, similarity_matrix(q, cents, metric=base, alpha=self.alpha)
-    sims = similarity_matrix(q, self.curves, metric=base, alpha=self.alpha)
+    rule = dict(similarity=self.similarity, alpha=self.alpha)
+    if self.aggregate == "centroid":
+      labels, cents = self.centroids()
+      return labels, similarity_matrix(q, cents, **rule)
+    sims = similarity_matrix(q, self.curves, **rule)
     labels = self.label_set
     lab = np.asarray(self.labels)
     scores = np.stack([sims[:, lab == l].max(axis=1) for l in labels], axis=1)
@@ -416,7 +337,7 @@ class FingerprintLibrary:
       [(label, vote share, mean top score of its votes)] best first: most
       votes, ties broken by the higher mean score.
     """
-    q = _as_curves(curves, "query curves")
+    q = as_curves(curves, "query curves")
     if q.shape[0] == 0:
       raise ValueError("identify_set needs at least one query curve")
     tally = collections.defaultdict(list)
@@ -438,47 +359,19 @@ class FingerprintLibrary:
   # -- open set --------------------------------------------------------------
 
   def loo_scores(self) -> tuple[np.ndarray, np.ndarray]:
-    """Leave-one-out impostor and genuine scores of the enrolled curves.
+    """Leave-one-out (impostor ``[n]``, genuine ``[g]``) scores of the
+    enrolled curves (see `ctjax.fingerprint.calibration`)."""
+    return calibration.loo_scores(
+      self.curves,
+      self.labels,
+      similarity=self.similarity,
+      aggregate=self.aggregate,
+      alpha=self.alpha,
+    )
 
-    Impostor: curve i against the library with ALL curves of its label
-    removed (its family plays an unseen generator), i.e. its best score over
-    the other labels. Genuine: curve i against its own label with only curve
-    i removed (only for labels holding at least two curves).
-
-    Returns:
-      (impostor ``[n]``, genuine ``[g]``).
-    """
-    if len(self.label_set) < 2:
-      raise ValueError(
-        "calibrating an open-set threshold needs curves of at least two labels"
-      )
-    base, centroid = _split_metric(self.metric)
-    x = np.nan_to_num(self.curves, nan=0.0)
-    lab = np.asarray(self.labels)
-    labels = self.label_set
-    impostor, genuine = [], []
-    if centroid:
-      _, cents = self._centroids()
-      sims = similarity_matrix(x, cents, metric=base, alpha=self.alpha)
-      for i in range(len(x)):
-        own = labels.index(lab[i])
-        impostor.append(np.delete(sims[i], own).max())
-        others = np.flatnonzero(lab == lab[i])
-        others = others[others != i]
-        if others.size:
-          loo = x[others].mean(axis=0)
-          genuine.append(similarity(x[i], loo, metric=base, alpha=self.alpha))
-    else:
-      sims = similarity_matrix(x, metric=base, alpha=self.alpha)
-      for i in range(len(x)):
-        same = lab == lab[i]
-        impostor.append(sims[i, ~same].max())
-        same[i] = False
-        if same.any():
-          genuine.append(sims[i, same].max())
-    return np.asarray(impostor), np.asarray(genuine)
-
-  def calibrate_threshold(self, false_accept_rate: float) -> Calibration:
+  def calibrate_threshold(
+    self, false_accept_rate: float
+  ) -> calibration.Calibration:
     """Sets the open-set threshold for a chosen false-accept rate.
 
     The threshold is the smallest value that accepts at most
@@ -493,19 +386,9 @@ class FingerprintLibrary:
         f"false_accept_rate must lie in [0, 1], got {false_accept_rate}"
       )
     impostor, genuine = self.loo_scores()
-    s = np.sort(impostor)[::-1]
-    k = int(math.floor(false_accept_rate * len(s) + 1e-9))
-    if k >= len(s):
-      threshold = -math.inf
-    else:
-      # Strictly above the (k+1)-th largest impostor score: at most k accepted.
-      threshold = float(np.nextafter(s[k], math.inf))
-    self.threshold = threshold
-    far = float(np.mean(impostor >= threshold))
-    frr = float(np.mean(genuine < threshold)) if genuine.size else math.nan
-    return Calibration(
-      threshold, float(false_accept_rate), far, frr, impostor, genuine
-    )
+    cal = calibration.calibrate(impostor, genuine, false_accept_rate)
+    self.threshold = cal.threshold
+    return cal
 
   # -- persistence -----------------------------------------------------------
 
@@ -514,7 +397,8 @@ class FingerprintLibrary:
     return {
       "format": FORMAT_NAME,
       "version": FORMAT_VERSION,
-      "metric": self.metric,
+      "similarity": self.similarity,
+      "aggregate": self.aggregate,
       "alpha": self.alpha,
       "threshold": (
         None
@@ -532,25 +416,32 @@ class FingerprintLibrary:
 
   @classmethod
   def from_dict(cls, d: dict, source: str = "dict") -> "FingerprintLibrary":
+    """A library from `to_dict`'s form (version 2) or version 1's."""
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
       raise ValueError(
         f"{source} is not a ctjax fingerprint library (field "
         f"'format' should be {FORMAT_NAME!r})"
       )
-    if d.get("version") != FORMAT_VERSION:
+    version = d.get("version")
+    if version not in READABLE_VERSIONS:
       raise ValueError(
-        f"{source} has fingerprint library version "
-        f"{d.get('version')!r}; this ctjax reads version "
-        f"{FORMAT_VERSION}"
+        f"{source} has fingerprint library version {version!r}; this ctjax "
+        f"reads versions {', '.join(map(str, READABLE_VERSIONS))}"
       )
-    for field in ("metric", "alpha", "curves"):
+    rule_fields = ("metric",) if version == 1 else ("similarity", "aggregate")
+    for field in (*rule_fields, "alpha", "curves"):
       if field not in d:
         raise ValueError(f"{source} lacks the field {field!r}")
+    if version == 1:
+      similarity, aggregate = parse_rule(d["metric"])
+    else:
+      similarity, aggregate = d["similarity"], d["aggregate"]
     threshold = d.get("threshold")
     if d.get("threshold_is_neg_inf"):
       threshold = -math.inf
     lib = cls(
-      metric=d["metric"],
+      similarity=similarity,
+      aggregate=aggregate,
       alpha=d["alpha"],
       reference=d.get("reference"),
       threshold=threshold,
@@ -565,12 +456,11 @@ class FingerprintLibrary:
 
   def save(self, path) -> str:
     """Writes the library as versioned, indented JSON (atomically)."""
-    from ctjax import report  # pylint: disable=g-import-not-at-top
-
-    return report.write_json(self.to_dict(), path)
+    return storage.write_json(self.to_dict(), path)
 
   @classmethod
   def load(cls, path) -> "FingerprintLibrary":
+    """Reads a file written by `save` (or by a ctjax writing version 1)."""
     path = os.fspath(path)
     if not os.path.exists(path):
       raise ValueError(f"fingerprint library file {path} does not exist")
@@ -585,186 +475,8 @@ class FingerprintLibrary:
 
   def __repr__(self) -> str:
     return (
-      f"FingerprintLibrary(metric={self.metric!r}, alpha={self.alpha}, "
+      f"FingerprintLibrary(similarity={self.similarity!r}, "
+      f"aggregate={self.aggregate!r}, alpha={self.alpha}, "
       f"n_curves={len(self)}, labels={self.label_set}, "
       f"n_layers={self.n_layers}, threshold={self.threshold})"
     )
-
-
-# ----------------------------------------------------------------------------
-# Evaluation.
-
-
-@dataclasses.dataclass(frozen=True)
-class Evaluation:
-  """The result of `evaluate`.
-
-  Attributes:
-    accuracy: share of queries whose top answer is their true label.
-    n_correct: number of such queries.
-    n_queries: number of queries.
-    per_label_accuracy: true label -> accuracy over its queries.
-    confusion: ``[k, k]`` int counts, rows = true label, columns = answer.
-    labels: the k labels of the confusion matrix's rows and columns (library
-      labels, then unseen query labels, then "unknown" if it was answered).
-    top_k_accuracy: k -> share of queries whose true label is among the first
-      k answers.
-    predictions: the top answer of each query, in order.
-  """
-
-  accuracy: float
-  n_correct: int
-  n_queries: int
-  per_label_accuracy: dict
-  confusion: np.ndarray
-  labels: list
-  top_k_accuracy: dict
-  predictions: list
-
-  def to_dict(self) -> dict:
-    return {
-      "accuracy": self.accuracy,
-      "n_correct": self.n_correct,
-      "n_queries": self.n_queries,
-      "per_label_accuracy": dict(self.per_label_accuracy),
-      "confusion": self.confusion.tolist(),
-      "labels": list(self.labels),
-      "top_k_accuracy": {str(k): v for k, v in self.top_k_accuracy.items()},
-      "predictions": list(self.predictions),
-    }
-
-
-def evaluate(
-  library: FingerprintLibrary,
-  queries: Iterable[tuple[str, Any]],
-  top_ks: Sequence[int] = (1, 2, 3),
-) -> Evaluation:
-  """Identifies every query curve and tallies the answers.
-
-  Args:
-    library: the enrolled library (its metric and threshold apply).
-    queries: (true label, curve ``[L]``) pairs.
-    top_ks: the k of the top-k accuracies.
-
-  Returns:
-    an `Evaluation`.
-  """
-  queries = list(queries)
-  if not queries:
-    raise ValueError("evaluate needs at least one query")
-  rankings, truth = [], []
-  for j, (label, curve) in enumerate(queries):
-    try:
-      rankings.append([l for l, _ in library.identify(curve)])
-    except ValueError as e:
-      raise ValueError(f"query {j} ({label!r}): {e}") from e
-    truth.append(label)
-  preds = [r[0] for r in rankings]
-  labels = list(library.label_set)
-  labels += [l for l in dict.fromkeys(truth) if l not in labels]
-  if UNKNOWN in preds and UNKNOWN not in labels:
-    labels.append(UNKNOWN)
-  index = {l: i for i, l in enumerate(labels)}
-  confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
-  for t, p in zip(truth, preds):
-    confusion[index[t], index[p]] += 1
-  correct = np.asarray([t == p for t, p in zip(truth, preds)])
-  per_label = {
-    l: float(np.mean(correct[np.asarray(truth) == l]))
-    for l in dict.fromkeys(truth)
-  }
-  top_k = {
-    int(k): float(np.mean([t in r[:k] for t, r in zip(truth, rankings)]))
-    for k in top_ks
-  }
-  return Evaluation(
-    float(correct.mean()),
-    int(correct.sum()),
-    len(queries),
-    per_label,
-    confusion,
-    labels,
-    top_k,
-    preds,
-  )
-
-
-# ----------------------------------------------------------------------------
-# The authors' curve files.
-
-
-class CurveFile(NamedTuple):
-  """Curves read from one of the authors' text files.
-
-  Attributes:
-    enrolled: [(label, curve [L])] from ``*_train_batch`` lines.
-    queries: [(label, curve [L])] from ``*_test_batch`` lines.
-  """
-
-  enrolled: list
-  queries: list
-
-
-_LINE = re.compile(r"^\s*([^:\s]+)\s*:\s*\[(.*)\]\s*$")
-
-
-def read_curve_file(path) -> CurveFile:
-  """Reads the authors' format: ``ARCH_train_batch: [v0, v1, ...]`` a line.
-
-  The label is the text before the first ``_``; ``train`` lines are enrolled
-  curves and ``test`` lines queries. Values may be ``nan``. Values are kept as
-  written (no NaN replacement, nothing dropped).
-  """
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise ValueError(f"curve file {path} does not exist")
-  enrolled, queries = [], []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      m = _LINE.match(line)
-      if m is None:
-        raise ValueError(f"{path}:{lineno}: expected 'NAME: [v0, v1, ...]'")
-      key, body = m.groups()
-      label, _, role = key.partition("_")
-      if not label:
-        raise ValueError(f"{path}:{lineno}: empty label in {key!r}")
-      try:
-        curve = np.array([float(v) for v in body.split(",")], dtype=np.float64)
-      except ValueError as e:
-        raise ValueError(f"{path}:{lineno}: bad value ({e})") from e
-      if role.startswith("train"):
-        enrolled.append((label, curve))
-      elif role.startswith("test"):
-        queries.append((label, curve))
-      else:
-        raise ValueError(
-          f"{path}:{lineno}: {key!r} is neither a *_train_* "
-          "nor a *_test_* curve"
-        )
-  lengths = {len(c) for _, c in enrolled + queries}
-  if len(lengths) > 1:
-    raise ValueError(f"{path}: curves of different lengths {sorted(lengths)}")
-  if not enrolled or not queries:
-    raise ValueError(
-      f"{path}: needs both train (enrolled) and test (query) curves"
-    )
-  return CurveFile(enrolled, queries)
-
-
-def evaluate_curve_file(
-  path, *, drop_first: int = 1, metric: str = "paper", alpha: float = 0.5
-) -> tuple[FingerprintLibrary, Evaluation]:
-  """The authors' rule on one of their files: drop the first ``drop_first``
-  values of every curve, NaN -> 0, nearest enrolled curve by ``metric``.
-
-  Returns:
-    (the library of the file's train curves, the evaluation of its test ones).
-  """
-  data = read_curve_file(path)
-  lib = FingerprintLibrary(metric=metric, alpha=alpha)
-  for label, curve in data.enrolled:
-    lib.add(label, curve[drop_first:])
-  queries = [(label, curve[drop_first:]) for label, curve in data.queries]
-  return lib, evaluate(lib, queries)

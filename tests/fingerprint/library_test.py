@@ -1,9 +1,8 @@
-"""Tests for ctjax.fingerprint: the authors' published accuracies, similarities
-against scipy, persistence, reference checks, open set, evaluation."""
+"""Tests for ctjax.fingerprint.library: matching rules, batches, reference
+checks, persistence (current and version-1 files), the real C_T engine."""
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -11,133 +10,13 @@ from scipy.spatial import distance
 
 from ctjax import fingerprint as fp
 
-FIXTURES = os.path.join(
-  os.path.dirname(os.path.dirname(__file__)), "fixtures", "paper-curves"
-)
-
-
-# -- the authors' files ------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-  "name,correct,total",
-  [
-    ("Ffull_score", 6, 6),
-    ("Fsmall_score", 5, 6),
-    ("ffull_scores", 3, 3),
-    ("fsmall_scores", 3, 6),
-  ],
-)
-def test_paper_files_give_authors_accuracies(name, correct, total):
-  path = os.path.join(FIXTURES, f"{name}.txt")
-  lib, ev = fp.evaluate_curve_file(path)
-  assert (ev.n_correct, ev.n_queries) == (correct, total)
-  assert ev.accuracy == pytest.approx(correct / total)
-  # Independent re-computation of every prediction with scipy.
-  data = fp.read_curve_file(path)
-  enrolled = [(l, np.nan_to_num(c, nan=0.0)[1:]) for l, c in data.enrolled]
-  for (label, q), pred in zip(data.queries, ev.predictions):
-    q = np.nan_to_num(q, nan=0.0)[1:]
-    sims = [
-      0.5 * (1 - distance.cosine(q, b)) + 0.5 / (1 + distance.euclidean(q, b))
-      for _, b in enrolled
-    ]
-    assert enrolled[int(np.argmax(sims))][0] == pred
-  assert len(lib) == len(data.enrolled)
-
-
-def test_read_curve_file_contents():
-  data = fp.read_curve_file(os.path.join(FIXTURES, "ffull_scores.txt"))
-  assert len(data.enrolled) == 12 and len(data.queries) == 3
-  assert [l for l, _ in data.queries] == ["ddpm", "SNGAN", "ddim"]
-  label, curve = data.enrolled[0]
-  assert label == "ddpm" and curve.shape == (13,)
-  assert math.isnan(curve[0])
-  assert curve[1] == 0.0180594787240445
-  full = fp.read_curve_file(os.path.join(FIXTURES, "Ffull_score.txt"))
-  assert full.queries[0][0] == "ContraGAN"
-  assert full.queries[0][1].shape == (12,)
-  assert not np.isnan(full.queries[0][1]).any()
-
-
-def test_read_curve_file_errors(tmp_path):
-  with pytest.raises(ValueError, match="does not exist"):
-    fp.read_curve_file(tmp_path / "missing.txt")
-  bad = tmp_path / "bad.txt"
-  bad.write_text("ddpm_train_batch: [1.0, 2.0]\nddpm_test_batch 1.0, 2.0\n")
-  with pytest.raises(ValueError, match=r"bad.txt:2"):
-    fp.read_curve_file(bad)
-  bad.write_text("ddpm_train_batch: [1.0, 2.0]\nddpm_test_batch: [1.0, x]\n")
-  with pytest.raises(ValueError, match=r"bad.txt:2: bad value"):
-    fp.read_curve_file(bad)
-  bad.write_text("ddpm_train_batch: [1.0, 2.0]\nddpm_valid: [1.0, 2.0]\n")
-  with pytest.raises(ValueError, match="neither"):
-    fp.read_curve_file(bad)
-  bad.write_text("ddpm_train_batch: [1.0, 2.0]\nddpm_test_batch: [1.0]\n")
-  with pytest.raises(ValueError, match="different lengths"):
-    fp.read_curve_file(bad)
-
-
-# -- similarities ------------------------------------------------------------
-
-
-def test_similarity_hand_values():
-  a = np.array([1.0, 2.0, np.nan, -0.5])
-  b = np.array([2.0, 0.0, 1.0, 3.0])
-  a0 = np.array([1.0, 2.0, 0.0, -0.5])
-  cos = 1 - distance.cosine(a0, b)
-  d = distance.euclidean(a0, b)
-  assert fp.similarity(a, b) == pytest.approx(
-    0.5 * cos + 0.5 / (1 + d), rel=1e-12
-  )
-  assert fp.similarity(a, b, alpha=0.8) == pytest.approx(
-    0.8 * cos + 0.2 / (1 + d), rel=1e-12
-  )
-  assert fp.similarity(a, b, metric="cosine") == pytest.approx(cos, rel=1e-12)
-  assert fp.similarity(a, b, metric="l2") == pytest.approx(
-    1 / (1 + d), rel=1e-12
-  )
-  # Hand-computed: a=[3,4], b=[4,3]: cos = 24/25, |a-b| = sqrt(2).
-  assert fp.similarity([3, 4], [4, 3]) == pytest.approx(
-    0.5 * 0.96 + 0.5 / (1 + math.sqrt(2)), rel=1e-12
-  )
-  # A zero (or all-NaN) curve has cosine 0.
-  assert fp.similarity([np.nan, np.nan], [1.0, 0.0], metric="cosine") == 0.0
-  assert fp.similarity([0.0, 0.0], [3.0, 4.0]) == pytest.approx(0.5 / 6)
-
-
-def test_similarity_matrix_matches_scipy_cdist(rng):
-  a = rng.normal(size=(5, 7))
-  b = rng.normal(size=(4, 7))
-  cos = 1 - distance.cdist(a, b, "cosine")
-  inv = 1 / (1 + distance.cdist(a, b, "euclidean"))
-  np.testing.assert_allclose(
-    fp.similarity_matrix(a, b), 0.5 * cos + 0.5 * inv, rtol=1e-12
-  )
-  np.testing.assert_allclose(
-    fp.similarity_matrix(a, b, metric="cosine"), cos, rtol=1e-12
-  )
-  np.testing.assert_allclose(
-    fp.similarity_matrix(a, b, metric="l2-centroid"), inv, rtol=1e-12
-  )
-  square = fp.similarity_matrix(a)
-  np.testing.assert_allclose(square, square.T, rtol=1e-12)
-  np.testing.assert_allclose(np.diag(square), 1.0, rtol=1e-12)
-  with pytest.raises(ValueError, match="different lengths"):
-    fp.similarity_matrix(a, b[:, :6])
-  with pytest.raises(ValueError, match="unknown metric"):
-    fp.similarity_matrix(a, b, metric="manhattan")
-
-
-# -- identification ----------------------------------------------------------
-
 
 def test_nearest_single_and_centroid_rules_differ():
   # A's curves sit at (0,0) and (10,10), B's at (6,6). The query (8.5, 8.5)
   # is nearest to A's (10,10) but to B's centroid.
   q = np.array([8.5, 8.5])
-  single = fp.FingerprintLibrary(metric="l2")
-  centroid = fp.FingerprintLibrary(metric="l2-centroid")
+  single = fp.FingerprintLibrary(similarity="l2")
+  centroid = fp.FingerprintLibrary(similarity="l2", aggregate="centroid")
   for lib in (single, centroid):
     lib.add("A", [0.0, 0.0])
     lib.add("A", [10.0, 10.0])
@@ -165,12 +44,14 @@ def test_identify_rejects_bad_curves():
     lib.add("B", [1.0, 2.0, 3.0, 4.0])
   with pytest.raises(ValueError, match="reserved"):
     lib.add("unknown", [1.0, 2.0, 3.0])
-  with pytest.raises(ValueError, match="unknown metric"):
-    fp.FingerprintLibrary(metric="euclid")
+  with pytest.raises(ValueError, match="unknown similarity"):
+    fp.FingerprintLibrary(similarity="euclid")
+  with pytest.raises(ValueError, match="unknown aggregate"):
+    fp.FingerprintLibrary(aggregate="mean")
 
 
 def test_identify_set_majority_vote_and_tie_break():
-  lib = fp.FingerprintLibrary(metric="cosine")
+  lib = fp.FingerprintLibrary(similarity="cosine")
   lib.add("A", [1.0, 0.0])
   lib.add("B", [0.0, 1.0])
   votes = lib.identify_set([[1.0, 0.1], [1.0, 0.2], [0.1, 1.0]])
@@ -184,9 +65,6 @@ def test_identify_set_majority_vote_and_tie_break():
   votes = lib.identify_set([[1.0, 0.5], [0.01, 1.0]])
   assert [v[0] for v in votes] == ["B", "A"]
   assert votes[0][1] == votes[1][1] == 0.5
-
-
-# -- batches and references --------------------------------------------------
 
 
 class FakeReference:
@@ -253,7 +131,10 @@ def test_mismatched_reference_is_refused(rng):
 
 def test_save_load_round_trip(tmp_path, rng):
   lib = fp.FingerprintLibrary(
-    metric="paper-centroid", alpha=0.3, reference=FakeReference("abc")
+    similarity="paper",
+    aggregate="centroid",
+    alpha=0.3,
+    reference=FakeReference("abc"),
   )
   for label in ("x", "y", "z"):
     for _ in range(2):
@@ -264,14 +145,15 @@ def test_save_load_round_trip(tmp_path, rng):
   path = lib.save(tmp_path / "lib.json")
   text = open(path).read()
   d = json.loads(text)
-  assert d["format"] == "ctjax.FingerprintLibrary" and d["version"] == 1
+  assert d["format"] == "ctjax.FingerprintLibrary" and d["version"] == 2
   assert d["curves"][0]["curve"][0] is None  # NaN stored as null
   assert "\n" in text  # indented, human-readable
   back = fp.FingerprintLibrary.load(path)
   assert back.labels == lib.labels
   np.testing.assert_array_equal(back.curves, lib.curves)
-  assert (back.metric, back.alpha, back.threshold) == (
-    lib.metric,
+  assert (back.similarity, back.aggregate, back.alpha, back.threshold) == (
+    "paper",
+    "centroid",
     lib.alpha,
     lib.threshold,
   )
@@ -298,131 +180,6 @@ def test_load_errors(tmp_path):
   p.write_text(json.dumps({"format": "something else"}))
   with pytest.raises(ValueError, match="not a ctjax fingerprint library"):
     fp.FingerprintLibrary.load(p)
-
-
-# -- open set ----------------------------------------------------------------
-
-
-def _family(rng, n_layers=12):
-  return np.cumsum(rng.normal(size=n_layers))
-
-
-def _batches(center, n, rng):
-  return center + 0.1 * rng.normal(size=(n, center.size))
-
-
-@pytest.mark.parametrize("metric", ["paper", "l2-centroid"])
-def test_open_set_threshold(rng, metric):
-  centers = [_family(rng) for _ in range(40)]
-  lib = fp.FingerprintLibrary(metric=metric)
-  for i, c in enumerate(centers):
-    for b in _batches(c, 3, rng):
-      lib.add(f"f{i}", b)
-  cal = lib.calibrate_threshold(0.1)
-  # Leave-one-family-out: exactly floor(0.1 * 120) = 12 impostors accepted.
-  assert cal.false_accept_rate == pytest.approx(0.1)
-  assert np.sum(cal.impostor_scores >= cal.threshold) == 12
-  assert lib.threshold == cal.threshold
-  assert cal.false_reject_rate == 0.0
-  # Fresh batches of enrolled families: accepted with the right label.
-  for i in range(0, 40, 4):
-    answer = lib.identify(_batches(centers[i], 1, rng)[0])[0]
-    assert answer[0] == f"f{i}" and answer[1] >= cal.threshold
-  # Curves of new families: about 10% accepted.
-  new = [_batches(_family(rng), 1, rng)[0] for _ in range(300)]
-  answers = [lib.identify(c, top_k=2) for c in new]
-  accepted = np.mean([a[0][0] != "unknown" for a in answers])
-  assert 0.03 <= accepted <= 0.2
-  rejected = next(a for a in answers if a[0][0] == "unknown")
-  assert rejected[0][1] == rejected[1][1] < cal.threshold
-  # A flat curve far from every family is unknown.
-  assert lib.identify(np.full(12, 40.0))[0][0] == "unknown"
-
-
-def test_loo_scores_match_brute_force(rng):
-  lib = fp.FingerprintLibrary(metric="cosine")
-  labels = ["a", "a", "b", "b", "b", "c"]
-  x = rng.normal(size=(6, 4))
-  for l, c in zip(labels, x):
-    lib.add(l, c)
-  impostor, genuine = lib.loo_scores()
-  cos = 1 - distance.cdist(x, x, "cosine")
-  lab = np.array(labels)
-  np.testing.assert_allclose(
-    impostor, [cos[i, lab != lab[i]].max() for i in range(6)], rtol=1e-12
-  )
-  want = [
-    max(cos[i, j] for j in range(6) if j != i and lab[j] == lab[i])
-    for i in range(5)
-  ]  # "c" has one curve: no genuine score
-  np.testing.assert_allclose(genuine, want, rtol=1e-12)
-
-
-def test_threshold_extremes(rng):
-  lib = fp.FingerprintLibrary()
-  for i in range(3):
-    for _ in range(2):
-      lib.add(f"f{i}", rng.normal(size=4))
-  cal = lib.calibrate_threshold(0.0)
-  assert cal.false_accept_rate == 0.0
-  assert cal.threshold > cal.impostor_scores.max()
-  cal = lib.calibrate_threshold(1.0)
-  assert cal.threshold == -math.inf
-  assert lib.identify(rng.normal(size=4))[0][0] != "unknown"
-  with pytest.raises(ValueError, match="false_accept_rate"):
-    lib.calibrate_threshold(1.5)
-  one = fp.FingerprintLibrary()
-  one.add("a", [1.0, 2.0])
-  with pytest.raises(ValueError, match="two labels"):
-    one.calibrate_threshold(0.1)
-
-
-# -- evaluation --------------------------------------------------------------
-
-
-def test_evaluate_constructed_confusion():
-  e = np.eye(3)
-  lib = fp.FingerprintLibrary(metric="cosine")
-  for label, c in zip("ABC", e):
-    lib.add(label, c)
-  queries = [
-    ("A", e[0]),
-    ("A", e[1]),
-    ("B", e[1]),
-    ("C", e[0] + 0.1 * e[2]),
-    ("C", e[2]),
-    ("D", e[2]),
-  ]
-  ev = fp.evaluate(lib, queries, top_ks=(1, 2, 3))
-  assert ev.labels == ["A", "B", "C", "D"]
-  np.testing.assert_array_equal(
-    ev.confusion, [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 0]]
-  )
-  assert (ev.n_correct, ev.n_queries) == (3, 6)
-  assert ev.accuracy == 0.5
-  assert ev.per_label_accuracy == {"A": 0.5, "B": 1.0, "C": 0.5, "D": 0.0}
-  # Ties keep enrolment order, so ("A", e1) ranks B, A, C: top-2 correct.
-  assert ev.top_k_accuracy == {
-    1: 0.5,
-    2: pytest.approx(5 / 6),
-    3: pytest.approx(5 / 6),
-  }
-  assert ev.predictions == ["A", "B", "B", "A", "C", "C"]
-  json.dumps(ev.to_dict())
-
-
-def test_evaluate_open_set_adds_unknown_column():
-  lib = fp.FingerprintLibrary(metric="cosine", threshold=0.9)
-  lib.add("A", [1.0, 0.0])
-  lib.add("B", [0.0, 1.0])
-  ev = fp.evaluate(lib, [("A", [1.0, 0.05]), ("B", [1.0, 1.0])])
-  assert ev.labels == ["A", "B", "unknown"]
-  np.testing.assert_array_equal(ev.confusion, [[1, 0, 0], [0, 0, 1], [0, 0, 0]])
-  with pytest.raises(ValueError, match=r"query 0 \('A'\).*3 layers"):
-    fp.evaluate(lib, [("A", [1.0, 0.0, 0.0])])
-
-
-# -- with the real C_T engine ------------------------------------------------
 
 
 def test_integration_with_ct_reference(tmp_path, rng):
@@ -481,3 +238,66 @@ def test_integration_with_ct_reference(tmp_path, rng):
   )
   with pytest.raises(ValueError, match="different C_T reference.*seed"):
     back.add_batches("x", g, other, batch_size=60)
+
+
+# A library file as ctjax wrote it before the rule was split in two (format
+# version 1: one "metric" field naming the rule).
+_V1_FILE = """{
+ "format": "ctjax.FingerprintLibrary",
+ "version": 1,
+ "metric": "l2-centroid",
+ "alpha": 0.25,
+ "threshold": 0.125,
+ "threshold_is_neg_inf": false,
+ "n_layers": 3,
+ "reference": {"hash": "abc", "layers": [0, 1, 2]},
+ "curves": [
+  {"label": "A", "curve": [null, 0.0, 0.0]},
+  {"label": "A", "curve": [null, 10.0, 10.0]},
+  {"label": "B", "curve": [null, 6.0, 6.0]}
+ ]
+}
+"""
+
+
+def test_version_1_file_loads(tmp_path):
+  path = tmp_path / "old.json"
+  path.write_text(_V1_FILE)
+  lib = fp.FingerprintLibrary.load(path)
+  assert (lib.similarity, lib.aggregate, lib.rule) == (
+    "l2",
+    "centroid",
+    "l2-centroid",
+  )
+  assert (lib.alpha, lib.threshold) == (0.25, 0.125)
+  assert lib.labels == ["A", "A", "B"]
+  assert lib.reference == {"hash": "abc", "layers": [0, 1, 2]}
+  np.testing.assert_array_equal(
+    lib.curves, [[np.nan, 0, 0], [np.nan, 10, 10], [np.nan, 6, 6]]
+  )
+  # Centroid rule: (8.5, 8.5) is nearer B's (6, 6) than A's mean (5, 5).
+  ranked = lib.identify([np.nan, 8.5, 8.5])
+  assert [l for l, _ in ranked] == ["B", "A"]
+  assert ranked[1][1] == pytest.approx(1 / (1 + math.sqrt(2 * 3.5**2)))
+  # Saving writes the current version, which reads back to the same library.
+  d = json.loads(open(lib.save(tmp_path / "new.json")).read())
+  assert d["version"] == 2 and "metric" not in d
+  assert (d["similarity"], d["aggregate"]) == ("l2", "centroid")
+  back = fp.FingerprintLibrary.load(tmp_path / "new.json")
+  assert back.identify([0.0, 8.5, 8.5]) == lib.identify([0.0, 8.5, 8.5])
+  bad = json.loads(_V1_FILE)
+  bad["metric"] = "l1"
+  path.write_text(json.dumps(bad))
+  with pytest.raises(ValueError, match="unknown matching rule 'l1'"):
+    fp.FingerprintLibrary.load(path)
+  del bad["metric"]
+  path.write_text(json.dumps(bad))
+  with pytest.raises(ValueError, match="lacks the field 'metric'"):
+    fp.FingerprintLibrary.load(path)
+
+
+def test_metric_keyword_is_a_deprecated_alias():
+  with pytest.warns(DeprecationWarning, match="similarity= and aggregate="):
+    lib = fp.FingerprintLibrary(metric="cosine-centroid")
+  assert (lib.similarity, lib.aggregate) == ("cosine", "centroid")
+  assert lib.metric == lib.rule == "cosine-centroid"
