@@ -1,20 +1,34 @@
-"""ViT-family encoders (ViT, DeiT, DINOv2, DINOv2 with registers) in Flax NNX.
+"""Vision encoders in Flax NNX, every hidden state exposed.
+
+Families: ViT, DeiT, DINOv2 (with registers), CLIP's vision tower, ResNet,
+ConvNeXt, Swin.
 
 from_pretrained(path_or_repo_id) -> Encoder   Hugging Face checkpoint
 from_config(config, seed)        -> Encoder   random initialisation
-Encoder.hidden_states(pixels)    -> [L+1, B, T, D]
+Encoder.hidden_states(pixels)    -> [L+1, B, T, D] (ViT family, CLIP), or a
+                                    tuple of L+1 channels-last arrays
 forward(graphdef, params, pixels, dtype) -> EncoderOutput   (pure, jit-able)
 """
 
-from ctjax.models.config import EncoderConfig, from_hf_config, preset
+from ctjax.models.config import (
+  ConvNextConfig,
+  EncoderConfig,
+  ResNetConfig,
+  SwinConfig,
+  from_hf_config,
+  preset,
+)
 from ctjax.models.convert import from_pretrained, load_state
 from ctjax.models.encoder import Encoder, forward, from_config
 from ctjax.models.vit import EncoderOutput, VisionTransformer
 
 __all__ = [
+  "ConvNextConfig",
   "Encoder",
   "EncoderConfig",
   "EncoderOutput",
+  "ResNetConfig",
+  "SwinConfig",
   "VisionTransformer",
   "forward",
   "from_config",

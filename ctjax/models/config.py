@@ -1,9 +1,13 @@
-"""Encoder configuration: one frozen dataclass for the ViT family.
+"""Encoder configurations: one frozen dataclass per architecture family.
 
-ViT (Dosovitskiy et al. 2021), DeiT (Touvron et al. 2021, distillation token)
-and DINOv2 (Oquab et al. 2024; layer scale, SwiGLU for the giant size,
-optional register tokens from Darcet et al. 2024) share one block structure.
-The differences are fields here, read from a Hugging Face ``config.json``.
+ViT (Dosovitskiy et al. 2021), DeiT (Touvron et al. 2021, distillation token),
+DINOv2 (Oquab et al. 2024; layer scale, SwiGLU for the giant size, optional
+register tokens from Darcet et al. 2024) and CLIP's vision tower (Radford et
+al. 2021; pre-LayerNorm, quick-GELU) share one block structure: the
+differences are fields of ``EncoderConfig``. ResNet (He et al. 2016),
+ConvNeXt (Liu et al. 2022) and Swin (Liu et al. 2021) have their own
+dataclasses. All are read from a Hugging Face ``config.json`` by
+``from_hf_config``.
 """
 
 import dataclasses
@@ -12,6 +16,9 @@ from typing import Any
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+# OpenAI CLIP's preprocessing statistics (CLIPImageProcessor defaults).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Mean/std the family's released checkpoints use when a folder carries no
 # preprocessor_config.json: google/vit-* use 0.5/0.5; facebook/deit-* and
@@ -21,6 +28,7 @@ FAMILY_MEAN_STD = {
   "deit": (IMAGENET_MEAN, IMAGENET_STD),
   "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
   "dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD),
+  "clip_vision_model": (CLIP_MEAN, CLIP_STD),
 }
 MODEL_TYPES = tuple(FAMILY_MEAN_STD)
 ACTIVATIONS = (
@@ -40,7 +48,9 @@ class EncoderConfig:
   """Sizes and options of a ViT-family encoder.
 
   Attributes:
-    model_type: "vit", "deit", "dinov2" or "dinov2_with_registers".
+    model_type: "vit", "deit", "dinov2", "dinov2_with_registers" or
+      "clip_vision_model" (no patch bias, LayerNorm before the blocks, none
+      after them).
     hidden_size: token width D.
     num_layers: number of transformer blocks L (the model has L+1 hidden states).
     num_heads: attention heads H.
@@ -121,8 +131,249 @@ class EncoderConfig:
     gw = (width or self.image_size) // self.patch_size
     return self.num_prefix_tokens + self.num_registers + gh * gw
 
+  @property
+  def tag(self) -> str:
+    """Family and sizes, the readable part of ``Encoder.identity``."""
+    return (
+      f"{self.model_type}-L{self.num_layers}-D{self.hidden_size}"
+      f"-H{self.num_heads}-P{self.patch_size}-S{self.image_size}"
+      f"-R{self.num_registers}"
+    )
+
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def _check_common(config):
+  if config.hidden_act not in ACTIVATIONS:
+    raise ValueError(
+      f"hidden_act {config.hidden_act!r} is not one of {ACTIVATIONS}"
+    )
+  if len(config.depths) != len(config.hidden_sizes) or not config.depths:
+    raise ValueError(
+      f"depths {config.depths} and hidden_sizes {config.hidden_sizes} must "
+      "be non-empty and of equal length"
+    )
+  if (
+    len(config.image_mean) != config.num_channels
+    or len(config.image_std) != config.num_channels
+  ):
+    raise ValueError(
+      f"image_mean/image_std need {config.num_channels} entries, got "
+      f"{config.image_mean} / {config.image_std}"
+    )
+
+
+class _Hierarchical:
+  """Properties shared by the families whose stages differ in width.
+
+  Their hidden states are a tuple of L+1 arrays (stem, then one per stage).
+  """
+
+  @property
+  def num_layers(self) -> int:
+    """Stages L; the model has L+1 hidden states (stem + stages)."""
+    return len(self.depths)
+
+  @property
+  def hidden_size(self) -> int:
+    """Width of the last hidden state."""
+    return self.widths[-1]
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    return 0
+
+  @property
+  def num_registers(self) -> int:
+    return 0
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _join(xs) -> str:
+  return "x".join(map(str, xs))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetConfig(_Hierarchical):
+  """transformers' ResNetModel (He et al. 2016).
+
+  Attributes:
+    model_type: "resnet".
+    num_channels: input channels.
+    embedding_size: stem width (7x7 stride-2 convolution, then 3x3 max pool).
+    hidden_sizes: output width of each stage.
+    depths: residual layers per stage.
+    layer_type: "basic" (two 3x3) or "bottleneck" (1x1, 3x3, 1x1; the inner
+      width is a quarter of the stage width).
+    hidden_act: activation after the stem and after each residual sum (the
+      convolutions inside a layer always use ReLU, as transformers).
+    downsample_in_first_stage: the first stage halves the map (stride 2).
+    downsample_in_bottleneck: a bottleneck strides in its first 1x1
+      convolution instead of its 3x3 one.
+    batch_norm_eps: epsilon of every BatchNorm (inference: running statistics).
+    image_size: side S of the square input images (preprocessing only).
+    image_mean: per-channel mean used by preprocessing.
+    image_std: per-channel std used by preprocessing.
+  """
+
+  model_type: str = "resnet"
+  num_channels: int = 3
+  embedding_size: int = 64
+  hidden_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+  depths: tuple[int, ...] = (3, 4, 6, 3)
+  layer_type: str = "bottleneck"
+  hidden_act: str = "relu"
+  downsample_in_first_stage: bool = False
+  downsample_in_bottleneck: bool = False
+  batch_norm_eps: float = 1e-5
+  image_size: int = 224
+  image_mean: tuple[float, ...] = IMAGENET_MEAN
+  image_std: tuple[float, ...] = IMAGENET_STD
+
+  def __post_init__(self):
+    if self.layer_type not in ("basic", "bottleneck"):
+      raise ValueError(
+        f"layer_type {self.layer_type!r} is not 'basic' or 'bottleneck'"
+      )
+    _check_common(self)
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """Channels of each hidden state: stem, then each stage."""
+    return (self.embedding_size,) + tuple(self.hidden_sizes)
+
+  @property
+  def tag(self) -> str:
+    return (
+      f"resnet-{self.layer_type}-E{self.embedding_size}"
+      f"-W{_join(self.hidden_sizes)}-N{_join(self.depths)}"
+      f"-F{int(self.downsample_in_first_stage)}"
+      f"{int(self.downsample_in_bottleneck)}-S{self.image_size}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNextConfig(_Hierarchical):
+  """transformers' ConvNextModel (Liu et al. 2022).
+
+  Attributes:
+    model_type: "convnext".
+    num_channels: input channels.
+    patch_size: side of the non-overlapping stem patches (stride too).
+    hidden_sizes: width of each stage.
+    depths: blocks per stage.
+    hidden_act: activation between the two pointwise layers.
+    layer_scale_init_value: initial per-channel layer scale; 0 = none.
+    layer_norm_eps: epsilon of every LayerNorm inside the model (1e-6 in
+      transformers, whatever config.json says: its ``layer_norm_eps`` only
+      sets the pooler's norm, which is not part of the hidden states).
+    image_size: side S of the square input images (preprocessing only).
+    image_mean: per-channel mean used by preprocessing.
+    image_std: per-channel std used by preprocessing.
+  """
+
+  model_type: str = "convnext"
+  num_channels: int = 3
+  patch_size: int = 4
+  hidden_sizes: tuple[int, ...] = (96, 192, 384, 768)
+  depths: tuple[int, ...] = (3, 3, 9, 3)
+  hidden_act: str = "gelu"
+  layer_scale_init_value: float = 1e-6
+  layer_norm_eps: float = 1e-6
+  image_size: int = 224
+  image_mean: tuple[float, ...] = IMAGENET_MEAN
+  image_std: tuple[float, ...] = IMAGENET_STD
+
+  def __post_init__(self):
+    _check_common(self)
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """Channels of each hidden state: stem, then each stage."""
+    return (self.hidden_sizes[0],) + tuple(self.hidden_sizes)
+
+  @property
+  def layerscale_value(self) -> float:
+    return self.layer_scale_init_value
+
+  @property
+  def tag(self) -> str:
+    return (
+      f"convnext-P{self.patch_size}-W{_join(self.hidden_sizes)}"
+      f"-N{_join(self.depths)}-LS{self.layer_scale_init_value:g}"
+      f"-S{self.image_size}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SwinConfig(_Hierarchical):
+  """transformers' SwinModel (Liu et al. 2021).
+
+  Attributes:
+    model_type: "swin".
+    num_channels: input channels.
+    patch_size: side of the non-overlapping patches.
+    embed_dim: width C of the patch embedding; stage i is C * 2**i wide.
+    depths: blocks per stage (odd blocks use shifted windows).
+    num_heads: attention heads per stage.
+    window_size: side of the attention windows.
+    mlp_ratio: MLP width / token width.
+    qkv_bias: whether query/key/value projections have biases.
+    hidden_act: MLP activation.
+    use_absolute_embeddings: add a learned position embedding to the patches.
+    layer_norm_eps: epsilon of the block and final LayerNorms (the patch
+      embedding's and the patch merging's norms use torch's 1e-5).
+    image_size: side S of the square training images.
+    image_mean: per-channel mean used by preprocessing.
+    image_std: per-channel std used by preprocessing.
+  """
+
+  model_type: str = "swin"
+  num_channels: int = 3
+  patch_size: int = 4
+  embed_dim: int = 96
+  depths: tuple[int, ...] = (2, 2, 6, 2)
+  num_heads: tuple[int, ...] = (3, 6, 12, 24)
+  window_size: int = 7
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  hidden_act: str = "gelu"
+  use_absolute_embeddings: bool = False
+  layer_norm_eps: float = 1e-5
+  image_size: int = 224
+  image_mean: tuple[float, ...] = IMAGENET_MEAN
+  image_std: tuple[float, ...] = IMAGENET_STD
+
+  def __post_init__(self):
+    _check_common(self)
+    for i, (w, h) in enumerate(zip(self.hidden_sizes, self.num_heads)):
+      if w % h:
+        raise ValueError(f"stage {i}: width {w} is not a multiple of {h} heads")
+
+  @property
+  def hidden_sizes(self) -> tuple[int, ...]:
+    """Width of each stage's blocks."""
+    return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """Channels of each hidden state: the patch embedding, then each stage
+    after its patch merging (which doubles the width, except the last)."""
+    n = len(self.depths)
+    return (self.embed_dim,) + tuple(
+      self.embed_dim * 2 ** min(i + 1, n - 1) for i in range(n)
+    )
+
+  @property
+  def tag(self) -> str:
+    return (
+      f"swin-P{self.patch_size}-C{self.embed_dim}-N{_join(self.depths)}"
+      f"-H{_join(self.num_heads)}-W{self.window_size}"
+      f"-A{int(self.use_absolute_embeddings)}-S{self.image_size}"
+    )
 
 
 def _square(value, name: str) -> int:
@@ -135,21 +386,43 @@ def _square(value, name: str) -> int:
   return int(value)
 
 
-def from_hf_config(hf_config, image_mean=None, image_std=None) -> EncoderConfig:
-  """Builds an EncoderConfig from a transformers config object (or its dict).
+HIERARCHICAL = {
+  "resnet": ResNetConfig,
+  "convnext": ConvNextConfig,
+  "swin": SwinConfig,
+}
+SUPPORTED = MODEL_TYPES + ("clip",) + tuple(HIERARCHICAL)
+AnyConfig = EncoderConfig | ResNetConfig | ConvNextConfig | SwinConfig
+
+
+def from_hf_config(hf_config, image_mean=None, image_std=None) -> AnyConfig:
+  """Builds the ctjax config from a transformers config object (or its dict).
 
   Args:
     hf_config: a ``transformers.PretrainedConfig`` (ViTConfig, DeiTConfig,
-      Dinov2Config, Dinov2WithRegistersConfig) or the dict of its config.json.
+      Dinov2Config, Dinov2WithRegistersConfig, CLIPVisionConfig, CLIPConfig
+      -- its vision tower --, ResNetConfig, ConvNextConfig, SwinConfig) or
+      the dict of its config.json.
     image_mean: per-channel mean from preprocessor_config.json, if any.
     image_std: per-channel std from preprocessor_config.json, if any.
+
+  Returns:
+    An EncoderConfig (ViT family and CLIP), ResNetConfig, ConvNextConfig or
+    SwinConfig.
   """
   c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
   model_type = c.get("model_type")
+  if model_type == "clip":
+    if not isinstance(c.get("vision_config"), dict):
+      raise ValueError("CLIP config.json has no vision_config")
+    c = dict(c["vision_config"], model_type="clip_vision_model")
+    model_type = "clip_vision_model"
+  if model_type in HIERARCHICAL:
+    return _hierarchical_from_hf(c, image_mean, image_std)
   if model_type not in MODEL_TYPES:
     raise ValueError(
       f"config.json model_type {model_type!r} is not supported; "
-      f"expected one of {MODEL_TYPES}"
+      f"expected one of {SUPPORTED}"
     )
   for field in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
     if field not in c:
@@ -163,6 +436,7 @@ def from_hf_config(hf_config, image_mean=None, image_std=None) -> EncoderConfig:
       mlp_dim = (int(mlp_dim * 2 / 3) + 7) // 8 * 8
   else:
     mlp_dim = int(c.get("intermediate_size", 4 * d))
+  clip = model_type == "clip_vision_model"
   default_mean, default_std = FAMILY_MEAN_STD[model_type]
   num_channels = int(c.get("num_channels", 3))
   if num_channels != 3:
@@ -178,8 +452,10 @@ def from_hf_config(hf_config, image_mean=None, image_std=None) -> EncoderConfig:
     image_size=_square(c.get("image_size", 224), "image_size"),
     num_channels=num_channels,
     qkv_bias=bool(c.get("qkv_bias", True)),
-    layer_norm_eps=float(c.get("layer_norm_eps", 1e-6 if dino else 1e-12)),
-    hidden_act=c.get("hidden_act", "gelu"),
+    layer_norm_eps=float(
+      c.get("layer_norm_eps", 1e-6 if dino else 1e-5 if clip else 1e-12)
+    ),
+    hidden_act=c.get("hidden_act", "quick_gelu" if clip else "gelu"),
     layer_scale=dino,
     layerscale_value=float(c.get("layerscale_value", 1.0)),
     swiglu=swiglu,
@@ -192,6 +468,63 @@ def from_hf_config(hf_config, image_mean=None, image_std=None) -> EncoderConfig:
     image_std=tuple(
       float(v) for v in (image_std if image_std is not None else default_std)
     ),
+  )
+
+
+def _mean_std(c: dict, image_mean, image_std):
+  n = int(c.get("num_channels", 3))
+  mean, std = IMAGENET_MEAN, IMAGENET_STD
+  if n != 3:
+    mean, std = (0.5,) * n, (0.5,) * n
+  mean = image_mean if image_mean is not None else mean
+  std = image_std if image_std is not None else std
+  return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _hierarchical_from_hf(c: dict, image_mean, image_std):
+  """ResNetConfig / ConvNextConfig / SwinConfig from a config.json dict."""
+  model_type = c["model_type"]
+  mean, std = _mean_std(c, image_mean, image_std)
+  common = dict(
+    num_channels=int(c.get("num_channels", 3)),
+    image_size=_square(c.get("image_size", 224), "image_size"),
+    image_mean=mean,
+    image_std=std,
+  )
+  depths = tuple(int(v) for v in c["depths"])
+  if model_type == "resnet":
+    return ResNetConfig(
+      embedding_size=int(c.get("embedding_size", 64)),
+      hidden_sizes=tuple(int(v) for v in c["hidden_sizes"]),
+      depths=depths,
+      layer_type=c.get("layer_type", "bottleneck"),
+      hidden_act=c.get("hidden_act", "relu"),
+      downsample_in_first_stage=bool(c.get("downsample_in_first_stage", False)),
+      downsample_in_bottleneck=bool(c.get("downsample_in_bottleneck", False)),
+      **common,
+    )
+  if model_type == "convnext":
+    stages = int(c.get("num_stages", len(depths)))
+    return ConvNextConfig(
+      patch_size=_square(c.get("patch_size", 4), "patch_size"),
+      hidden_sizes=tuple(int(v) for v in c["hidden_sizes"])[:stages],
+      depths=depths[:stages],
+      hidden_act=c.get("hidden_act", "gelu"),
+      layer_scale_init_value=float(c.get("layer_scale_init_value", 1e-6)),
+      **common,
+    )
+  return SwinConfig(
+    patch_size=_square(c.get("patch_size", 4), "patch_size"),
+    embed_dim=int(c.get("embed_dim", 96)),
+    depths=depths,
+    num_heads=tuple(int(v) for v in c["num_heads"]),
+    window_size=int(c.get("window_size", 7)),
+    mlp_ratio=float(c.get("mlp_ratio", 4.0)),
+    qkv_bias=bool(c.get("qkv_bias", True)),
+    hidden_act=c.get("hidden_act", "gelu"),
+    use_absolute_embeddings=bool(c.get("use_absolute_embeddings", False)),
+    layer_norm_eps=float(c.get("layer_norm_eps", 1e-5)),
+    **common,
   )
 
 

@@ -1,4 +1,8 @@
-"""Loading Hugging Face checkpoints of the ViT family into ctjax encoders.
+"""Loading Hugging Face checkpoints into ctjax encoders.
+
+Families: ViT, DeiT, DINOv2 (with registers), CLIP's vision tower (a
+CLIPVisionModel, or the ``vision_model.`` tensors of a CLIPModel), ResNet,
+ConvNeXt and Swin.
 
 A table maps every ctjax parameter to a checkpoint tensor and a transpose
 rule. The abstract model comes from ``nnx.eval_shape``; tensors are read with
@@ -15,9 +19,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from flax import nnx
 
-from ctjax.models.config import EncoderConfig, from_hf_config
-from ctjax.models.encoder import Encoder
-from ctjax.models.vit import VisionTransformer
+from ctjax.models.config import AnyConfig, EncoderConfig, from_hf_config
+from ctjax.models.encoder import Encoder, family_module, module_class
 
 # Prefixes of task models (ViTForImageClassification etc.) around the encoder.
 _PREFIXES = ("vit.", "deit.", "dinov2.", "dinov2_with_registers.")
@@ -58,6 +61,8 @@ def _norm(prefix: str, d: int) -> dict[str, Rule]:
 
 def _block_rules(c: EncoderConfig, i: int) -> dict:
   d, h, k, f = c.hidden_size, c.num_heads, c.head_dim, c.mlp_dim
+  if c.model_type == "clip_vision_model":
+    return _clip_block_rules(c, i)
   p = f"encoder.layer.{i}"
   dino = c.model_type.startswith("dinov2")
 
@@ -122,8 +127,94 @@ def _block_rules(c: EncoderConfig, i: int) -> dict:
   return block
 
 
-def checkpoint_rules(c: EncoderConfig) -> dict[tuple, Rule]:
+def _clip_block_rules(c: EncoderConfig, i: int) -> dict:
+  d, h, k, f = c.hidden_size, c.num_heads, c.head_dim, c.mlp_dim
+  p = f"encoder.layers.{i}"
+
+  def qkv(name):
+    return {
+      "kernel": (
+        f"{p}.self_attn.{name}.weight",
+        (h * k, d),
+        lambda w: w.T.reshape(d, h, k),
+      ),
+      "bias": (
+        f"{p}.self_attn.{name}.bias",
+        (h * k,),
+        lambda b: b.reshape(h, k),
+      ),
+    }
+
+  return {
+    "norm1": _norm(f"{p}.layer_norm1", d),
+    "norm2": _norm(f"{p}.layer_norm2", d),
+    "attn": {
+      "query": qkv("q_proj"),
+      "key": qkv("k_proj"),
+      "value": qkv("v_proj"),
+      "out": {
+        "kernel": (
+          f"{p}.self_attn.out_proj.weight",
+          (d, h * k),
+          lambda w: w.T.reshape(h, k, d),
+        ),
+        "bias": (f"{p}.self_attn.out_proj.bias", (d,), lambda b: b),
+      },
+    },
+    "mlp": {
+      "fc1": _linear(f"{p}.mlp.fc1", d, f),
+      "fc2": _linear(f"{p}.mlp.fc2", f, d),
+    },
+  }
+
+
+def _clip_tree(c: EncoderConfig) -> dict:
+  d, pch = c.hidden_size, c.patch_size
+  n_pos = 1 + c.grid_size**2
+  return {
+    "patch_embed": {
+      "proj": {
+        "kernel": (
+          "embeddings.patch_embedding.weight",
+          (d, c.num_channels, pch, pch),
+          lambda w: w.transpose(2, 3, 1, 0),
+        )
+      }
+    },
+    "cls_token": ("embeddings.class_embedding", (d,), lambda t: t[None]),
+    "pos_embed": (
+      "embeddings.position_embedding.weight",
+      (n_pos, d),
+      lambda t: t,
+    ),
+    "pre_norm": _norm("pre_layrnorm", d),
+    "blocks": {i: _clip_block_rules(c, i) for i in range(c.num_layers)},
+  }
+
+
+def checkpoint_rules(c: AnyConfig) -> dict[tuple, Rule]:
   """ctjax parameter path -> (checkpoint name, checkpoint shape, transform)."""
+  family = family_module(c.model_type)
+  if family is not None:
+    tree = family.checkpoint_rules(c)
+  elif c.model_type == "clip_vision_model":
+    tree = _clip_tree(c)
+  else:
+    tree = _vit_tree(c)
+  flat = {}
+
+  def walk(node, path):
+    if isinstance(node, tuple):
+      flat[path] = node
+    else:
+      for key, child in node.items():
+        walk(child, path + (key,))
+
+  walk(tree, ())
+  return flat
+
+
+def _vit_tree(c: EncoderConfig) -> dict:
   d, pch = c.hidden_size, c.patch_size
   n_pos = c.num_prefix_tokens + c.grid_size**2
   tree = {
@@ -162,17 +253,7 @@ def checkpoint_rules(c: EncoderConfig) -> dict[tuple, Rule]:
       (1, c.num_registers, d),
       lambda t: t[0],
     )
-  flat = {}
-
-  def walk(node, path):
-    if isinstance(node, tuple):
-      flat[path] = node
-    else:
-      for key, child in node.items():
-        walk(child, path + (key,))
-
-  walk(tree, ())
-  return flat
+  return tree
 
 
 # transformers >= 5 names its modules differently in memory (state_dict());
@@ -205,6 +286,11 @@ def canonical_tensors(
   (pooler, classifiers, mask token) and maps transformers-5 in-memory names
   (layers.N.attention.q_proj, mlp.gate_proj/up_proj) to the saved ones.
   """
+  family = family_module(model_type)
+  if family is not None:
+    return _family_tensors(tensors, family)
+  if model_type == "clip_vision_model":
+    return _clip_tensors(tensors)
   out = {}
   for name, array in tensors.items():
     short = name
@@ -229,22 +315,68 @@ def canonical_tensors(
   return out
 
 
+def _family_tensors(tensors: Mapping[str, np.ndarray], family) -> dict:
+  """Strips the task-model prefix, drops heads and buffers outside the encoder."""
+  out = {}
+  for name, array in tensors.items():
+    short = name
+    for prefix in family.PREFIXES:
+      if short.startswith(prefix):
+        short = short[len(prefix) :]
+        break
+    if short.startswith(family.IGNORED) or short.endswith(
+      family.IGNORED_SUFFIXES
+    ):
+      continue
+    out[short] = (name, array)
+  return out
+
+
+# CLIPModel / CLIPVisionModelWithProjection tensors outside the vision tower.
+_CLIP_IGNORED = ("post_layernorm.", "embeddings.position_ids")
+
+
+def _clip_tensors(tensors: Mapping[str, np.ndarray]) -> dict:
+  """The vision tower's tensors, ``vision_model.`` stripped.
+
+  A CLIPModel checkpoint names them ``vision_model.*`` beside
+  ``text_model.*``, the projections and ``logit_scale`` (all ignored); a
+  CLIPVisionModel saved by transformers 5 has no prefix.
+  """
+  prefixed = any(n.startswith("vision_model.") for n in tensors)
+  out = {}
+  for name, array in tensors.items():
+    if prefixed:
+      if not name.startswith("vision_model."):
+        continue
+      short = name[len("vision_model.") :]
+    else:
+      short = name
+    if short.startswith(_CLIP_IGNORED) or short in (
+      "visual_projection.weight",
+    ):
+      continue
+    out[short] = (name, array)
+  return out
+
+
 def load_state(
-  config: EncoderConfig,
+  config: AnyConfig,
   tensors: Mapping[str, np.ndarray],
   source: str = "checkpoint",
 ):
-  """Converts checkpoint tensors into (graphdef, nnx.State) of a VisionTransformer.
+  """Converts checkpoint tensors into (graphdef, nnx.State) of an encoder module.
 
   Args:
-    config: the encoder's EncoderConfig.
+    config: the encoder's config (any family).
     tensors: checkpoint name -> array (PyTorch layout), e.g. a safetensors file.
     source: what to call the checkpoint in error messages.
 
   Raises:
     ValueError listing every missing, unexpected and mis-shaped tensor.
   """
-  abstract = nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0)))
+  cls = module_class(config)
+  abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   rules = checkpoint_rules(config)
   found = canonical_tensors(tensors, config.model_type)
@@ -275,11 +407,7 @@ def load_state(
     _set(pure, path, value)
   unexpected = sorted(found[n][0] for n in set(found) - used)
   if missing or unexpected or mismatched:
-    parts = [
-      f"cannot load {source} into a {config.model_type} encoder "
-      f"(L={config.num_layers}, D={config.hidden_size}, patch={config.patch_size}, "
-      f"image={config.image_size}):"
-    ]
+    parts = [f"cannot load {source} into a {config.tag} encoder:"]
     if missing:
       parts.append(f"  missing tensors ({len(missing)}): {', '.join(missing)}")
     if unexpected:
@@ -377,7 +505,7 @@ def read_tensors(folder: str) -> dict[str, np.ndarray]:
   )
 
 
-def read_config(folder: str) -> EncoderConfig:
+def read_config(folder: str) -> AnyConfig:
   """EncoderConfig from config.json (via AutoConfig) and preprocessor_config.json."""
   from transformers import AutoConfig
 
@@ -394,7 +522,8 @@ def read_config(folder: str) -> EncoderConfig:
 
 
 def from_pretrained(path_or_repo_id: str) -> Encoder:
-  """Loads a ViT / DeiT / DINOv2 (with registers) checkpoint.
+  """Loads a ViT / DeiT / DINOv2 (with registers) / CLIP / ResNet / ConvNeXt /
+  Swin checkpoint (the family comes from config.json's ``model_type``).
 
   Args:
     path_or_repo_id: a folder with config.json and model.safetensors (or

@@ -1,4 +1,4 @@
-"""A thin object over the pure forward function of a ViT-family encoder.
+"""A thin object over the pure forward function of an encoder.
 
 Research code uses the pure function directly::
 
@@ -11,29 +11,69 @@ stable identity string (used as a cache key by ctjax.embedding).
 
 import functools
 import hashlib
+import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ctjax.models.config import EncoderConfig
+from ctjax.models.config import (
+  AnyConfig,
+  ConvNextConfig,
+  EncoderConfig,
+  ResNetConfig,
+  SwinConfig,
+)
 from ctjax.models.vit import EncoderOutput, VisionTransformer
+
+
+# model_type -> (module of ctjax.models, class) of the hierarchical families.
+FAMILIES = {
+  "resnet": ("resnet", "ResNet"),
+  "convnext": ("convnext", "ConvNext"),
+  "swin": ("swin", "Swin"),
+}
+
+
+def family_module(model_type: str):
+  """The ctjax.models module of a hierarchical family (None: ViT family)."""
+  if model_type not in FAMILIES:
+    return None
+  return importlib.import_module(f"ctjax.models.{FAMILIES[model_type][0]}")
+
+
+def module_class(config: AnyConfig):
+  """The nnx module class that implements a config's family."""
+  if isinstance(config, EncoderConfig):
+    return VisionTransformer
+  if not isinstance(config, (ResNetConfig, ConvNextConfig, SwinConfig)):
+    raise ValueError(f"not an encoder config: {config!r}")
+  return getattr(
+    family_module(config.model_type), FAMILIES[config.model_type][1]
+  )
+
+
+def build(config: AnyConfig, seed: int = 0):
+  """An nnx module of the config's family (parameters initialised by nnx)."""
+  return module_class(config)(config, rngs=nnx.Rngs(seed))
 
 
 def forward(graphdef, params, pixels, dtype=jnp.float32) -> EncoderOutput:
   """Pure forward pass (jit it with ``static_argnums=(0, 3)``).
 
   Args:
-    graphdef: the nnx GraphDef of a VisionTransformer (static).
-    params: its nnx.State (float32 parameters).
+    graphdef: the nnx GraphDef of an encoder module (static).
+    params: its nnx.State (float32 parameters and BatchNorm statistics).
     pixels: ``[B, H, W, C]`` normalised images.
     dtype: compute dtype (float32, or bfloat16 on accelerators). LayerNorm
       statistics and softmax stay in float32.
 
   Returns:
-    EncoderOutput with ``hidden_states [L+1, B, T, D]`` and
-    ``last_hidden_state [B, T, D]``, both in ``dtype``.
+    EncoderOutput in ``dtype``: for the ViT family (and CLIP)
+    ``hidden_states [L+1, B, T, D]`` and ``last_hidden_state [B, T, D]``;
+    for ResNet and ConvNeXt a tuple of L+1 maps ``[B, H_i, W_i, C_i]``, for
+    Swin a tuple of L+1 token arrays ``[B, T_i, C_i]``.
   """
   dtype = jnp.dtype(dtype)
   if dtype != jnp.float32:
@@ -50,16 +90,17 @@ def forward(graphdef, params, pixels, dtype=jnp.float32) -> EncoderOutput:
 
 
 class Encoder:
-  """A ViT-family encoder: config, graphdef and parameters.
+  """An encoder: config, graphdef and parameters.
 
   Attributes:
-    config: the EncoderConfig.
-    graphdef: nnx GraphDef of the VisionTransformer (static structure).
+    config: an EncoderConfig (ViT family, CLIP), ResNetConfig, ConvNextConfig
+      or SwinConfig.
+    graphdef: nnx GraphDef of the module (static structure).
     params: nnx.State of the parameters (a pytree of float32 arrays).
     source: where the weights came from (folder, repo id, or "random:<seed>").
   """
 
-  def __init__(self, config: EncoderConfig, graphdef, params, source: str = ""):
+  def __init__(self, config: AnyConfig, graphdef, params, source: str = ""):
     self.config = config
     self.graphdef = graphdef
     self.params = jax.device_put(params)  # once, not on every call
@@ -67,14 +108,12 @@ class Encoder:
     self._jitted = jax.jit(forward, static_argnums=(0, 3))
 
   @classmethod
-  def from_module(
-    cls, module: VisionTransformer, source: str = ""
-  ) -> "Encoder":
+  def from_module(cls, module: nnx.Module, source: str = "") -> "Encoder":
     graphdef, params = nnx.split(module)
     return cls(module.config, graphdef, params, source)
 
   @property
-  def module(self) -> VisionTransformer:
+  def module(self) -> nnx.Module:
     """A fresh nnx module holding the parameters (for inspection, fine-tuning)."""
     return nnx.merge(self.graphdef, self.params)
 
@@ -88,12 +127,23 @@ class Encoder:
       self.graphdef, self.params, jnp.asarray(pixels), jnp.dtype(dtype)
     )
 
-  def hidden_states(self, pixels, dtype=jnp.float32) -> jax.Array:
-    """pixels ``[B, H, W, C]`` normalised -> ``[L+1, B, T, D]`` hidden states."""
+  def hidden_states(self, pixels, dtype=jnp.float32):
+    """pixels ``[B, H, W, C]`` normalised -> every hidden state.
+
+    ``[L+1, B, T, D]`` for the ViT family and CLIP; a tuple of L+1 arrays
+    for families whose layers differ in shape: ``[B, H_i, W_i, C_i]`` maps
+    (ResNet, ConvNeXt), ``[B, T_i, C_i]`` tokens (Swin); in the order of
+    transformers' ``hidden_states``.
+    """
     return self(pixels, dtype).hidden_states
 
+  @property
+  def stacked(self) -> bool:
+    """Whether hidden states come as one array (all layers of one shape)."""
+    return isinstance(self.config, EncoderConfig)
+
   def last_hidden_state(self, pixels, dtype=jnp.float32) -> jax.Array:
-    """pixels ``[B, H, W, C]`` -> ``[B, T, D]`` after the final LayerNorm."""
+    """pixels ``[B, H, W, C]`` -> transformers' ``last_hidden_state``."""
     return self(pixels, dtype).last_hidden_state
 
   @property
@@ -135,29 +185,28 @@ class Encoder:
   @property
   def identity(self) -> str:
     """Stable identity: family, sizes and a hash of the weights."""
-    c = self.config
-    return (
-      f"{c.model_type}-L{c.num_layers}-D{c.hidden_size}-H{c.num_heads}"
-      f"-P{c.patch_size}-S{c.image_size}-R{c.num_registers}-{self.weights_hash}"
-    )
+    return f"{self.config.tag}-{self.weights_hash}"
 
   def __repr__(self):
     return f"Encoder({self.identity}, source={self.source!r})"
 
 
-def from_config(config: EncoderConfig, seed: int = 0) -> Encoder:
+def from_config(config: AnyConfig, seed: int = 0) -> Encoder:
   """A randomly initialised encoder (truncated normal 0.02, as transformers' init).
 
   Args:
-    config: an EncoderConfig, or a transformers config / config.json dict.
+    config: a ctjax config, or a transformers config / config.json dict.
     seed: PRNG seed of the initialisation.
   """
-  if not isinstance(config, EncoderConfig):
+  if not isinstance(
+    config, (EncoderConfig, ResNetConfig, ConvNextConfig, SwinConfig)
+  ):
     from ctjax.models.config import from_hf_config
 
     config = from_hf_config(config)
+  cls = module_class(config)
   graphdef, state = nnx.split(
-    nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0)))
+    nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
   )
   nnx.replace_by_pure_dict(
     state, _random_params(nnx.to_pure_dict(state), config, seed)
@@ -165,11 +214,12 @@ def from_config(config: EncoderConfig, seed: int = 0) -> Encoder:
   return Encoder(config, graphdef, state, source=f"random:{seed}")
 
 
-def _random_params(abstract, config: EncoderConfig, seed: int, path=()):
+def _random_params(abstract, config: AnyConfig, seed: int, path=()):
   """NumPy initialisation of a pure-dict parameter tree (same rules as transformers).
 
   Kernels, tokens and position embeddings ~ N(0, 0.02²) truncated at 2 std;
-  biases 0; LayerNorm scales 1; layer scales ``config.layerscale_value``.
+  biases 0; LayerNorm/BatchNorm scales 1; layer scales
+  ``config.layerscale_value``; BatchNorm running mean 0 and variance 1.
   Host-side because XLA:CPU compiles each PRNG call slowly.
   """
   if isinstance(abstract, dict):
@@ -178,8 +228,10 @@ def _random_params(abstract, config: EncoderConfig, seed: int, path=()):
       for k, v in abstract.items()
     }
   shape = abstract.shape
-  if path[-1] == "bias":
+  if path[-1] in ("bias", "mean"):
     return np.zeros(shape, np.float32)
+  if path[-1] == "var":
+    return np.ones(shape, np.float32)
   if path[-1] == "scale":
     value = config.layerscale_value if path[-2] in ("ls1", "ls2") else 1.0
     return np.full(shape, value, np.float32)

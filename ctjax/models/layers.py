@@ -1,8 +1,10 @@
-"""Building blocks of the ViT family, in Flax NNX.
+"""Building blocks of the encoders, in Flax NNX.
 
 Shapes: B batch, T tokens, D width, H heads, K head width, F MLP width,
-P patch side, C channels. Kernels are stored ``[in, out]`` (Flax order);
-convert.py transposes PyTorch's ``[out, in]``.
+P patch side, C channels; feature maps are channels-last ``[B, H, W, C]``.
+Kernels are stored ``[in, out]`` (Flax order) and convolution kernels
+``[kh, kw, C_in / groups, C_out]`` (HWIO); the conversion rules transpose
+PyTorch's ``[out, in]`` and ``[C_out, C_in / groups, kh, kw]``.
 """
 
 import jax
@@ -73,10 +75,21 @@ class LayerNorm(nnx.Module):
 class PatchEmbed(nnx.Module):
   """Non-overlapping P x P patches -> D-wide tokens (a stride-P convolution)."""
 
-  def __init__(self, patch: int, channels: int, dim: int, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    patch: int,
+    channels: int,
+    dim: int,
+    bias: bool = True,
+    *,
+    rngs: nnx.Rngs,
+  ):
     self.patch = patch
     self.proj = Dense(
-      "bhpwqc,pqcd->bhwd", (patch, patch, channels, dim), (dim,), rngs=rngs
+      "bhpwqc,pqcd->bhwd",
+      (patch, patch, channels, dim),
+      (dim,) if bias else None,
+      rngs=rngs,
     )
 
   def __call__(self, pixels):
@@ -180,3 +193,81 @@ class Block(nnx.Module):
     x = x + (self.ls1(h) if self.ls1 is not None else h)
     h = self.mlp(self.norm2(x))
     return x + (self.ls2(h) if self.ls2 is not None else h)
+
+
+class Conv(nnx.Module):
+  """2-D convolution of channels-last maps, zero padding on every side.
+
+  ``kernel [k, k, C_in / groups, C_out]``; ``groups == C_in == C_out`` is a
+  depthwise convolution.
+  """
+
+  def __init__(
+    self,
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    bias: bool = True,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    self.stride, self.padding, self.groups = stride, padding, groups
+    self.kernel = nnx.Param(
+      _init(rngs.params(), (kernel, kernel, c_in // groups, c_out), jnp.float32)
+    )
+    self.bias = nnx.Param(jnp.zeros((c_out,), jnp.float32)) if bias else None
+
+  def __call__(self, x):
+    """x: ``[B, H, W, C_in]`` -> ``[B, H', W', C_out]``, as torch's Conv2d."""
+    p = self.padding
+    y = jax.lax.conv_general_dilated(
+      x,
+      self.kernel[...].astype(x.dtype),
+      window_strides=(self.stride, self.stride),
+      padding=((p, p), (p, p)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=self.groups,
+    )
+    if self.bias is not None:
+      y = y + self.bias[...].astype(x.dtype)
+    return y
+
+
+class BatchNorm(nnx.Module):
+  """Inference BatchNorm over the last axis with running statistics.
+
+  ``(x - mean) / sqrt(var + eps) * scale + bias``, folded into one
+  per-channel multiply-add computed in float32.
+  """
+
+  def __init__(self, dim: int, eps: float):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((dim,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((dim,), jnp.float32))
+
+  def __call__(self, x):
+    """x: ``[..., C]`` -> ``[..., C]``."""
+    f32 = jnp.float32
+    a = self.scale[...].astype(f32) * jax.lax.rsqrt(
+      self.var[...].astype(f32) + self.eps
+    )
+    b = self.bias[...].astype(f32) - self.mean[...].astype(f32) * a
+    return x * a.astype(x.dtype) + b.astype(x.dtype)
+
+
+def max_pool(x, window: int, stride: int, padding: int):
+  """torch's MaxPool2d of ``[B, H, W, C]`` maps (padding never wins the max)."""
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  return jax.lax.reduce_window(
+    x,
+    jnp.array(-jnp.inf, x.dtype),
+    jax.lax.max,
+    (1, window, window, 1),
+    (1, stride, stride, 1),
+    pad,
+  )

@@ -44,10 +44,10 @@ def test_preset_names_and_errors():
   assert cfg.preset("g/14", model_type="dinov2").swiglu
   with pytest.raises(ValueError, match="unknown variant"):
     cfg.preset("XL/16")
-  with pytest.raises(ValueError, match="model_type 'swin'"):
+  with pytest.raises(ValueError, match="model_type .beit."):
     cfg.from_hf_config(
       {
-        "model_type": "swin",
+        "model_type": "beit",
         "hidden_size": 8,
         "num_hidden_layers": 1,
         "num_attention_heads": 1,

@@ -37,3 +37,48 @@ def torch_hidden_states(model, pixels, **kwargs):
     np.stack([h.numpy() for h in out.hidden_states]),
     out.last_hidden_state.numpy(),
   )
+
+
+def randomize_batch_norm(model, seed=0):
+  """Sets every BatchNorm's running mean/var to non-trivial values (eval mode)."""
+  gen = torch.Generator().manual_seed(seed)
+  for m in model.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=gen))
+      m.running_var.copy_(0.5 + 1.5 * torch.rand(m.num_features, generator=gen))
+  return model.eval()
+
+
+def torch_feature_maps(model, pixels, **kwargs):
+  """pixels [B, H, W, C] numpy -> (hidden states as a list, last_hidden_state).
+
+  Feature maps [B, C, H, W] are permuted to channels-last [B, H, W, C];
+  token arrays [B, T, C] are returned as they are.
+  """
+  with torch.no_grad():
+    out = model(
+      torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))),
+      output_hidden_states=True,
+      **kwargs,
+    )
+
+  def layout(h):
+    h = h.numpy()
+    return h.transpose(0, 2, 3, 1) if h.ndim == 4 else h
+
+  return [layout(h) for h in out.hidden_states], layout(out.last_hidden_state)
+
+
+def assert_states_close(got, want, name, atol=1e-4):
+  """Every hidden state of a tuple equal in shape and within atol."""
+  assert isinstance(got, tuple) and len(got) == len(want), (
+    name,
+    type(got),
+    len(got),
+    len(want),
+  )
+  for i, (g, w) in enumerate(zip(got, want)):
+    assert g.shape == w.shape, (name, i, g.shape, w.shape)
+    np.testing.assert_allclose(
+      np.asarray(g), w, atol=atol, rtol=0, err_msg=f"{name} hidden state {i}"
+    )
