@@ -1,9 +1,12 @@
-"""The ViT family (ViT, DeiT, DINOv2, DINOv2 with registers) in Flax NNX.
+"""The ViT family (ViT, DeiT, DINOv2, DINOv2 with registers, CLIP's vision
+tower) in Flax NNX.
 
 The forward pass keeps every hidden state: index 0 is the embedding output
-(tokens + position embeddings, registers inserted), index i the output of
-block i, as transformers' ``output_hidden_states``. The final LayerNorm is
-applied only to ``last_hidden_state``.
+(tokens + position embeddings, registers inserted; for CLIP after its
+``pre_layrnorm``), index i the output of block i, as transformers'
+``output_hidden_states``. The final LayerNorm is applied only to
+``last_hidden_state`` (CLIP has none there: its ``post_layernorm`` acts on the
+pooled CLS token only).
 """
 
 import dataclasses
@@ -22,11 +25,14 @@ class EncoderOutput:
   """Outputs of a forward pass.
 
   Attributes:
-    hidden_states: ``[L+1, B, T, D]``; 0 = embeddings, i = after block i.
-    last_hidden_state: ``[B, T, D]``, the final LayerNorm of hidden_states[-1].
+    hidden_states: ``[L+1, B, T, D]`` for the ViT family; 0 = embeddings,
+      i = after block i. For families whose layers differ in shape, a tuple
+      of L+1 arrays (``[B, H_i, W_i, C_i]`` maps, ``[B, T_i, C_i]`` tokens).
+    last_hidden_state: transformers' ``last_hidden_state``: ``[B, T, D]``,
+      the final LayerNorm of hidden_states[-1] in the ViT family.
   """
 
-  hidden_states: jax.Array
+  hidden_states: jax.Array | tuple[jax.Array, ...]
   last_hidden_state: jax.Array
 
 
@@ -37,8 +43,9 @@ class VisionTransformer(nnx.Module):
     d = config.hidden_size
     init = nnx.initializers.truncated_normal(stddev=0.02)
     self.config = config
+    clip = config.model_type == "clip_vision_model"
     self.patch_embed = layers.PatchEmbed(
-      config.patch_size, config.num_channels, d, rngs=rngs
+      config.patch_size, config.num_channels, d, bias=not clip, rngs=rngs
     )
     self.cls_token = nnx.Param(init(rngs.params(), (1, d), jnp.float32))
     self.dist_token = (
@@ -56,7 +63,8 @@ class VisionTransformer(nnx.Module):
     self.blocks = nnx.List(
       [layers.Block(config, rngs=rngs) for _ in range(config.num_layers)]
     )
-    self.norm = layers.LayerNorm(d, config.layer_norm_eps)
+    self.pre_norm = layers.LayerNorm(d, config.layer_norm_eps) if clip else None
+    self.norm = None if clip else layers.LayerNorm(d, config.layer_norm_eps)
 
   def position_embeddings(self, gh: int, gw: int):
     """``[prefix + gh*gw, D]``: the stored table, resampled when the grid differs."""
@@ -101,6 +109,8 @@ class VisionTransformer(nnx.Module):
         (b, c.num_registers, x.shape[-1]),
       )
       x = jnp.concatenate([x[:, :1], reg, x[:, 1:]], axis=1)
+    if self.pre_norm is not None:
+      x = self.pre_norm(x)
     return x
 
   def __call__(self, pixels) -> EncoderOutput:
@@ -111,5 +121,6 @@ class VisionTransformer(nnx.Module):
       x = block(x)
       states.append(x)
     return EncoderOutput(
-      hidden_states=jnp.stack(states), last_hidden_state=self.norm(x)
+      hidden_states=jnp.stack(states),
+      last_hidden_state=x if self.norm is None else self.norm(x),
     )
