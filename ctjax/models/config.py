@@ -349,6 +349,10 @@ class SwinConfig(_Hierarchical):
 
   def __post_init__(self):
     _check_common(self)
+    if len(self.num_heads) != len(self.depths):
+      raise ValueError(
+        f"num_heads {self.num_heads} needs one entry per stage {self.depths}"
+      )
     for i, (w, h) in enumerate(zip(self.hidden_sizes, self.num_heads)):
       if w % h:
         raise ValueError(f"stage {i}: width {w} is not a multiple of {h} heads")
