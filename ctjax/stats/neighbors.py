@@ -1,19 +1,33 @@
-"""Nearest training point within the same cell, tiled.
+"""Nearest training point within the same cell.
 
-The training points are sorted by cell once (`build_index`). Queries are sorted
-by cell too and cut into tiles of ``tile_queries`` rows; a tile only scans the
-contiguous run of training points whose cells it covers, ``tile_train`` rows at
-a time, so work is ≈ Σ_cells m_c · N_c instead of m · N and memory is
-O(tile_queries · tile_train) whatever N is. ``tile_queries=None`` gives the
-materialised ``[m, N]`` version, used to test the tiled one.
+The training points are sorted by cell once (`build_index`), so cell c is the
+contiguous run of rows ``starts[c]:starts[c+1]``. Three searches give the same
+``(dist, idx)``:
+
+  - ``"tiled"`` (right for a CPU): queries are sorted by cell and dealt into
+    cell-pure tiles of ``tile_queries`` rows (no tile straddles two cells, so
+    no cross-cell pair is scored). With m queries and k cells there are at most
+    ``ceil(m / tile_queries) + k`` tiles, a static count. A tile scans only its
+    cell's training rows, ``tile_train`` at a time, so work is about
+    Σ_c m_c · N_c and memory O(tile_queries · tile_train).
+  - ``"dense"`` (right for a GPU/TPU): all queries at once against every
+    training row, ``tile_train`` rows per step, pairs of different cells
+    masked out. k times the pairs of the tiled search, in a few large
+    products.
+  - materialised (``tile_queries=None``): the whole ``[N, m]`` score matrix;
+    the reference the others are tested against.
+
+``resolve_search("auto", ...)`` picks by backend and memory.
 
 Metrics (on already projected vectors):
   - ``"l2"``: Euclidean distance ‖q − t‖.
   - ``"cosine"``: 1 − |cos(q, t)| (the sign of a PCA axis is arbitrary).
 
-Candidates are ranked with the fast inner-product form; the returned distance
-is then recomputed in difference form from the winning pair, so an exact copy
-has distance exactly 0 and a duplicated query gets bit-identical distances.
+Candidates are ranked with the fast inner-product form (`distances`) in a
+training-rows x queries layout; the returned distance is then recomputed in
+difference form from the winning pair, so an exact copy has distance exactly 0
+and a duplicated query gets bit-identical distances. Ties go to the lowest
+original training index (cells are sorted stably and scanned in order).
 """
 
 import dataclasses
@@ -22,8 +36,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-_HI = jax.lax.Precision.HIGHEST
+from ctjax.stats import distances
+
 METRICS = ("l2", "cosine")
+SEARCHES = ("tiled", "dense")
+TILE_QUERIES = 64
+TILE_TRAIN = 2048
+# Largest score block (bytes) that "auto" lets the dense search hold at once.
+DENSE_BYTES = 1 << 30
 
 
 @functools.partial(
@@ -40,7 +60,7 @@ class CellIndex:
     aux: ``[N]`` ‖t‖² for "l2", 1/‖t‖ for "cosine".
     cells: ``[N]`` int32 cell of each sorted point (non-decreasing).
     starts: ``[k + 2]`` int32; cell c occupies rows ``starts[c]:starts[c+1]``
-      (the extra entry is a sentinel cell k used for padding queries).
+      (the extra entry is a sentinel cell k used for padding).
     order: ``[N]`` int32 original index of each sorted point.
     metric: "l2" or "cosine".
   """
@@ -53,17 +73,18 @@ class CellIndex:
   metric: str
 
 
-def _inv_norm(x):
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1))
-  return jnp.where(norm > 0, 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
+def check_metric(metric: str) -> str:
+  """Returns ``metric`` or raises a ValueError naming the choices."""
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+  return metric
 
 
 def build_index(
   train: jax.Array, cells: jax.Array, n_cells: int, metric: str
 ) -> CellIndex:
-  """Sorts ``train [N, d]`` by ``cells [N]`` (values in [0, n_cells))."""
-  if metric not in METRICS:
-    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+  """Sorts ``train [N, d]`` by ``cells [N]`` (values in [0, n_cells])."""
+  check_metric(metric)
   cells = cells.astype(jnp.int32)
   order = jnp.argsort(cells, stable=True).astype(jnp.int32)
   points = train[order]
@@ -72,9 +93,9 @@ def build_index(
     sorted_cells, jnp.arange(n_cells + 2, dtype=jnp.int32), side="left"
   ).astype(jnp.int32)
   if metric == "l2":
-    aux = jnp.sum(points * points, axis=1)
+    aux = distances.sq_norms(points)
   else:
-    aux = _inv_norm(points)
+    aux = distances.inv_norm(points)
   return CellIndex(
     points=points,
     aux=aux,
@@ -88,32 +109,73 @@ def build_index(
 def exact_distance(q: jax.Array, t: jax.Array, metric: str) -> jax.Array:
   """Row-wise distance ``[m]`` between ``q [m, d]`` and ``t [m, d]``."""
   if metric == "l2":
-    return jnp.sqrt(jnp.sum((q - t) ** 2, axis=-1))
-  u = q * _inv_norm(q)[:, None]
-  v = t * _inv_norm(t)[:, None]
-  # 1 − |u·v| = min(‖u − v‖², ‖u + v‖²) / 2 for unit vectors; exact 0 for copies.
-  return 0.5 * jnp.minimum(
-    jnp.sum((u - v) ** 2, axis=-1), jnp.sum((u + v) ** 2, axis=-1)
-  )
+    return jnp.sqrt(distances.sq_norms(q - t))
+  u = distances.unit_rows(q)
+  v = distances.unit_rows(t)
+  # 1 − |u·v| = min(‖u − v‖², ‖u + v‖²) / 2 for unit vectors. q and t may be
+  # normalised by differently compiled code, so an exact copy is set to 0
+  # explicitly rather than trusted to round to it.
+  d = 0.5 * jnp.minimum(distances.sq_norms(u - v), distances.sq_norms(u + v))
+  return jnp.where(jnp.all(q == t, axis=-1), 0.0, d)
 
 
-def _scores(metric: str, q, q_aux, t, t_aux):
-  """Ranking scores ``[b, r]`` (lower is nearer) of ``q [b, d]`` against ``t [r, d]``."""
-  dots = jnp.matmul(q, t.T, precision=_HI)
+def resolve_search(
+  search: str,
+  n_queries: int | None = None,
+  tile_train: int = TILE_TRAIN,
+  *,
+  backend: str | None = None,
+) -> str:
+  """Maps ``search`` ("auto", "tiled" or "dense") to "tiled" or "dense".
+
+  "auto" is "dense" on an accelerator (a few large products beat many small
+  ones there) when one ``[tile_train, n_queries]`` float32 score block fits in
+  `DENSE_BYTES`, and "tiled" otherwise (a CPU gains nothing from scoring
+  pairs of different cells).
+
+  Args:
+    search: "auto", "tiled" or "dense".
+    n_queries: queries searched at once (None: unknown, memory not checked).
+    tile_train: training rows per step.
+    backend: default ``jax.default_backend()``.
+  """
+  if search in SEARCHES:
+    return search
+  if search != "auto":
+    raise ValueError(
+      f"search must be 'auto' or one of {SEARCHES}, got {search!r}"
+    )
+  backend = backend or jax.default_backend()
+  if backend == "cpu":
+    return "tiled"
+  if n_queries is not None and 4 * n_queries * tile_train > DENSE_BYTES:
+    return "tiled"
+  return "dense"
+
+
+def _rank(metric, t, t_aux, q):
+  """Scores ``[r, b]`` of training rows ``t [r, d]`` against ``q [b, d]``
+  (lower is nearer). For cosine ``t`` holds unit rows (``t_aux`` unused)."""
   if metric == "l2":
-    return t_aux[None, :] - 2.0 * dots
-  return -jnp.abs(dots * q_aux[:, None] * t_aux[None, :])
+    return distances.l2_rank(t, t_aux, q)
+  return distances.cosine_rank(t, q)
 
 
-def _tile_search(index: CellIndex, q, q_cells, q_aux, tile_train):
-  """Nearest same-cell row for one tile of queries sorted by cell."""
-  n = index.points.shape[0]
-  n_cells = index.starts.shape[0] - 2
-  valid = q_cells < n_cells
-  lo = jnp.min(jnp.where(valid, q_cells, n_cells))
-  hi = jnp.max(jnp.where(valid, q_cells, -1))
-  r0 = index.starts[lo]
-  r1 = jnp.where(hi >= 0, index.starts[jnp.maximum(hi, 0) + 1], r0)
+def _first_min(sc, rows):
+  """Column minimum of ``sc [r, b]`` and the lowest ``rows [r]`` entry that
+  attains it (two plain reductions: cheaper than a variadic argmin)."""
+  best = jnp.min(sc, axis=0)
+  big = jnp.iinfo(jnp.int32).max
+  arg = jnp.min(jnp.where(sc == best[None, :], rows[:, None], big), axis=0)
+  return best, arg
+
+
+def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep):
+  """Best row of ``t [N, d]`` in ``[r0, r1)`` for each query of ``q [b, d]``.
+
+  ``keep(rows)`` gives a ``[tile_train, b]`` (or broadcastable) mask of the
+  admissible pairs. Returns (score ``[b]``, sorted row ``[b]``)."""
+  n = t.shape[0]
   b = q.shape[0]
 
   def body(state):
@@ -121,21 +183,72 @@ def _tile_search(index: CellIndex, q, q_cells, q_aux, tile_train):
     s = jnp.minimum(j, n - tile_train)  # keep the slice in bounds
     rows = s + jnp.arange(tile_train, dtype=jnp.int32)
     take = lambda a: jax.lax.dynamic_slice_in_dim(a, s, tile_train)
-    sc = _scores(index.metric, q, q_aux, take(index.points), take(index.aux))
-    same = take(index.cells)[None, :] == q_cells[:, None]
-    sc = jnp.where(same, sc, jnp.inf)
-    k = jnp.argmin(sc, axis=1)
-    v = jnp.take_along_axis(sc, k[:, None], axis=1)[:, 0]
+    sc = _rank(metric, take(t), take(t_aux), q)
+    fresh = (rows >= j) & (rows < r1)  # rows before j were already scanned
+    sc = jnp.where(keep(take, fresh), sc, jnp.inf)
+    v, k = _first_min(sc, rows)
     better = v < best
-    return (
-      j + tile_train,
-      jnp.where(better, v, best),
-      jnp.where(better, rows[k], arg),
-    )
+    return j + tile_train, jnp.where(better, v, best), jnp.where(better, k, arg)
 
   init = (r0, jnp.full((b,), jnp.inf, q.dtype), jnp.zeros((b,), jnp.int32))
   _, best, arg = jax.lax.while_loop(lambda s: s[0] < r1, body, init)
-  return arg, jnp.isfinite(best)
+  return best, arg
+
+
+def _tiled(metric, t, t_aux, index, queries, q_cells, tile, tile_train):
+  """Cell-pure tiles. Returns (score ``[m]``, sorted row ``[m]``)."""
+  m, d = queries.shape
+  n_cells = index.starts.shape[0] - 2
+  n_tiles = -(-m // tile) + n_cells
+  valid = q_cells < n_cells
+  perm = jnp.argsort(jnp.where(valid, q_cells, n_cells), stable=True)
+  cs = q_cells[perm]
+  counts = jnp.bincount(jnp.where(valid, q_cells, n_cells), length=n_cells + 1)
+  counts = counts[:n_cells].astype(jnp.int32)
+  first = jnp.cumsum(counts) - counts  # sorted position of each cell's first
+  per_cell = (counts + tile - 1) // tile
+  base = jnp.concatenate(
+    [jnp.zeros((1,), jnp.int32), jnp.cumsum(per_cell).astype(jnp.int32)]
+  )  # [k + 1]: cell c owns tiles base[c]:base[c+1]
+  c = jnp.minimum(cs, n_cells - 1)
+  within = jnp.arange(m, dtype=jnp.int32) - first[c]
+  slot = (base[c] + within // tile) * tile + within % tile
+  slot = jnp.where(cs < n_cells, slot, n_tiles * tile)  # padding: dropped
+  qt = jnp.zeros((n_tiles * tile, d), queries.dtype)
+  qt = qt.at[slot].set(queries[perm], mode="drop")
+  tile_cell = (
+    jnp.searchsorted(base, jnp.arange(n_tiles, dtype=jnp.int32), side="right")
+    - 1
+  ).astype(jnp.int32)  # n_cells for unused tiles
+
+  def one_tile(args):
+    q, cell = args
+    r0 = index.starts[cell]
+    r1 = jnp.where(cell < n_cells, index.starts[cell + 1], r0)
+    keep = lambda take, fresh: fresh[:, None]
+    return _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep)
+
+  best, arg = jax.lax.map(one_tile, (qt.reshape(n_tiles, tile, d), tile_cell))
+  best, arg = best.reshape(-1), arg.reshape(-1)
+  got = jnp.minimum(slot, n_tiles * tile - 1)
+  score_s = jnp.where(cs < n_cells, best[got], jnp.inf)
+  pos_s = arg[got]
+  inv = jnp.zeros((m,), jnp.int32).at[perm].set(jnp.arange(m, dtype=jnp.int32))
+  return score_s[inv], pos_s[inv]
+
+
+def _dense(metric, t, t_aux, index, queries, q_cells, tile_train):
+  """All queries at once, masked by cell. Returns (score ``[m]``, row ``[m]``)."""
+  n = t.shape[0]
+  n_cells = index.starts.shape[0] - 2
+  q_cells = jnp.where(q_cells < n_cells, q_cells, -1)  # padding matches nothing
+
+  def keep(take, fresh):
+    return fresh[:, None] & (take(index.cells)[:, None] == q_cells[None, :])
+
+  return _scan_rows(
+    metric, t, t_aux, queries, jnp.int32(0), jnp.int32(n), tile_train, keep
+  )
 
 
 def nearest_in_cell(
@@ -143,8 +256,9 @@ def nearest_in_cell(
   queries: jax.Array,
   q_cells: jax.Array,
   *,
-  tile_queries: int | None = 64,
-  tile_train: int = 4096,
+  tile_queries: int | None = TILE_QUERIES,
+  tile_train: int = TILE_TRAIN,
+  search: str = "tiled",
 ):
   """Nearest training point in the query's own cell.
 
@@ -153,48 +267,42 @@ def nearest_in_cell(
     queries: ``[m, d]`` query points.
     q_cells: ``[m]`` int cell of each query; a value ``>= k`` marks a padding
       row (no search, distance ``inf``).
-    tile_queries: queries per tile; ``None`` materialises ``[m, N]`` scores.
+    tile_queries: queries per tile of the tiled search; ``None`` materialises
+      the ``[N, m]`` scores (whatever ``search``).
     tile_train: training rows scanned per step (capped at N).
+    search: "tiled", "dense" or "auto" (see `resolve_search`); all give the
+      same result.
 
   Returns:
     ``(dist [m], idx [m])``: distance to the nearest training point of the same
     cell and that point's original index; ``inf`` / ``-1`` where the cell has
     no training point or the row is padding.
   """
-  m, d = queries.shape
+  m = queries.shape[0]
   n = index.points.shape[0]
+  n_cells = index.starts.shape[0] - 2
+  metric = index.metric
   q_cells = q_cells.astype(jnp.int32)
-  q_aux = _inv_norm(queries) if index.metric == "cosine" else None
-  if tile_queries is None:
-    sc = _scores(index.metric, queries, q_aux, index.points, index.aux)
-    sc = jnp.where(index.cells[None, :] == q_cells[:, None], sc, jnp.inf)
-    pos = jnp.argmin(sc, axis=1).astype(jnp.int32)
-    found = jnp.isfinite(jnp.min(sc, axis=1))
+  if metric == "cosine":
+    t, t_aux = index.points * index.aux[:, None], index.aux  # unit rows
   else:
-    tile_train = max(1, min(tile_train, n))
-    n_cells = index.starts.shape[0] - 2
-    perm = jnp.argsort(q_cells, stable=True)
-    n_tiles = -(-m // tile_queries)
-    pad = n_tiles * tile_queries - m
-    qs = jnp.concatenate([queries[perm], jnp.zeros((pad, d), queries.dtype)])
-    cs = jnp.concatenate([q_cells[perm], jnp.full((pad,), n_cells, jnp.int32)])
-    aux = (
-      jnp.concatenate([q_aux[perm], jnp.zeros((pad,), queries.dtype)])
-      if q_aux is not None
-      else jnp.zeros((m + pad,), queries.dtype)
+    t, t_aux = index.points, index.aux
+  tile_train = max(1, min(tile_train, n))
+  if tile_queries is None:
+    sc = _rank(metric, t, t_aux, queries)
+    real = q_cells < n_cells
+    same = (index.cells[:, None] == q_cells[None, :]) & real[None, :]
+    sc = jnp.where(same, sc, jnp.inf)
+    best, pos = _first_min(sc, jnp.arange(n, dtype=jnp.int32))
+  elif resolve_search(search, m, tile_train) == "dense":
+    best, pos = _dense(metric, t, t_aux, index, queries, q_cells, tile_train)
+  else:
+    best, pos = _tiled(
+      metric, t, t_aux, index, queries, q_cells, tile_queries, tile_train
     )
-    tiles = (
-      qs.reshape(n_tiles, tile_queries, d),
-      cs.reshape(n_tiles, tile_queries),
-      aux.reshape(n_tiles, tile_queries),
-    )
-    pos_s, found_s = jax.lax.map(
-      lambda t: _tile_search(index, t[0], t[1], t[2], tile_train), tiles
-    )
-    inv = jnp.argsort(perm)
-    pos = pos_s.reshape(-1)[:m][inv]
-    found = found_s.reshape(-1)[:m][inv]
-  dist = exact_distance(queries, index.points[pos], index.metric)
+  found = jnp.isfinite(best)
+  pos = jnp.where(found, pos, 0)
+  dist = exact_distance(queries, index.points[pos], metric)
   dist = jnp.where(found, dist, jnp.inf)
   idx = jnp.where(found, index.order[pos], -1)
   return dist, idx
