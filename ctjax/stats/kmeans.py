@@ -1,10 +1,12 @@
 """k-means with k-means++ seeding and restarts, under jit.
 
-Restarts are a `vmap` over PRNG keys and the run of lowest inertia wins (as in
+Restarts run one after another (`lax.map` over PRNG keys, so none waits for
+the slowest as in a `vmap`) and the run of lowest inertia wins (as in
 scikit-learn's ``n_init``). Lloyd iterations run in a `while_loop` until the
 squared centre shift falls below ``tol`` times the mean per-feature variance
 (scikit-learn's criterion) or ``max_iter`` is reached. Cluster sums use
-`segment_sum`; every buffer has a static shape.
+`segment_sum`; every buffer has a static shape. Distances use the shared
+fast form of `ctjax.stats.distances`.
 """
 
 import dataclasses
@@ -14,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-_HI = jax.lax.Precision.HIGHEST
+from ctjax.stats import distances
 
 
 @functools.partial(
@@ -42,12 +44,9 @@ class KMeans:
 def sq_distances(
   x: jax.Array, centers: jax.Array, x_sq: jax.Array | None = None
 ) -> jax.Array:
-  """Squared Euclidean distances ``[n, k]`` between ``x [n, d]`` and ``centers [k, d]``."""
-  if x_sq is None:
-    x_sq = jnp.sum(x * x, axis=1)
-  c_sq = jnp.sum(centers * centers, axis=1)
-  cross = jnp.matmul(x, centers.T, precision=_HI)
-  return jnp.maximum(x_sq[:, None] - 2.0 * cross + c_sq[None, :], 0.0)
+  """Squared Euclidean distances ``[n, k]`` between ``x [n, d]`` and
+  ``centers [k, d]`` (``x_sq [n]``: ‖x‖², if known)."""
+  return distances.sq_l2(x, centers, x_sq)
 
 
 def assign(x: jax.Array, centers: jax.Array) -> jax.Array:
@@ -95,13 +94,17 @@ def _lloyd(x, x_sq, centers, max_iter, tol_abs):
     sums = jax.ops.segment_sum(x, labels, num_segments=k)
     counts = jax.ops.segment_sum(jnp.ones_like(x_sq), labels, num_segments=k)
     new = sums / jnp.maximum(counts, 1.0)[:, None]
-    # An empty cluster is moved onto one of the points farthest from their
-    # centres (one distinct point per empty cluster), as scikit-learn does.
     empty = counts == 0
-    far = jax.lax.top_k(jnp.min(d2, axis=1), k)[1]
-    rank = jnp.cumsum(empty) - 1
-    new = jnp.where(empty[:, None], x[far[jnp.clip(rank, 0, k - 1)]], new)
-    return new
+
+    def refill(new):
+      # An empty cluster is moved onto one of the points farthest from their
+      # centres (one distinct point per empty cluster), as scikit-learn does.
+      far = jax.lax.top_k(jnp.min(d2, axis=1), k)[1]
+      rank = jnp.cumsum(empty) - 1
+      return jnp.where(empty[:, None], x[far[jnp.clip(rank, 0, k - 1)]], new)
+
+    # The O(N log k) top_k runs only in the rare step that left a cell empty.
+    return jax.lax.cond(jnp.any(empty), refill, lambda new: new, new)
 
   def cond(state):
     _, shift, it = state
@@ -134,7 +137,7 @@ def kmeans(
     x: ``[N, d]`` points.
     k: number of cells.
     key: PRNG key; restart i uses ``split(key, n_init)[i]``.
-    n_init: restarts (vmapped); the lowest inertia wins.
+    n_init: restarts (run one after another); the lowest inertia wins.
     max_iter: Lloyd iteration cap per restart.
     tol: relative tolerance on the squared centre shift (scaled by the mean
       per-feature variance of ``x``, as in scikit-learn).
@@ -150,7 +153,7 @@ def kmeans(
 
 @functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter"))
 def _kmeans(x, k, key, *, n_init, max_iter, tol):
-  x_sq = jnp.sum(x * x, axis=1)
+  x_sq = distances.sq_norms(x)
   tol_abs = tol * jnp.mean(jnp.var(x, axis=0))
 
   def one_run(key):
@@ -159,7 +162,7 @@ def _kmeans(x, k, key, *, n_init, max_iter, tol):
     d2 = sq_distances(x, centers, x_sq)
     return centers, jnp.sum(jnp.min(d2, axis=1)), n_iter
 
-  centers, inertia, n_iter = jax.vmap(one_run)(jax.random.split(key, n_init))
+  centers, inertia, n_iter = jax.lax.map(one_run, jax.random.split(key, n_init))
   best = jnp.argmin(inertia)
   centers = centers[best]
   d2 = sq_distances(x, centers, x_sq)

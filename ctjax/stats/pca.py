@@ -63,8 +63,11 @@ def _triangular_gram(xc: jax.Array, block: int) -> jax.Array:
   return jnp.block(rows)
 
 
+CHUNK = 10_000  # rows per step of the covariance and the projection
+
+
 def covariance(
-  x: jax.Array, mean: jax.Array, *, chunk: int = 4096, block: int = 256
+  x: jax.Array, mean: jax.Array, *, chunk: int = CHUNK, block: int = 256
 ) -> jax.Array:
   """Unnormalised scatter matrix Σ (x_i − mean)(x_i − mean)ᵀ.
 
@@ -96,7 +99,7 @@ def covariance(
 
 @functools.partial(jax.jit, static_argnames=("n_components", "chunk", "block"))
 def fit_pca(
-  x: jax.Array, n_components: int, *, chunk: int = 4096, block: int = 256
+  x: jax.Array, n_components: int, *, chunk: int = CHUNK, block: int = 256
 ) -> PCA:
   """Fits PCA on ``x [N, D]`` (centred), keeping ``n_components`` axes.
 
@@ -127,6 +130,21 @@ def fit_pca(
   )
 
 
-def transform(pca: PCA, x: jax.Array) -> jax.Array:
-  """Projects ``x [n, D]`` onto the axes: ``[n, k]``."""
-  return jnp.matmul(x - pca.mean, pca.components, precision=_HI)
+def transform(
+  pca: PCA, x: jax.Array, *, chunk: int | None = CHUNK
+) -> jax.Array:
+  """Projects ``x [n, D]`` onto the axes: ``[n, k]``.
+
+  With more than ``chunk`` rows the product runs ``chunk`` rows at a time
+  (``None``: all at once): each row's result is the same, but the centred
+  copy of ``x`` is never materialised whole.
+  """
+  n, d = x.shape
+  project = lambda xb: jnp.matmul(xb - pca.mean, pca.components, precision=_HI)
+  if chunk is None or n <= chunk:
+    return project(x)
+  n_chunks = -(-n // chunk)
+  pad = n_chunks * chunk - n
+  xs = jnp.concatenate([x, jnp.zeros((pad, d), x.dtype)]) if pad else x
+  out = jax.lax.map(project, xs.reshape(n_chunks, chunk, d))
+  return out.reshape(n_chunks * chunk, -1)[:n]

@@ -16,7 +16,7 @@ def _gapped(rng, n=4000, d=96, k=8):
 
 
 @pytest.mark.parametrize("block", [256, 32, 40])  # full, and symmetric blocks
-@pytest.mark.parametrize("chunk", [4096, 333])
+@pytest.mark.parametrize("chunk", [10_000, 4096, 333])
 def test_variances_and_subspace(rng, block, chunk):
   x = _gapped(rng)
   k = 8
@@ -53,3 +53,17 @@ def test_matches_sklearn_projection_up_to_sign(rng):
 def test_bad_n_components():
   with pytest.raises(ValueError, match="n_components=9"):
     pca_lib.fit_pca(np.zeros((5, 8), np.float32), 9)
+
+
+def test_chunked_projection_equals_one_product(rng):
+  x = _gapped(rng, n=1000, d=24, k=4)
+  fit = pca_lib.fit_pca(x, 4)
+  whole = np.asarray(pca_lib.transform(fit, x, chunk=None))
+  ref = (x.astype(np.float64) - np.asarray(fit.mean, np.float64)) @ np.asarray(
+    fit.components, np.float64
+  )
+  np.testing.assert_allclose(whole, ref, rtol=1e-4, atol=1e-4)
+  for chunk in (1000, 333, 250, 7):
+    got = np.asarray(pca_lib.transform(fit, x, chunk=chunk))
+    assert got.shape == whole.shape
+    np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-6)
