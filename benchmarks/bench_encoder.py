@@ -8,6 +8,14 @@ float32 GEMM peak measured in the same run (jnp.matmul 2048^3). With a GPU
 and bfloat16 (and PyTorch's on the same GPU).
 
   python benchmarks/bench_encoder.py [--batch 8] [--seconds 20] [--gpu]
+
+With ``--families resnet50,convnext_t,swin_t,clip_b16`` it instead prints one
+row per family (random weights saved by transformers and loaded with
+ctjax.models.from_pretrained, 224x224, every hidden state of both): ctjax
+and PyTorch images/s, their ratio, the largest difference over all hidden
+states (relative to each layer's largest magnitude) and ctjax's
+compile time, for each ``--dtypes`` entry (bfloat16:
+ctjax computes in bfloat16, PyTorch under bfloat16 autocast).
 """
 
 import argparse
@@ -75,14 +83,144 @@ def build(torch_device="cpu"):
   )
 
 
+# name -> (transformers model class, config class, config kwargs); sizes of the
+# released checkpoints: ResNet-50 (microsoft/resnet-50), ConvNeXt-T
+# (facebook/convnext-tiny-224), Swin-T (microsoft/swin-tiny-patch4-window7-224),
+# CLIP ViT-B/16 (openai/clip-vit-base-patch16), ViT-B/16 (google/vit-base-patch16-224).
+FAMILIES = {
+  "resnet50": ("ResNetModel", "ResNetConfig", {}),
+  "convnext_t": ("ConvNextModel", "ConvNextConfig", {}),
+  "swin_t": ("SwinModel", "SwinConfig", {}),
+  "clip_b16": ("CLIPVisionModel", "CLIPVisionConfig", {"patch_size": 16}),
+  "vit_b16": ("ViTModel", "ViTConfig", {}),
+}
+
+
+def build_family(name, folder, torch_device="cpu"):
+  """(torch model, ctjax Encoder) with the same random weights."""
+  import torch
+  import transformers as tf
+
+  from ctjax import models
+
+  model_cls, config_cls, kwargs = FAMILIES[name]
+  torch.manual_seed(0)
+  model = getattr(tf, model_cls)(getattr(tf, config_cls)(**kwargs)).eval()
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.normal_(0, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+  model.save_pretrained(os.path.join(folder, name))
+  return model.to(torch_device), models.from_pretrained(
+    os.path.join(folder, name)
+  )
+
+
+def _torch_states(model, x, autocast):
+  import torch
+
+  with (
+    torch.no_grad(),
+    torch.autocast(x.device.type, torch.bfloat16, enabled=autocast),
+  ):
+    out = model(x, output_hidden_states=True).hidden_states
+  if x.device.type == "cuda":
+    torch.cuda.synchronize()
+  return out
+
+
+def family_rows(args):
+  """Prints the per-family table (see the module docstring)."""
+  import tempfile
+
+  import torch
+
+  on_gpu = jax.default_backend() == "gpu"
+  torch_device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch "
+    f"{torch.__version__} on {torch_device}, {torch.get_num_threads()} threads"
+  )
+  rng = np.random.default_rng(0)
+  pixels = rng.normal(size=(args.batch, 224, 224, 3)).astype(np.float32)
+  x_jax = jnp.asarray(pixels)
+  x_torch = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(
+    torch_device
+  )
+  fwd = jax.jit(encoder_lib.forward, static_argnums=(0, 3))
+  rows = []
+  with tempfile.TemporaryDirectory() as folder:
+    for name in args.families.split(","):
+      model, enc = build_family(name, folder, torch_device)
+      for dtype in args.dtypes.split(","):
+        dt = jnp.dtype(dtype)
+        t = time.perf_counter()
+        compiled = fwd.lower(enc.graphdef, enc.params, x_jax, dt).compile()
+        compile_s = time.perf_counter() - t
+        ours = jax.tree.leaves(compiled(enc.params, x_jax).hidden_states)
+        ours = [np.asarray(o, np.float32) for o in ours]
+        if len(ours) == 1:  # stacked [L+1, B, T, D]
+          ours = list(ours[0])
+        theirs = [
+          h.float().cpu().numpy()
+          for h in _torch_states(model, x_torch, dt == jnp.bfloat16)
+        ]
+        theirs = [h.transpose(0, 2, 3, 1) if h.ndim == 4 else h for h in theirs]
+        # Largest difference relative to each layer's largest magnitude.
+        diff = max(
+          float(np.abs(a - b).max() / np.abs(b).max())
+          for a, b in zip(ours, theirs)
+        )
+
+        def run_jax():
+          jax.block_until_ready(compiled(enc.params, x_jax).hidden_states)
+
+        def run_torch():
+          _torch_states(model, x_torch, dt == jnp.bfloat16)
+
+        jax_ips, torch_ips = [], []
+        for _ in range(3):  # interleaved rounds; best of each
+          torch_ips.append(throughput(run_torch, args.batch, args.seconds / 3))
+          jax_ips.append(throughput(run_jax, args.batch, args.seconds / 3))
+        j, p = max(jax_ips), max(torch_ips)
+        rows.append((name, dtype, len(theirs), j, p, diff, compile_s))
+        print(
+          f"{name} {dtype}: ctjax {j:.2f} img/s, torch {p:.2f} img/s, "
+          f"ratio {j / p:.2f}x, max diff {diff:.1e}, compile {compile_s:.1f} s",
+          flush=True,
+        )
+  print()
+  print(
+    f"| encoder, 224px, batch {args.batch}, {jax.devices()[0].device_kind} "
+    "| dtype | hidden states | ctjax img/s | PyTorch img/s | ratio "
+    "| max rel diff | ctjax compile s |"
+  )
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  for name, dtype, n, j, p, diff, compile_s in rows:
+    print(
+      f"| {name} | {dtype} | {n} | {j:.2f} | {p:.2f} | {j / p:.2f}x "
+      f"| {diff:.1e} | {compile_s:.1f} |"
+    )
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument(
+    "--families",
+    default="",
+    help=f"comma-separated, any of {sorted(FAMILIES)}: per-family table",
+  )
+  parser.add_argument("--dtypes", default="float32")
   parser.add_argument("--seconds", type=float, default=20.0)
   parser.add_argument(
     "--gpu", action="store_true", help="also batch 256 f32/bf16 on the GPU"
   )
   args = parser.parse_args()
+  if args.families:
+    family_rows(args)
+    return
   import torch
 
   on_gpu = jax.default_backend() == "gpu"
