@@ -2,13 +2,15 @@
 
 Public API (see README.md, and docs/method.md for the method):
 
-  c_t, ct_score, ct_curve, CTReference, CTResult   -- the C_T engine
-  embed                                             -- all-layer embeddings of images
-  FingerprintLibrary                                -- C_T-curve fingerprints
+  c_t, ct_score, ct_curve, CTReference, CTResult   the C_T engine
+  embed                                             all-layer embeddings
+  FingerprintLibrary                                C_T-curve fingerprints
 
-Submodules: stats (numerics), models (encoders), embedding, preprocess,
-fingerprint, sharding, storage, report; audit (the built-in default run) and
-cli are not imported by the library.
+Subpackages and modules, loaded on first use: stats (numerics), models
+(encoders; the only part that needs Flax), embedding, preprocess, fingerprint,
+sharding, storage, report. The built-in audit (``ctjax.audit``) and the
+command line (``ctjax.cli``, run.py) sit on top of the library; nothing here
+imports them.
 """
 
 import importlib
@@ -30,7 +32,6 @@ _LAZY_MODULES = (
   "report",
   "sharding",
   "storage",
-  "audit",
 )
 
 __all__ = [

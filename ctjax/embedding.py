@@ -5,7 +5,8 @@ chunks; each batch is preprocessed and encoded in one jitted call (one
 compilation per batch shape; the last batch is padded), pooled per layer
 (CLS token or mean of patch tokens), and the ``[L+1, N, D]`` float32 result
 is cached on disk when ``cache_dir`` is given. With several local devices the
-batch axis is sharded across them (``_data_parallel``).
+batch axis is sharded across them, and with several processes each embeds its
+share of the inputs (both policies in `ctjax.sharding`).
 """
 
 import copy
@@ -20,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctjax import preprocess as pp
+from ctjax import sharding
 from ctjax.storage import EmbeddingCache
-from ctjax.models.encoder import forward
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 POOLS = ("cls", "mean")
@@ -216,6 +217,10 @@ class _StepSpec:
 @functools.partial(jax.jit, static_argnums=0)
 def _step(spec: _StepSpec, params, images):
   """images ``[B, H, W, C]`` raw -> pooled ``[len(layers), B, D]`` float32."""
+  # Flax loads with the first encoder used, not with `import ctjax.embedding`
+  # (which `from ctjax import *` does).
+  from ctjax.models.encoder import forward  # pylint: disable=g-import-not-at-top
+
   pixels = pp.preprocess_fn(images, spec.preprocess, spec.resize)
   hidden = forward(
     spec.graphdef, params, pixels, jnp.dtype(spec.dtype)
@@ -227,23 +232,6 @@ def _step(spec: _StepSpec, params, images):
   else:
     pooled = hidden[:, :, spec.num_prefix :].astype(jnp.float32).mean(axis=2)
   return pooled.astype(jnp.float32)
-
-
-def _data_parallel(params, batch_size: int):
-  """Sharding policy: the batch axis over all local devices, parameters replicated.
-
-  Returns (batch size rounded up to a multiple of the device count, params
-  placed on the devices, a function putting a host batch on the devices).
-  """
-  devices = jax.local_devices()
-  if len(devices) == 1:
-    return batch_size, params, jnp.asarray
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
-  spec = jax.sharding.PartitionSpec
-  batch_size = -(-batch_size // len(devices)) * len(devices)
-  params = jax.device_put(params, jax.sharding.NamedSharding(mesh, spec()))
-  batch_sharding = jax.sharding.NamedSharding(mesh, spec("data"))
-  return batch_size, params, lambda x: jax.device_put(x, batch_sharding)
 
 
 def _resolve_layers(layers, num_states: int) -> tuple[int, ...]:
@@ -311,8 +299,6 @@ def embed(
   if jax.process_count() > 1:
     # Several JAX processes (hosts): each embeds its contiguous share of the
     # inputs on its own devices; the shares come back in input order.
-    from ctjax import sharding  # pylint: disable=g-import-not-at-top
-
     n_total = len(source)
     local = _embed_source(
       encoder,
@@ -345,7 +331,6 @@ def embed(
 
 def _process_share(source, skip_bad: bool):
   """This process's contiguous share of ``source`` (`sharding.process_share`)."""
-  from ctjax import sharding  # pylint: disable=g-import-not-at-top
 
   if skip_bad:
     raise ValueError(
@@ -397,7 +382,7 @@ def _embed_source(
       _warn_skipped(done[1])
       return done[0]
 
-  batch_size, params, put = _data_parallel(encoder.params, batch_size)
+  batch_size, params, put = sharding.data_parallel(encoder.params, batch_size)
   chunk_size = chunk_size or 32 * batch_size
   spec = _StepSpec(
     encoder.graphdef,

@@ -15,6 +15,9 @@ devices: the smallest distance wins and, among equal distances, the smallest
 training index. The distance of a winning pair is recomputed by the engine from
 the two vectors alone, so the sharded result equals the single-device one.
 
+Encoders (`data_parallel`). The batch of images is split over the local
+devices along ``"data"`` and the parameters are replicated.
+
 Several hosts. Call ``jax.distributed.initialize(...)`` first; `make_mesh` then
 spans every process's devices. Arrays that each process holds in full (the
 reference, a generated batch) become global arrays with
@@ -78,6 +81,31 @@ def resolve_mesh(mesh) -> Mesh:
 def n_shards(mesh: Mesh) -> int:
   """Number of devices along the ``"data"`` axis."""
   return int(mesh.shape[AXIS])
+
+
+def data_parallel(params, batch_size: int):
+  """The batch axis over all local devices, parameters replicated.
+
+  The policy of `ctjax.embedding.embed`: an encoder's forward pass needs no
+  communication, so each local device encodes its slice of every batch.
+
+  Args:
+    params: a pytree of parameters.
+    batch_size: the requested batch size.
+
+  Returns:
+    (batch size rounded up to a multiple of the local device count, params
+    placed on the devices, a function putting a host batch
+    ``[batch_size, ...]`` on the devices, split along axis 0).
+  """
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    return batch_size, params, jnp.asarray
+  mesh = make_mesh(devices)
+  batch_size = -(-batch_size // len(devices)) * len(devices)
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  batch_sharding = NamedSharding(mesh, P(AXIS))
+  return batch_size, params, lambda x: jax.device_put(x, batch_sharding)
 
 
 # ------------------------------------------------ host arrays <-> global ones

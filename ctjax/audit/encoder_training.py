@@ -41,6 +41,7 @@ import optax
 
 from ctjax.audit import datasets as ds
 from ctjax import preprocess as pp
+from ctjax import storage
 from ctjax.models import convert
 from ctjax.models.export import hf_config, to_hf_tensors
 from ctjax.models.config import EncoderConfig
@@ -105,9 +106,9 @@ def _vit(image_size, patch_size, hidden, layers, heads, mlp):
 
 # The shipped encoders. Digits: 8x8 images upsampled to 18 and cropped to 16,
 # 4x4 patches (16 patch tokens). Fashion-MNIST: 28x28 from a 32x32 resize,
-# 7x7 patches (16 patch tokens). The shipped Fashion-MNIST weights ran 15,000
-# steps (16 epochs; 188 s on one H100, 87.1% test); on two CPU cores
-# ``--steps 800`` fits in 15 minutes but stops below one epoch (71.1% test).
+# 7x7 patches (16 patch tokens). The step counts are those the shipped
+# weights were trained with; each asset folder's training_report.json records
+# the accuracy they reached. Fewer steps (``--steps``) give a weaker encoder.
 DEFAULTS = {
   "digits": TrainConfig(
     dataset="digits",
@@ -499,11 +500,7 @@ def export(
 
 
 def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  storage.write_json(obj, path, indent=2, sort_keys=True)
 
 
 # ------------------------------------------------------------------ loading

@@ -5,13 +5,9 @@ and ``sample(model, n, seed) -> uint8 images``. "ddpm" and "ddim" share one
 trained network (``Family.trainer == "ddpm"``): two samplers, two
 "architectures" for fingerprinting, as in the paper's DDPM/DDIM/PNDM.
 
-Measured cost on the 2-core CPU this was written on (shared with other jobs,
-so upper bounds): digits presets, all three seeds with 600 samples each and
-XLA compilation included -- kde 0 s, gmm ~8 s, vae ~18 s, gan ~27 s, ddpm
-~27 s, ddim ~2 s (sampling only): ~1.5 CPU-minutes in all.
-fashion_mnist presets, per seed -- kde 0 s, gmm 1-5 min (EM on 10,000
-images), vae ~2 min, gan ~3 min, ddpm ~3 min training + ~15 s per 1,000
-ancestral samples (DDIM ~5x faster): ~35-40 minutes for three seeds.
+Training a family costs from nothing (KDE) to minutes (the DDPM network on
+Fashion-MNIST), which is why trained models and samples are cached; the costs
+measured for the presets are listed in docs/audit.md.
 """
 
 import dataclasses
