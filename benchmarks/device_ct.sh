@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The C_T engine on an accelerator, in one call (under 5 minutes on one
+# H100/H200): cold fit (compiled), warm batch, score_many throughput and a
+# streamed |T| = 10^6 fit at CIFAR-10 scale (L=13, N=50k, n=10k, m=500,
+# D=768), with the NumPy/SciPy baseline (b) on this host's CPU cores in the
+# same process. Installs only ctjax itself (pip install -e .) and, when JAX
+# sees no GPU but one is present, the CUDA build of the installed jax version.
+#
+#   bash benchmarks/device_ct.sh            # CIFAR-10 scale
+#   bash benchmarks/device_ct.sh --quick    # small shapes (checks it runs)
+#
+# Numbers are printed as a table and written to $OUT/device_ct.json (or
+# ./device_ct.json when OUT is unset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out_dir="${OUT:-.}"
+mkdir -p "$out_dir"
+
+backend() { python -c "import jax; print(jax.default_backend())" 2>/dev/null; }
+
+python -c "import jax; print('jax', jax.__version__, jax.devices())" || true
+if [[ "$(backend)" != "gpu" ]] && command -v nvidia-smi >/dev/null 2>&1 \
+    && nvidia-smi -L >/dev/null 2>&1; then
+  ver="$(python -c 'import jax; print(jax.__version__)')"
+  echo "A GPU is present but JAX does not use it: installing jax[cuda12]==$ver"
+  pip install -q "jax[cuda12]==$ver" || pip install -q -U "jax[cuda12]"
+  python -c "import jax; print('jax', jax.__version__, jax.devices())"
+fi
+python -c "import ctjax" 2>/dev/null || pip install -q -e .
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null \
+  || true
+
+if [[ "${1:-}" == "--quick" ]]; then
+  args=(--quick --warm-reps 5 --stream-n 50000)
+else
+  # (a), the per-batch refit, takes minutes of CPU and is left out here.
+  args=(--no-paper --warm-reps 20 --stream-n 1000000)
+fi
+timeout 290 python benchmarks/bench_ct.py "${args[@]}" \
+  --json "$out_dir/device_ct.json"
