@@ -47,7 +47,9 @@ flags.DEFINE_enum(
   ["cosine", "l2"],
   "Distance: 1 - |cos| (the paper) or Euclidean (Meehan).",
 )
-flags.DEFINE_integer("n_components", 64, "PCA dimension per layer.")
+flags.DEFINE_integer(
+  "n_components", None, "PCA dimension per layer (default min(64, N, D))."
+)
 flags.DEFINE_integer("n_cells", 10, "k-means cells per layer.")
 flags.DEFINE_float("tau", None, "Generated-share threshold (default 20/m).")
 flags.DEFINE_integer("seed", 0, "Seed of k-means (and of the demo).")

@@ -79,6 +79,7 @@ def _one(args):
   fit_s = time.perf_counter() - t0
   del train
   cfg = ref.config
+  index = jax.tree_util.tree_map(lambda x: x[0], ref.fitted.index)
   ref.score(gen, mesh=mesh)  # warm-up
   times = []
   for _ in range(args.repeats):
@@ -86,17 +87,9 @@ def _one(args):
     res = ref.score(gen, mesh=mesh)
     times.append(time.perf_counter() - t0)
   # Working set of the search alone, from XLA's buffer assignment.
-  index = nb.CellIndex(
-    points=ref.arrays["points"][0],
-    aux=ref.arrays["aux"][0],
-    cells=ref.arrays["cells"][0],
-    starts=ref.arrays["starts"][0],
-    order=ref.arrays["order"][0],
-    metric=cfg["metric"],
-  )
   search = jax.jit(
     lambda i, q, c: nb.nearest_in_cell(
-      i, q, c, tile_queries=cfg["tile_queries"], tile_train=cfg["tile_train"]
+      i, q, c, tile_queries=cfg.tile_queries, tile_train=cfg.tile_train
     )
   )
   q = jnp.zeros((args.m, d), jnp.float32)
@@ -106,7 +99,9 @@ def _one(args):
     .memory_analysis()
   )
   tmp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-  ref_bytes = sum(np.asarray(v).nbytes for v in ref.arrays.values())
+  ref_bytes = sum(
+    np.asarray(v).nbytes for v in jax.tree_util.tree_leaves(ref.fitted)
+  )
   print(
     json.dumps(
       dict(

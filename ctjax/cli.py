@@ -113,7 +113,7 @@ def reference_meta(encoder_spec, encoder, pool):
 
 
 def check_reference_meta(ref: CTReference, meta: dict, path):
-  mine = ref.config.get("meta", {})
+  mine = ref.meta
   for key in ("encoder", "pool"):
     if meta.get(key) and mine.get(key) and meta[key] != mine[key]:
       raise UserError(
@@ -198,7 +198,7 @@ def score(
   pool="cls",
   batch_size=64,
   metric="cosine",
-  n_components=64,
+  n_components=None,
   n_cells=10,
   tau=None,
   seed=0,
@@ -256,10 +256,10 @@ def score(
     train_path=train,
     test_path=test,
   )
-  if ge.shape[0] != ref.n_layers or ge.shape[2] != ref.config["dim"]:
+  if ge.shape[0] != ref.n_layers or ge.shape[2] != ref.dim:
     raise UserError(
       f"--gen embeddings {ge.shape} do not match the reference "
-      f"({ref.n_layers} layers, D={ref.config['dim']}): "
+      f"({ref.n_layers} layers, D={ref.dim}): "
       f"mismatched reference {ref_path}"
     )
   res = ref.score(ge, tau=tau, return_neighbors=True)
@@ -307,13 +307,13 @@ def score(
   if not 0 <= layer < ref.n_layers:
     raise UserError(f"--gallery_layer {layer} is outside 0..{ref.n_layers - 1}")
   nb = res.neighbors
-  test_cells = np.asarray(ref.arrays["test_cells"][layer])
+  test_cells = np.asarray(ref.fitted.test.cells[layer])
   order, ratio = _ranking(
     nb.gen_dist[layer],
     nb.gen_cells[layer],
     test_cells,
     nb.test_dist[layer],
-    ref.config["n_cells"],
+    ref.n_cells,
   )
   top = order[:gallery_size]
   g_rows = [

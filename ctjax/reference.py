@@ -1,9 +1,12 @@
 """`CTReference`: fit PCA, cells and test distances once per layer; score many.
 
-Everything per layer is written for one layer and mapped over the layer axis
-with `jax.lax.map` inside one jitted call (sequential over layers, so memory is
-one layer's working set): `fit` is one compiled call, `score` is another.
-Only the final exact sums and the float64 Z/C_T arithmetic happen on the host.
+The numerics live in `ctjax.stats`: `stats.fitted.fit_layers` fits every layer
+in one compiled call into a typed `stats.Fitted` pytree, and `stats.score`
+scores a generated batch on device. This module is the host side around
+them: input checks, warnings, the NaN policy, neighbours, sharded search over
+a mesh, and save/load. `CTReference.score` takes the device's exact per-cell
+2·U and counts and finishes Z and C_T on the host in float64
+(`ct.z_and_ct`), so its results do not depend on the device's float width.
 """
 
 import contextlib
@@ -20,153 +23,37 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctjax import sharding
-from ctjax.storage import atomic_write
 from ctjax.stats import ct as ct_lib
-from ctjax.stats import kmeans as km
+from ctjax.stats import fitted as fitted_lib
 from ctjax.stats import mannwhitney
 from ctjax.stats import neighbors as nb
 from ctjax.stats import pca as pca_lib
+from ctjax.stats import scoring as score_lib
+from ctjax.storage import atomic_write
 
 FORMAT = "ctjax.CTReference"
 VERSION = 1
-DEFAULT_COMPONENTS = 64
-# A layer whose total variance is below this fraction of its squared mean norm
-# is constant up to rounding (e.g. a ViT's layer-0 CLS token): C_T is NaN there.
-_DEGENERATE_RTOL = 1e-10
+DEFAULT_COMPONENTS = fitted_lib.DEFAULT_COMPONENTS
+# Generated batches are padded to a multiple of this many rows, so batches of
+# nearby sizes share one compilation; padded rows count nowhere.
+ROW_BUCKET = 128
+# Device bytes one `score_many` chunk may use unless told otherwise.
+DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
-def _fit_one_layer(
-  train,
-  test,
-  key,
-  *,
-  n_components,
-  n_cells,
-  n_init,
-  metric,
-  tile_queries,
-  tile_train,
-):
-  """Fit for one layer. train ``[N, D]``, test ``[n, D]``."""
-  pca = pca_lib.fit_pca(train, n_components)
-  pt = pca_lib.transform(pca, train)
-  fit = km.kmeans(pt, n_cells, key, n_init=n_init)
-  index, pp, test_cells = _index_one_layer(
-    pca, fit, pt, test, n_cells=n_cells, metric=metric
-  )
-  dist, idx = nb.nearest_in_cell(
-    index, pp, test_cells, tile_queries=tile_queries, tile_train=tile_train
-  )
-  return _finish_one_layer(
-    pca, fit, index, test_cells, dist, idx, n_cells=n_cells
-  )
-
-
-def _index_one_layer(pca, fit, pt, test, *, n_cells, metric):
-  """Cell index of projected T ``pt [N, d]``; projected test ``[n, d]`` and its
-  cells ``[n]``."""
-  pp = pca_lib.transform(pca, test)
-  test_cells = km.assign(pp, fit.centers)
-  index = nb.build_index(pt, fit.labels, n_cells, metric)
-  return index, pp, test_cells
-
-
-def _finish_one_layer(pca, fit, index, test_cells, dist, idx, *, n_cells):
-  """The fitted arrays of one layer, given the test distances ``dist [n]``."""
-  sorted_d, starts = mannwhitney.sort_by_cell(dist, test_cells, n_cells)
-  scale = jnp.sum(pca.mean * pca.mean)
-  degenerate = pca.total_variance <= _DEGENERATE_RTOL * scale + 1e-30
-  count = lambda c: jnp.bincount(c, length=n_cells).astype(jnp.int32)
-  return dict(
-    pca_mean=pca.mean,
-    pca_components=pca.components,
-    pca_variances=pca.variances,
-    centers=fit.centers,
-    inertia=fit.inertia,
-    points=index.points,
-    aux=index.aux,
-    cells=index.cells,
-    starts=index.starts,
-    order=index.order,
-    test_sorted=sorted_d,
-    test_starts=starts,
-    test_cells=test_cells,
-    test_dist=dist,
-    test_index=idx,
-    degenerate=degenerate,
-    n_train_cells=count(fit.labels),
-    n_test_cells=count(test_cells),
-  )
-
-
-@functools.partial(
-  jax.jit,
-  static_argnames=(
-    "n_components",
-    "n_cells",
-    "n_init",
-    "metric",
-    "tile_queries",
-    "tile_train",
-  ),
-)
-def _fit_layers(train, test, keys, **kw):
-  return jax.lax.map(lambda a: _fit_one_layer(*a, **kw), (train, test, keys))
-
-
-# The same fit in stages, for a sharded search (mesh) or a streaming fit: PCA
-# and k-means, then the cell index, the search, and the fitted arrays.
-@functools.partial(
-  jax.jit, static_argnames=("n_components", "n_cells", "n_init")
-)
-def _pca_kmeans_layers(train, keys, *, n_components, n_cells, n_init):
-  def one(a):
-    pca = pca_lib.fit_pca(a[0], n_components)
-    pt = pca_lib.transform(pca, a[0])
-    return pca, km.kmeans(pt, n_cells, a[1], n_init=n_init), pt
-
-  return jax.lax.map(one, (train, keys))
-
-
-@functools.partial(jax.jit, static_argnames=("n_cells", "metric"))
-def _index_layers(pca, fit, pt, test, *, n_cells, metric):
-  return jax.lax.map(
-    lambda a: _index_one_layer(*a, n_cells=n_cells, metric=metric),
-    (pca, fit, pt, test),
-  )
-
-
-@functools.partial(jax.jit, static_argnames=("tile_queries", "tile_train"))
-def _search_layers(index, queries, q_cells, *, tile_queries, tile_train):
-  return jax.lax.map(
-    lambda a: nb.nearest_in_cell(
-      a[0], a[1], a[2], tile_queries=tile_queries, tile_train=tile_train
-    ),
-    (index, queries, q_cells),
-  )
-
-
-@functools.partial(jax.jit, static_argnames=("n_cells",))
-def _finish_layers(pca, fit, index, test_cells, dist, idx, *, n_cells):
-  return jax.lax.map(
-    lambda a: _finish_one_layer(*a, n_cells=n_cells),
-    (pca, fit, index, test_cells, dist, idx),
-  )
-
-
-def _fit_staged(
-  pca, fit, pt, test, *, n_cells, metric, tile_queries, tile_train, mesh
-):
-  """Fitted arrays from per-layer PCA and k-means (stacked over L) and
-  projected T ``pt [L, N, d]``; test ``[L, n, D]``. Returns (arrays, sharded
-  index or None)."""
-  index, pp, test_cells = _index_layers(
+def _fit_staged(pca, fit, pt, test, *, config, mesh):
+  """The `Fitted` reference from per-layer PCA and k-means (stacked over L)
+  and projected T ``pt [L, N, d]``; test ``[L, n, D]``. Returns (fitted,
+  sharded index or None)."""
+  n_cells, metric = config.n_cells, config.metric
+  index, pp, test_cells = fitted_lib.index_layers(
     pca, fit, pt, jnp.asarray(test), n_cells=n_cells, metric=metric
   )
+  tiles = dict(tile_queries=config.tile_queries, tile_train=config.tile_train)
   sharded = None
   if mesh is None:
-    dist, idx = _search_layers(
-      index, pp, test_cells, tile_queries=tile_queries, tile_train=tile_train
+    dist, idx = fitted_lib.search_layers(
+      index, pp, test_cells, search=config.search, **tiles
     )
   else:
     sharded = sharding.shard_index(
@@ -177,88 +64,37 @@ def _fit_staged(
       metric=metric,
       mesh=mesh,
     )
-    dist, idx = sharding.nearest_in_cell(
-      sharded, pp, test_cells, tile_queries=tile_queries, tile_train=tile_train
-    )
-  out = _finish_layers(pca, fit, index, test_cells, dist, idx, n_cells=n_cells)
-  return out, sharded
-
-
-def _score_cells_one_layer(f, gen, valid, *, n_cells):
-  """Projected generated points ``[m, d]`` and their cells ``[m]`` (k: padding)."""
-  pca = pca_lib.PCA(
-    mean=f["pca_mean"],
-    components=f["pca_components"],
-    variances=f["pca_variances"],
-    total_variance=jnp.zeros(()),
+    dist, idx = sharding.nearest_in_cell(sharded, pp, test_cells, **tiles)
+  fitted = fitted_lib.finish_layers(
+    pca, fit, index, test_cells, dist, idx, n_cells=n_cells
   )
-  pg = pca_lib.transform(pca, gen)
-  cells = jnp.where(valid, km.assign(pg, f["centers"]), n_cells)
-  return pg, cells
+  return fitted, sharded
 
 
-def _score_one_layer(
-  f, gen, valid, *, n_cells, metric, tile_queries, tile_train
-):
-  pg, cells = _score_cells_one_layer(f, gen, valid, n_cells=n_cells)
-  index = nb.CellIndex(
-    points=f["points"],
-    aux=f["aux"],
-    cells=f["cells"],
-    starts=f["starts"],
-    order=f["order"],
-    metric=metric,
-  )
-  dist, idx = nb.nearest_in_cell(
-    index, pg, cells, tile_queries=tile_queries, tile_train=tile_train
-  )
-  tu = mannwhitney.twice_u(f["test_sorted"], f["test_starts"], dist, cells)
-  return tu, cells, dist, idx
+_STATIC = ("tile_queries", "tile_train", "search")
+_project_layers = jax.jit(score_lib.project_layers)
+_twice_u_layers = jax.jit(score_lib.twice_u_layers)
+_query_parts = jax.jit(score_lib.query_parts, static_argnames=_STATIC)
+_cell_scores = jax.jit(score_lib.cell_scores)
 
 
-@functools.partial(
-  jax.jit, static_argnames=("n_cells", "metric", "tile_queries", "tile_train")
-)
-def _score_layers(fitted, gen, valid, **kw):
-  return jax.lax.map(
-    lambda a: _score_one_layer(a[0], a[1], valid, **kw), (fitted, gen)
-  )
+@functools.partial(jax.jit, static_argnames=_STATIC + ("on_device",))
+def _score_chunk(fitted, gens, valid, tau, *, on_device, **kw):
+  """``gens [c, L, m, D]``, ``valid [c, m]``: finite flags ``[c, L]`` and,
+  per batch, `Scores` (``on_device``) or per-query ``(tu, cells)``."""
+  finite = jnp.all(jnp.isfinite(gens), axis=(2, 3))
 
+  def one(g, v):
+    if on_device:
+      return score_lib.score_detailed(fitted, g, tau=tau, valid=v, **kw)[0]
+    return score_lib.query_parts(fitted, g, v, **kw)[:2]
 
-# The same score in stages around a sharded search (mesh).
-@functools.partial(jax.jit, static_argnames=("n_cells",))
-def _score_cells_layers(fitted, gen, valid, *, n_cells):
-  return jax.lax.map(
-    lambda a: _score_cells_one_layer(a[0], a[1], valid, n_cells=n_cells),
-    (fitted, gen),
-  )
-
-
-@jax.jit
-def _twice_u_layers(test_sorted, test_starts, dist, cells):
-  return jax.lax.map(
-    lambda a: mannwhitney.twice_u(*a), (test_sorted, test_starts, dist, cells)
-  )
+  return finite, jax.vmap(one)(gens, valid)
 
 
 @jax.jit
 def _finite_per_layer(x):
   return jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
-
-
-_SCORE_KEYS = (
-  "pca_mean",
-  "pca_components",
-  "pca_variances",
-  "centers",
-  "points",
-  "aux",
-  "cells",
-  "starts",
-  "order",
-  "test_sorted",
-  "test_starts",
-)
 
 
 def _stack_layers(name, x, n_layers=None):
@@ -300,10 +136,10 @@ def _lapack_one_thread():
   """Runs the block with one BLAS/LAPACK thread.
 
   On the CPU, XLA's eigh calls the OpenBLAS LAPACK that SciPy ships; its
-  spinning worker threads collapse when the cores are shared (measured here:
-  0.1 s becomes 7 s for one 768 x 768 eigh on a loaded 2-core machine). For
-  these small matrices one thread costs next to nothing. XLA's own matrix
-  products do not use OpenBLAS and are unaffected.
+  spinning worker threads slow down by orders of magnitude when the cores are
+  shared with other work. For these small D x D matrices one thread costs
+  next to nothing. XLA's own matrix products do not use OpenBLAS and are
+  unaffected.
   """
   try:
     from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
@@ -331,19 +167,15 @@ def _layer_name_list(layer_names, n_layers):
   return names
 
 
-def _check_fit_args(
-  n_layers, n_train, dim, test_shape, *, n_cells, n_components, layer_names
-):
-  """Validates fit sizes; returns (n_components, layer names)."""
+def _check_fit_args(n_layers, n_train, dim, test_shape, *, config):
+  """Validates fit sizes; returns the config with ``n_components`` resolved."""
   if test_shape[0] != n_layers or test_shape[2] != dim:
     raise ValueError(
       f"train {(n_layers, n_train, dim)} and test "
       f"{tuple(test_shape)} must have the same number of "
       f"layers and dimension"
     )
-  n_test = test_shape[1]
-  if n_cells < 1:
-    raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+  n_test, n_cells = test_shape[1], config.n_cells
   if n_train < n_cells:
     raise ValueError(
       f"fewer training points ({n_train}) than cells (n_cells={n_cells})"
@@ -353,36 +185,97 @@ def _check_fit_args(
       f"fewer test points ({n_test}) than cells "
       f"(n_cells={n_cells}); every cell needs a test point"
     )
-  if n_components == DEFAULT_COMPONENTS:
-    n_components = min(n_components, n_train, dim)
-  elif not 1 <= n_components <= min(n_train, dim):
-    raise ValueError(
-      f"n_components={n_components} must be in [1, min(N, D)] = "
-      f"[1, {min(n_train, dim)}] (N={n_train} training points, D={dim})"
-    )
-  return n_components, _layer_name_list(layer_names, n_layers)
+  return config.resolve(n_train, dim)
+
+
+def _pad_rows(m: int) -> int:
+  return -(-m // ROW_BUCKET) * ROW_BUCKET
+
+
+# The file format: the header's "config" and one array per key below (the
+# layout every version of this format has used); "pca_total_variance" was
+# added later and is NaN when an older file lacks it.
+_FILE_KEYS = {
+  "pca_mean": lambda f: f.pca.mean,
+  "pca_components": lambda f: f.pca.components,
+  "pca_variances": lambda f: f.pca.variances,
+  "pca_total_variance": lambda f: f.pca.total_variance,
+  "centers": lambda f: f.centers,
+  "inertia": lambda f: f.inertia,
+  "points": lambda f: f.index.points,
+  "aux": lambda f: f.index.aux,
+  "cells": lambda f: f.index.cells,
+  "starts": lambda f: f.index.starts,
+  "order": lambda f: f.index.order,
+  "test_sorted": lambda f: f.test.sorted_dist,
+  "test_starts": lambda f: f.test.starts,
+  "test_cells": lambda f: f.test.cells,
+  "test_dist": lambda f: f.test.dist,
+  "test_index": lambda f: f.test.index,
+  "degenerate": lambda f: f.degenerate,
+  "n_train_cells": lambda f: f.n_train_cells,
+  "n_test_cells": lambda f: f.test.counts,
+}
+
+
+def _fitted_from_file(a: dict, metric: str) -> fitted_lib.Fitted:
+  """Rebuilds the `Fitted` from the arrays of a reference file."""
+  a = {k: jnp.asarray(v) for k, v in a.items()}
+  total = a.get("pca_total_variance")
+  if total is None:
+    total = jnp.full(a["degenerate"].shape, jnp.nan, a["pca_mean"].dtype)
+  return fitted_lib.Fitted(
+    pca=pca_lib.PCA(
+      mean=a["pca_mean"],
+      components=a["pca_components"],
+      variances=a["pca_variances"],
+      total_variance=total,
+    ),
+    centers=a["centers"],
+    index=nb.CellIndex(
+      points=a["points"],
+      aux=a["aux"],
+      cells=a["cells"],
+      starts=a["starts"],
+      order=a["order"],
+      metric=metric,
+    ),
+    test=fitted_lib.TestStats(
+      sorted_dist=a["test_sorted"],
+      starts=a["test_starts"],
+      cells=a["test_cells"],
+      dist=a["test_dist"],
+      index=a["test_index"],
+      counts=a["n_test_cells"],
+    ),
+    degenerate=a["degenerate"],
+    n_train_cells=a["n_train_cells"],
+    inertia=a["inertia"],
+  )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CTReference:
   """A reference (training set T and test set P) fitted for C_T on every layer.
 
-  Build with `CTReference.fit`; score generated batches with `score`.
+  Build with `CTReference.fit`; score generated batches with `score` (one
+  ``[L, m, D]`` batch) or `score_many` (``[B, L, m, D]``). For scoring
+  inside your own jitted code, use ``ctjax.stats.score(ref.fitted, gen)``.
 
   Attributes:
-    config: settings — n_components, n_cells, n_init, metric, seed, tile
-      sizes, n_layers, dim, n_train, n_test, layer_names, meta.
-    arrays: fitted per-layer arrays (leading axis L): ``pca_mean [L, D]``,
-      ``pca_components [L, D, d]``, ``pca_variances [L, d]``,
-      ``centers [L, k, d]``, ``points [L, N, d]`` (projected training points
-      sorted by cell), ``cells``/``order [L, N]``, ``starts [L, k + 2]``,
-      ``test_sorted [L, n]``, ``test_starts [L, k + 1]``,
-      ``test_cells``/``test_dist``/``test_index [L, n]``, ``degenerate [L]``,
-      ``n_train_cells``/``n_test_cells [L, k]``, ``inertia [L]``.
+    fitted: the `ctjax.stats.Fitted` pytree (every leaf has a leading layer
+      axis L): PCA, k-means centres, cell index, test statistics.
+    config: the `ctjax.stats.FitConfig` it was fitted with (``n_components``
+      resolved to an int).
+    layer_names: ``L`` names used in messages.
+    meta: JSON-able description kept with the reference (encoder, pooling,
+      layers...); part of `identity`.
   """
 
-  config: dict
-  arrays: dict
+  fitted: fitted_lib.Fitted
+  config: fitted_lib.FitConfig
+  layer_names: tuple = ()
+  meta: dict = dataclasses.field(default_factory=dict)
 
   # ------------------------------------------------------------------ fit
   @classmethod
@@ -391,15 +284,16 @@ class CTReference:
     train,
     test,
     *,
-    n_components: int = DEFAULT_COMPONENTS,
+    n_components: int | None = None,
     n_cells: int = 10,
     metric: str = "cosine",
     seed: int = 0,
     n_init: int = 10,
     meta: dict | None = None,
     layer_names=None,
-    tile_queries: int = 64,
-    tile_train: int = 4096,
+    tile_queries: int | None = fitted_lib.TILE_QUERIES,
+    tile_train: int = fitted_lib.TILE_TRAIN,
+    search: str = "auto",
     mesh=None,
   ) -> "CTReference":
     """Fits PCA, k-means cells and test-set distances for every layer.
@@ -407,8 +301,8 @@ class CTReference:
     Args:
       train: ``[L, N, D]`` training embeddings T (or ``[N, D]`` for one layer).
       test: ``[L, n, D]`` held-out test embeddings P.
-      n_components: PCA dimension d. The default 64 is capped at
-        min(64, N, D); an explicit value above min(N, D) is an error.
+      n_components: PCA dimension d; ``None`` means min(64, N, D). An explicit
+        value outside [1, min(N, D)] is an error.
       n_cells: number of k-means cells k (k-means++ seeding, ``n_init``
         restarts, the lowest inertia kept).
       metric: "cosine" (1 − |cos|, the paper's) or "l2" (Meehan's).
@@ -417,6 +311,8 @@ class CTReference:
         layers...); it is part of `identity`.
       layer_names: names used in messages (default "0", "1", ...).
       tile_queries, tile_train: nearest-neighbour tile sizes.
+      search: "auto", "tiled" or "dense" nearest-neighbour search (the
+        result is the same).
       mesh: ``None`` (one device), ``"all"`` (every device) or a
         `jax.sharding.Mesh` with a ``"data"`` axis: the test set's nearest
         neighbours are searched with the projected training points sharded
@@ -427,75 +323,45 @@ class CTReference:
         points than cells or components, a cell without a test point
         (naming layer and cell).
     """
-    if metric not in nb.METRICS:
-      raise ValueError(f"metric must be one of {nb.METRICS}, got {metric!r}")
+    config = fitted_lib.FitConfig(
+      n_components=n_components,
+      n_cells=n_cells,
+      n_init=n_init,
+      metric=metric,
+      seed=seed,
+      tile_queries=tile_queries,
+      tile_train=tile_train,
+      search=search,
+    )
     train = _stack_layers("train", train)
     test = _stack_layers("test", test)
     n_layers, n_train, dim = train.shape
-    n_components, names = _check_fit_args(
-      n_layers,
-      n_train,
-      dim,
-      test.shape,
-      n_cells=n_cells,
-      n_components=n_components,
-      layer_names=layer_names,
-    )
+    config = _check_fit_args(n_layers, n_train, dim, test.shape, config=config)
+    names = _layer_name_list(layer_names, n_layers)
+    # One copy of each onto the device; the finite check runs there.
+    train, test = _to_device(train), _to_device(test)
     _check_finite("train", train, names)
     _check_finite("test", test, names)
     keys = _layer_keys(seed, n_layers)
     sharded = None
     if mesh is None:
       with _lapack_one_thread():
-        out = jax.block_until_ready(
-          _fit_layers(
-            _to_device(train),
-            _to_device(test),
-            keys,
-            n_components=n_components,
-            n_cells=n_cells,
-            n_init=n_init,
-            metric=metric,
-            tile_queries=tile_queries,
-            tile_train=tile_train,
-          )
+        fitted = jax.block_until_ready(
+          fitted_lib.fit_layers(train, test, keys, config)
         )
     else:
       mesh = sharding.resolve_mesh(mesh)
-      pca, km_fit, pt = _pca_kmeans_layers(
-        _to_device(train),
+      pca, km_fit, pt = fitted_lib.pca_kmeans_layers(
+        train,
         keys,
-        n_components=n_components,
-        n_cells=n_cells,
-        n_init=n_init,
+        n_components=config.n_components,
+        n_cells=config.n_cells,
+        n_init=config.n_init,
       )
-      out, sharded = _fit_staged(
-        pca,
-        km_fit,
-        pt,
-        test,
-        n_cells=n_cells,
-        metric=metric,
-        tile_queries=tile_queries,
-        tile_train=tile_train,
-        mesh=mesh,
+      fitted, sharded = _fit_staged(
+        pca, km_fit, pt, test, config=config, mesh=mesh
       )
-    config = dict(
-      n_components=int(n_components),
-      n_cells=int(n_cells),
-      n_init=int(n_init),
-      metric=metric,
-      seed=int(seed),
-      n_layers=int(n_layers),
-      dim=int(dim),
-      n_train=int(n_train),
-      n_test=int(test.shape[1]),
-      layer_names=names,
-      meta=dict(meta or {}),
-      tile_queries=int(tile_queries),
-      tile_train=int(tile_train),
-    )
-    return cls._checked(config, out, mesh, sharded)
+    return cls._checked(fitted, config, names, meta, mesh, sharded)
 
   @classmethod
   def fit_streaming(
@@ -503,7 +369,7 @@ class CTReference:
     train,
     test,
     *,
-    n_components: int = DEFAULT_COMPONENTS,
+    n_components: int | None = None,
     n_cells: int = 10,
     metric: str = "cosine",
     seed: int = 0,
@@ -513,6 +379,7 @@ class CTReference:
     memory_budget: int | None = None,
     meta: dict | None = None,
     layer_names=None,
+    search: str = "auto",
     mesh=None,
   ) -> "CTReference":
     """`fit` for a training set larger than memory, read in chunks.
@@ -532,29 +399,32 @@ class CTReference:
       sample_size: training points k-means is fitted on (seeded by ``seed``).
       chunk_size: rows per chunk when ``train`` is an array.
       memory_budget: bytes for one nearest-neighbour tile's working set; sets
-        ``tile_queries``/``tile_train`` (`streaming.tiles_for_budget`).
+        ``tile_queries``/``tile_train`` (`streaming.tiles_for_budget`);
+        ``None`` uses 64 queries x `stats.fitted.STREAMING_TILE_TRAIN` rows.
       mesh: as in `fit`.
       Other arguments: as in `fit`.
     """
     from ctjax.stats import streaming  # pylint: disable=g-import-not-at-top
 
-    if metric not in nb.METRICS:
-      raise ValueError(f"metric must be one of {nb.METRICS}, got {metric!r}")
+    config = fitted_lib.FitConfig(
+      n_components=n_components,
+      n_cells=n_cells,
+      n_init=n_init,
+      metric=metric,
+      seed=seed,
+      tile_queries=fitted_lib.TILE_QUERIES,
+      tile_train=fitted_lib.STREAMING_TILE_TRAIN,
+      search=search,
+    )
     source = streaming.ChunkSource(train, chunk_size)
-    test = _stack_layers("test", test)
+    test = _to_device(_stack_layers("test", test))
     names = _layer_name_list(layer_names, source.n_layers)
     n_train, mean = streaming.mean_pass(source, names)
-    n_components, names = _check_fit_args(
-      source.n_layers,
-      n_train,
-      source.dim,
-      test.shape,
-      n_cells=n_cells,
-      n_components=n_components,
-      layer_names=names,
+    config = _check_fit_args(
+      source.n_layers, n_train, source.dim, test.shape, config=config
     )
     _check_finite("test", test, names)
-    pca = streaming.pca_pass(source, mean, n_train, n_components)
+    pca = streaming.pca_pass(source, mean, n_train, config.n_components)
     pt, km_fit = streaming.kmeans_pass(
       source,
       pca,
@@ -564,54 +434,31 @@ class CTReference:
       sample_size=sample_size,
       seed=seed,
     )
-    if memory_budget is None:
-      tile_queries, tile_train = 64, 2048
-    else:
-      tile_queries, tile_train = streaming.tiles_for_budget(
-        memory_budget, n_components, n_train
+    if memory_budget is not None:
+      tq, tt = streaming.tiles_for_budget(
+        memory_budget, config.n_components, n_train
       )
-    mesh = None if mesh is None else sharding.resolve_mesh(mesh)
-    out, sharded = _fit_staged(
-      pca,
-      km_fit,
-      pt,
-      test,
-      n_cells=n_cells,
-      metric=metric,
-      tile_queries=tile_queries,
-      tile_train=tile_train,
-      mesh=mesh,
-    )
-    config = dict(
-      n_components=int(n_components),
-      n_cells=int(n_cells),
-      n_init=int(n_init),
-      metric=metric,
-      seed=int(seed),
-      n_layers=int(source.n_layers),
-      dim=int(source.dim),
-      n_train=int(n_train),
-      n_test=int(test.shape[1]),
-      layer_names=names,
-      meta=dict(meta or {}),
-      tile_queries=int(tile_queries),
-      tile_train=int(tile_train),
-    )
+      config = dataclasses.replace(config, tile_queries=tq, tile_train=tt)
     if sample_size is not None and sample_size < n_train:
-      config["kmeans_sample"] = int(sample_size)
-    return cls._checked(config, out, mesh, sharded)
+      config = dataclasses.replace(config, kmeans_sample=int(sample_size))
+    mesh = None if mesh is None else sharding.resolve_mesh(mesh)
+    fitted, sharded = _fit_staged(
+      pca, km_fit, pt, test, config=config, mesh=mesh
+    )
+    return cls._checked(fitted, config, names, meta, mesh, sharded)
 
   @classmethod
-  def _checked(cls, config, out, mesh, sharded) -> "CTReference":
+  def _checked(
+    cls, fitted, config, names, meta, mesh, sharded
+  ) -> "CTReference":
     """The reference, after per-layer checks (degenerate layers, empty cells)."""
-    names = config["layer_names"]
-    degenerate = np.asarray(out["degenerate"])
-    n_train_c = np.asarray(out["n_train_cells"])
-    n_test_c = np.asarray(out["n_test_cells"])
-    for l in range(config["n_layers"]):
+    degenerate = np.asarray(fitted.degenerate)
+    n_train_c = np.asarray(fitted.n_train_cells)
+    n_test_c = np.asarray(fitted.test.counts)
+    for l, name in enumerate(names):
       if degenerate[l]:
         warnings.warn(
-          f"layer {names[l]}: every embedding is the same (zero "
+          f"layer {name}: every embedding is the same (zero "
           f"variance); its C_T is undefined and reported as NaN",
           RuntimeWarning,
           stacklevel=3,
@@ -620,22 +467,72 @@ class CTReference:
         ct_lib.check_cells(
           n_train_c[l],
           n_test_c[l],
-          layer=names[l],
-          n_cells_arg=config["n_cells"],
+          layer=name,
+          n_cells_arg=config.n_cells,
         )
-    ref = cls(config=config, arrays=dict(out))
+    ref = cls(
+      fitted=fitted,
+      config=config,
+      layer_names=tuple(names),
+      meta=dict(meta or {}),
+    )
     if sharded is not None:
       ref._sharded_index_cache()[mesh] = sharded
     return ref
 
-  # ---------------------------------------------------------------- score
+  # ----------------------------------------------------------- properties
   @property
   def n_layers(self) -> int:
-    return self.config["n_layers"]
+    """L."""
+    return self.fitted.n_layers
 
   @property
-  def layer_names(self) -> list:
-    return list(self.config["layer_names"])
+  def dim(self) -> int:
+    """D, the embedding width."""
+    return self.fitted.dim
+
+  @property
+  def n_train(self) -> int:
+    """N, the training points."""
+    return self.fitted.n_train
+
+  @property
+  def n_test(self) -> int:
+    """n, the test points."""
+    return self.fitted.n_test
+
+  @property
+  def n_components(self) -> int:
+    """d, the PCA dimension."""
+    return self.fitted.n_components
+
+  @property
+  def n_cells(self) -> int:
+    """k, the k-means cells."""
+    return self.fitted.n_cells
+
+  @property
+  def metric(self) -> str:
+    return self.config.metric
+
+  # ---------------------------------------------------------------- score
+  def _tiles(self) -> dict:
+    c = self.config
+    return dict(
+      tile_queries=c.tile_queries, tile_train=c.tile_train, search=c.search
+    )
+
+  def _check_gen(self, gen, axis_names):
+    """Validates ``gen [..., L, m, D]``; returns m."""
+    if gen.shape[-1] != self.dim:
+      raise ValueError(
+        f"gen has dimension {gen.shape[-1]} but the reference "
+        f"was fitted on dimension {self.dim}"
+      )
+    m = gen.shape[-2]
+    if m == 0:
+      raise ValueError("gen holds no points")
+    return m
 
   def score(
     self,
@@ -662,64 +559,54 @@ class CTReference:
       A `CTResult`: ``ct [L]``, ``z``/``included``/``test_frac``/
       ``gen_frac``/``u``/``n_test``/``n_gen [L, k]``.
     """
-    cfg = self.config
-    gen = _stack_layers("gen", gen, cfg["n_layers"])
-    if gen.shape[2] != cfg["dim"]:
-      raise ValueError(
-        f"gen has dimension {gen.shape[2]} but the reference "
-        f"was fitted on dimension {cfg['dim']}"
-      )
-    m = gen.shape[1]
-    if m == 0:
-      raise ValueError("gen holds no points")
+    gen = _stack_layers("gen", gen, self.n_layers)
+    m = self._check_gen(gen, "gen")
     tau = ct_lib.default_tau(m) if tau is None else ct_lib.check_tau(tau, m)
-    _check_finite("gen", gen, cfg["layer_names"])
-    # Pad to a bucket of 128 rows so batches of nearby sizes share one
-    # compilation; padded rows get the sentinel cell k and count nowhere.
-    m_pad = -(-m // 128) * 128
     gen = _to_device(gen)
+    _check_finite("gen", gen, self.layer_names)
+    m_pad = _pad_rows(m)
     if m_pad != m:
       gen = jnp.concatenate(
         [gen, jnp.zeros((gen.shape[0], m_pad - m, gen.shape[2]), gen.dtype)],
         axis=1,
       )
     valid = jnp.arange(m_pad) < m
-    fitted = {k: self.arrays[k] for k in _SCORE_KEYS}
-    if mesh is None:
-      tu, cells, dist, idx = _score_layers(
-        fitted,
-        gen,
-        valid,
-        n_cells=cfg["n_cells"],
-        metric=cfg["metric"],
-        tile_queries=cfg["tile_queries"],
-        tile_train=cfg["tile_train"],
+    f = self.fitted
+    on_device = _sums_on_device(self.n_test, m_pad)
+    u2 = n_gen = None
+    if mesh is None and on_device:
+      scores, cells, dist, idx = score_lib.score_detailed(
+        f, gen, tau=tau, valid=valid, **self._tiles()
       )
+      u2, n_gen = scores.u2, scores.n_gen
     else:
-      pg, cells = _score_cells_layers(
-        fitted, gen, valid, n_cells=cfg["n_cells"]
-      )
-      dist, idx = sharding.nearest_in_cell(
-        self.sharded_index(mesh),
-        pg,
-        cells,
-        tile_queries=cfg["tile_queries"],
-        tile_train=cfg["tile_train"],
-      )
-      tu = _twice_u_layers(
-        fitted["test_sorted"], fitted["test_starts"], dist, cells
-      )
-    k = cfg["n_cells"]
+      if mesh is None:
+        tu, cells, dist, idx = _query_parts(f, gen, valid, **self._tiles())
+      else:
+        pg, cells = _project_layers(f, gen, valid)
+        dist, idx = sharding.nearest_in_cell(
+          self.sharded_index(mesh),
+          pg,
+          cells,
+          tile_queries=self.config.tile_queries,
+          tile_train=self.config.tile_train,
+        )
+        tu = _twice_u_layers(f, dist, cells)
+      if on_device:
+        scores = _cell_scores(f, tu, cells)
+        u2, n_gen = scores.u2, scores.n_gen
     cells = np.asarray(cells)[:, :m]
-    sums = mannwhitney.cell_sums(np.asarray(tu)[:, :m], cells, k)
-    n_gen = np.stack([np.bincount(c, minlength=k)[:k] for c in cells])
+    if u2 is None:  # 2·n·m beyond int32 without x64: exact int64 on the host
+      k = self.n_cells
+      u2 = mannwhitney.cell_sums(np.asarray(tu)[:, :m], cells, k)
+      n_gen = np.stack([np.bincount(c, minlength=k)[:k] for c in cells])
     res = ct_lib.z_and_ct(
-      sums,
-      np.asarray(self.arrays["n_test_cells"]),
-      n_gen,
+      np.asarray(u2),
+      np.asarray(f.test.counts),
+      np.asarray(n_gen),
       tau,
-      degenerate=np.asarray(self.arrays["degenerate"]),
-      layer_names=cfg["layer_names"],
+      degenerate=np.asarray(f.degenerate),
+      layer_names=list(self.layer_names),
     )
     if return_neighbors:
       res = dataclasses.replace(
@@ -727,12 +614,140 @@ class CTReference:
         neighbors=ct_lib.Neighbors(
           gen_index=np.asarray(idx)[:, :m],
           gen_dist=np.asarray(dist)[:, :m],
-          test_index=np.asarray(self.arrays["test_index"]),
-          test_dist=np.asarray(self.arrays["test_dist"]),
+          test_index=np.asarray(f.test.index),
+          test_dist=np.asarray(f.test.dist),
           gen_cells=cells,
         ),
       )
     return res
+
+  def score_many(
+    self,
+    gens,
+    *,
+    tau: float | None = None,
+    memory_budget: int | None = None,
+    batch_size: int | None = None,
+  ) -> ct_lib.CTResult:
+    """C_T of B generated batches of the same size, in one call.
+
+    The batches go to the device in chunks of ``c`` (a power of two at most
+    ``batch_size``, or what ``memory_budget`` allows), each scored by one
+    vmapped, compiled call; the last chunk is padded, so the number of
+    compilations does not grow with B.
+
+    Args:
+      gens: ``[B, L, m, D]`` generated embeddings (or a sequence of B
+        ``[L, m, D]`` arrays); held on the host while chunked.
+      tau: as in `score` (one τ for every batch).
+      memory_budget: device bytes for one chunk (default 1 GiB).
+      batch_size: batches per chunk (overrides ``memory_budget``).
+
+    Returns:
+      A `CTResult` whose fields have a leading batch axis: ``ct [B, L]``,
+      ``z``/``included``/``test_frac``/``gen_frac``/``u``/``n_test``/
+      ``n_gen [B, L, k]``; each batch's values equal ``score(gens[b])``.
+
+    Raises:
+      ValueError: bad shapes, τ, or NaN/Inf (naming the batch and layers).
+    """
+    if isinstance(gens, (list, tuple)):
+      gens = np.stack([np.asarray(g) for g in gens])
+    gens = np.asarray(gens)
+    if gens.ndim != 4 or gens.shape[1] != self.n_layers:
+      raise ValueError(
+        f"gens must be [batches, layers={self.n_layers}, points, dims], got "
+        f"shape {gens.shape}"
+      )
+    if not np.issubdtype(gens.dtype, np.floating):
+      gens = gens.astype(np.float32)
+    m = self._check_gen(gens, "gens")
+    n_batches = gens.shape[0]
+    if n_batches == 0:
+      raise ValueError("gens holds no batches")
+    tau = ct_lib.default_tau(m) if tau is None else ct_lib.check_tau(tau, m)
+    m_pad = _pad_rows(m)
+    on_device = _sums_on_device(self.n_test, m_pad)
+    tiles = self._tiles()
+    if batch_size is None:
+      per = score_lib.batch_bytes(
+        self.fitted,
+        m_pad,
+        tile_queries=tiles["tile_queries"],
+        tile_train=tiles["tile_train"],
+      )
+      budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+      batch_size = max(1, int(budget) // max(per, 1))
+    chunk = min(int(batch_size), 1 << (n_batches - 1).bit_length())
+    chunk = 1 << (max(chunk, 1).bit_length() - 1)  # a power of two
+    u2s, n_gens = [], []
+    k = self.n_cells
+    for start in range(0, n_batches, chunk):
+      part = gens[start : start + chunk]
+      b = part.shape[0]
+      buf = np.zeros((chunk, self.n_layers, m_pad, self.dim), gens.dtype)
+      buf[:b, :, :m] = part
+      valid = np.zeros((chunk, m_pad), bool)
+      valid[:b, :m] = True
+      finite, out = _score_chunk(
+        self.fitted,
+        jax.device_put(buf),
+        jax.device_put(valid),
+        tau,
+        on_device=on_device,
+        **tiles,
+      )
+      finite = np.asarray(finite)[:b]
+      if not finite.all():
+        i, bad = np.flatnonzero(~finite.all(axis=1))[0], ~finite
+        layers = [self.layer_names[l] for l in np.flatnonzero(bad[i])]
+        raise ValueError(
+          f"gens[{start + i}] has NaN or Inf values in layer(s) "
+          f"{', '.join(layers)}"
+        )
+      if on_device:
+        u2s.append(np.asarray(out.u2)[:b])
+        n_gens.append(np.asarray(out.n_gen)[:b])
+      else:
+        tu, cells = (np.asarray(x)[:b, :, :m] for x in out)
+        u2s.append(mannwhitney.cell_sums(tu, cells, k))
+        n_gens.append(
+          np.apply_along_axis(
+            lambda c: np.bincount(c, minlength=k)[:k], -1, cells
+          )
+        )
+    u2 = np.concatenate(u2s).reshape(-1, k)
+    n_gen = np.concatenate(n_gens).reshape(-1, k)
+    names = [
+      f"{name} of batch {b}"
+      for b in range(n_batches)
+      for name in self.layer_names
+    ]
+    flat = ct_lib.z_and_ct(
+      u2,
+      np.tile(np.asarray(self.fitted.test.counts), (n_batches, 1)),
+      n_gen,
+      tau,
+      degenerate=np.tile(np.asarray(self.fitted.degenerate), n_batches),
+      layer_names=names,
+    )
+    lead = (n_batches, self.n_layers)
+    return dataclasses.replace(
+      flat,
+      **{
+        name: getattr(flat, name).reshape(lead + getattr(flat, name).shape[1:])
+        for name in (
+          "ct",
+          "z",
+          "included",
+          "test_frac",
+          "gen_frac",
+          "u",
+          "n_test",
+          "n_gen",
+        )
+      },
+    )
 
   def _sharded_index_cache(self) -> dict:
     return self.__dict__.setdefault("_sharded_indexes", {})
@@ -742,17 +757,41 @@ class CTReference:
     mesh = sharding.resolve_mesh(mesh)
     cache = self._sharded_index_cache()
     if mesh not in cache:
+      index = self.fitted.index
       cache[mesh] = sharding.shard_index(
-        self.arrays["points"],
-        self.arrays["cells"],
-        self.arrays["order"],
-        n_cells=self.config["n_cells"],
-        metric=self.config["metric"],
+        index.points,
+        index.cells,
+        index.order,
+        n_cells=self.n_cells,
+        metric=self.metric,
         mesh=mesh,
       )
     return cache[mesh]
 
   # ------------------------------------------------------------- identity
+  def _settings(self) -> dict:
+    """The file header's config: settings, sizes, names and meta."""
+    c = self.config
+    out = dict(
+      n_components=int(self.n_components),
+      n_cells=int(c.n_cells),
+      n_init=int(c.n_init),
+      metric=c.metric,
+      seed=int(c.seed),
+      n_layers=int(self.n_layers),
+      dim=int(self.dim),
+      n_train=int(self.n_train),
+      n_test=int(self.n_test),
+      layer_names=list(self.layer_names),
+      meta=dict(self.meta),
+      tile_queries=c.tile_queries,
+      tile_train=int(c.tile_train),
+      search=c.search,
+    )
+    if c.kmeans_sample is not None:
+      out["kmeans_sample"] = int(c.kmeans_sample)
+    return out
+
   def identity(self) -> dict:
     """JSON-able settings and a hash of the fitted reference.
 
@@ -761,16 +800,17 @@ class CTReference:
     """
     cfg = {
       k: v
-      for k, v in self.config.items()
-      if k not in ("tile_queries", "tile_train")
+      for k, v in self._settings().items()
+      if k not in ("tile_queries", "tile_train", "search")
     }
     return dict(format=FORMAT, version=VERSION, **cfg, hash=self.hash)
 
   @functools.cached_property
   def hash(self) -> str:
     h = hashlib.sha256()
+    cfg = self._settings()
     settings = {
-      k: self.config[k]
+      k: cfg[k]
       for k in (
         "n_components",
         "n_cells",
@@ -784,16 +824,17 @@ class CTReference:
       )
     }
     h.update(json.dumps(settings, sort_keys=True).encode())
-    for k in ("pca_mean", "pca_components", "centers", "test_sorted"):
-      h.update(np.ascontiguousarray(np.asarray(self.arrays[k])).tobytes())
+    f = self.fitted
+    for x in (f.pca.mean, f.pca.components, f.centers, f.test.sorted_dist):
+      h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
     return h.hexdigest()[:16]
 
   # ------------------------------------------------------------ save/load
   def save(self, path) -> None:
     """Writes the reference to one ``.npz`` file, atomically."""
     buf = io.BytesIO()
-    arrays = {k: np.asarray(v) for k, v in self.arrays.items()}
-    header = dict(format=FORMAT, version=VERSION, config=self.config)
+    arrays = {k: np.asarray(get(self.fitted)) for k, get in _FILE_KEYS.items()}
+    header = dict(format=FORMAT, version=VERSION, config=self._settings())
     np.savez(
       buf,
       __header__=np.frombuffer(json.dumps(header).encode(), np.uint8),
@@ -803,7 +844,7 @@ class CTReference:
 
   @classmethod
   def load(cls, path) -> "CTReference":
-    """Reads a reference written by `save`."""
+    """Reads a reference written by `save` (by this or an earlier ctjax)."""
     try:
       with np.load(path, allow_pickle=False) as z:
         header = json.loads(bytes(z["__header__"]).decode())
@@ -817,16 +858,43 @@ class CTReference:
         f"{path}: written by a newer ctjax (format version "
         f"{header['version']} > {VERSION})"
       )
-    arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
-    return cls(config=header["config"], arrays=arrays)
+    cfg = header["config"]
+    missing = sorted(set(_FILE_KEYS) - {"pca_total_variance"} - set(arrays))
+    if missing:
+      raise ValueError(f"{path}: reference file lacks {', '.join(missing)}")
+    config = fitted_lib.FitConfig(
+      n_components=int(cfg["n_components"]),
+      n_cells=int(cfg["n_cells"]),
+      n_init=int(cfg["n_init"]),
+      metric=cfg["metric"],
+      seed=int(cfg["seed"]),
+      tile_queries=cfg.get("tile_queries", fitted_lib.TILE_QUERIES),
+      tile_train=int(cfg.get("tile_train", fitted_lib.TILE_TRAIN)),
+      search=cfg.get("search", "auto"),
+      kmeans_sample=cfg.get("kmeans_sample"),
+    )
+    return cls(
+      fitted=_fitted_from_file(arrays, config.metric),
+      config=config,
+      layer_names=tuple(cfg["layer_names"]),
+      meta=dict(cfg.get("meta", {})),
+    )
 
   def __repr__(self):
-    c = self.config
     return (
-      f"CTReference(layers={c['n_layers']}, N={c['n_train']}, "
-      f"n={c['n_test']}, D={c['dim']}, d={c['n_components']}, "
-      f"k={c['n_cells']}, metric={c['metric']!r}, hash={self.hash})"
+      f"CTReference(layers={self.n_layers}, N={self.n_train}, "
+      f"n={self.n_test}, D={self.dim}, d={self.n_components}, "
+      f"k={self.n_cells}, metric={self.metric!r}, hash={self.hash})"
     )
+
+
+def _sums_on_device(n_test: int, m: int) -> bool:
+  """Whether per-cell 2·U sums are exact on device (`stats.scoring.u2_dtype`)."""
+  try:
+    score_lib.u2_dtype(n_test, m)
+  except ValueError:
+    return False
+  return True
 
 
 def ct_curve(train, test, gen, **kwargs) -> ct_lib.CTResult:
@@ -846,7 +914,7 @@ def ct_score(
   test,
   gen,
   *,
-  n_components: int = 64,
+  n_components: int | None = None,
   n_cells: int = 10,
   tau: float | None = None,
   metric: str = "cosine",
@@ -859,7 +927,7 @@ def ct_score(
     train: ``[N, D]`` training embeddings T.
     test: ``[n, D]`` held-out test embeddings P.
     gen: ``[m, D]`` generated embeddings Q.
-    n_components: PCA dimension (capped at min(64, N, D) when left default).
+    n_components: PCA dimension; ``None`` means min(64, N, D).
     n_cells: number of k-means cells.
     tau: threshold; ``None`` = 20/m.
     metric: "cosine" (1 − |cos|, the paper's) or "l2".

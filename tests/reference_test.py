@@ -1,5 +1,8 @@
 """CTReference: all layers at once, against the oracle; errors; save/load."""
 
+import json
+
+import jax
 import numpy as np
 import pytest
 
@@ -43,20 +46,20 @@ def fitted():
 def test_every_layer_matches_oracle_with_same_cells(fitted, tau):
   ref, train, test, gen = fitted
   res = ref.score(gen, tau=tau, return_neighbors=True)
-  a = ref.arrays
+  f = ref.fitted
   for l in range(L):
     pca = pca_lib.PCA(
-      a["pca_mean"][l], a["pca_components"][l], a["pca_variances"][l], 0.0
+      f.pca.mean[l], f.pca.components[l], f.pca.variances[l], 0.0
     )
     pt, pp, pg = (
       np.asarray(pca_lib.transform(pca, x[l]), np.float64)
       for x in (train, test, gen)
     )
     c_tr = np.empty(N, int)
-    c_tr[np.asarray(a["order"][l])] = np.asarray(a["cells"][l])
-    c_te = np.asarray(a["test_cells"][l])
+    c_tr[np.asarray(f.index.order[l])] = np.asarray(f.index.cells[l])
+    c_te = np.asarray(f.test.cells[l])
     c_ge = res.neighbors.gen_cells[l]
-    centers = np.asarray(a["centers"][l], np.float64)
+    centers = np.asarray(f.centers[l], np.float64)
     for x, c in ((pt, c_tr), (pp, c_te), (pg, c_ge)):  # nearest centres
       np.testing.assert_array_equal(
         ((x[:, None] - centers[None]) ** 2).sum(-1).argmin(1), c
@@ -201,3 +204,84 @@ class TestErrors:
     _, train, test, _ = fitted
     with pytest.raises(ValueError, match="metric must be one of"):
       ctjax.CTReference.fit(train, test, metric="manhattan")
+
+
+def test_loads_file_in_the_original_layout(fitted, tmp_path):
+  """A file as the first format wrote it: header config with tile sizes and
+  no search, and exactly these string keys (no PCA total variance)."""
+  ref, _, _, gen = fitted
+  f = ref.fitted
+  config = dict(
+    n_components=8,
+    n_cells=5,
+    n_init=10,
+    metric="cosine",
+    seed=0,
+    n_layers=L,
+    dim=D,
+    n_train=N,
+    n_test=n,
+    layer_names=["0", "1", "2"],
+    meta={},
+    tile_queries=64,
+    tile_train=4096,
+  )
+  old = dict(
+    pca_mean=f.pca.mean,
+    pca_components=f.pca.components,
+    pca_variances=f.pca.variances,
+    centers=f.centers,
+    inertia=f.inertia,
+    points=f.index.points,
+    aux=f.index.aux,
+    cells=f.index.cells,
+    starts=f.index.starts,
+    order=f.index.order,
+    test_sorted=f.test.sorted_dist,
+    test_starts=f.test.starts,
+    test_cells=f.test.cells,
+    test_dist=f.test.dist,
+    test_index=f.test.index,
+    degenerate=f.degenerate,
+    n_train_cells=f.n_train_cells,
+    n_test_cells=f.test.counts,
+  )
+  header = dict(format="ctjax.CTReference", version=1, config=config)
+  path = tmp_path / "old.npz"
+  np.savez(
+    path,
+    __header__=np.frombuffer(json.dumps(header).encode(), np.uint8),
+    **{k: np.asarray(v) for k, v in old.items()},
+  )
+  back = ctjax.CTReference.load(path)
+  assert back.identity() == ref.identity()
+  assert back.config == ref.config
+  assert np.isnan(np.asarray(back.fitted.pca.total_variance)).all()
+  want = ref.score(gen, return_neighbors=True)
+  got = back.score(gen, return_neighbors=True)
+  np.testing.assert_array_equal(got.ct, want.ct)
+  np.testing.assert_array_equal(got.u, want.u)
+  np.testing.assert_array_equal(
+    got.neighbors.gen_index, want.neighbors.gen_index
+  )
+
+
+def test_n_components_default_and_explicit(rng):
+  x = rng.normal(size=(1, 40, 6)).astype(np.float32)
+  fit = lambda **kw: ctjax.CTReference.fit(x, x, n_cells=2, n_init=1, **kw)
+  assert fit().n_components == 6  # min(64, N, D)
+  ref = fit(n_components=3)
+  assert ref.n_components == 3 and ref.config.n_components == 3
+  assert ref.fitted.pca.components.shape == (1, 6, 3)
+  with pytest.raises(ValueError, match="n_components=64 must be in"):
+    fit(n_components=64)
+
+
+def test_fit_config_and_typed_fields(fitted):
+  ref, *_ = fitted
+  assert ref.config == ctjax.stats.FitConfig(n_components=8, n_cells=5)
+  f = ref.fitted
+  assert isinstance(f, ctjax.stats.Fitted)
+  assert (f.n_layers, f.n_train, f.n_test, f.dim, f.n_cells) == (L, N, n, D, 5)
+  assert f.metric == "cosine" and f.test.counts.shape == (L, 5)
+  assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(f))

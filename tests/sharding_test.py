@@ -55,16 +55,17 @@ def _result_arrays(prefix, ref, res):
     f"{prefix}/gen_index": res.neighbors.gen_index,
     f"{prefix}/gen_dist": res.neighbors.gen_dist,
   }
-  for k in (
-    "cells",
-    "order",
-    "test_cells",
-    "test_index",
-    "test_dist",
-    "centers",
-    "pca_components",
-  ):
-    out[f"{prefix}/{k}"] = np.asarray(ref.arrays[k])
+  f = ref.fitted
+  for k, v in dict(
+    cells=f.index.cells,
+    order=f.index.order,
+    test_cells=f.test.cells,
+    test_index=f.test.index,
+    test_dist=f.test.dist,
+    centers=f.centers,
+    pca_components=f.pca.components,
+  ).items():
+    out[f"{prefix}/{k}"] = np.asarray(v)
   return out
 
 
@@ -244,13 +245,13 @@ def test_sharded_fit_and_score_equal_unsharded(runs, how):
 def test_sharded_neighbours_match_brute_force(runs):
   ref, (train, _, gen) = runs["ref"], runs["data"]
   got = _part(runs["eight"], "eight")
-  a = ref.arrays
+  f = ref.fitted
   for l in range(L):
-    mean = np.asarray(a["pca_mean"][l], np.float64)
-    comp = np.asarray(a["pca_components"][l], np.float64)
+    mean = np.asarray(f.pca.mean[l], np.float64)
+    comp = np.asarray(f.pca.components[l], np.float64)
     pt, pg = ((x[l] - mean) @ comp for x in (train, gen))
     c_tr = np.empty(N, int)
-    c_tr[np.asarray(a["order"][l])] = np.asarray(a["cells"][l])
+    c_tr[np.asarray(f.index.order[l])] = np.asarray(f.index.cells[l])
     d, i = oracle.nearest_in_cell(pg, got["gen_cells"][l], pt, c_tr, "cosine")
     np.testing.assert_allclose(got["gen_dist"][l], d, atol=1e-5)
     assert np.mean(got["gen_index"][l] == i) > 0.99

@@ -432,7 +432,7 @@ def write_report(
     f"T = {n_train} training images, P = {n_test} test images, "
     f"{n_fresh} further test images for the null probe. Encoder: the "
     f"ViT shipped with ctjax (trained on T) and its untrained copy. "
-    f"Reference: PCA {refs['trained'].config['n_components']} dims, "
+    f"Reference: PCA {refs['trained'].n_components} dims, "
     f"{cfg.n_cells} k-means cells, 1 − |cos|, τ = 20/m.",
     "",
     "## Probes: C_T per layer (trained encoder)",

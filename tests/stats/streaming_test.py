@@ -95,33 +95,33 @@ def test_streaming_fit_equals_in_memory_fit(data, in_memory, tmp_path):
   got = ctjax.CTReference.fit_streaming(
     source, test, sample_size=None, chunk_size=CHUNK, **FIT
   )
-  a, b = ref.arrays, got.arrays
-  for k in (
-    "cells",
-    "order",
-    "starts",
-    "test_cells",
-    "test_index",
-    "n_train_cells",
-    "n_test_cells",
-  ):
-    np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+  a, b = ref.fitted, got.fitted
+  for k, get in dict(
+    cells=lambda f: f.index.cells,
+    order=lambda f: f.index.order,
+    starts=lambda f: f.index.starts,
+    test_cells=lambda f: f.test.cells,
+    test_index=lambda f: f.test.index,
+    n_train_cells=lambda f: f.n_train_cells,
+    n_test_cells=lambda f: f.test.counts,
+  ).items():
+    np.testing.assert_array_equal(get(b), get(a), err_msg=k)
   for l in range(L):  # the same subspace: principal angles are zero
     s = np.linalg.svd(
-      np.asarray(a["pca_components"][l]).T @ np.asarray(b["pca_components"][l]),
+      np.asarray(a.pca.components[l]).T @ np.asarray(b.pca.components[l]),
       compute_uv=False,
     )
     np.testing.assert_allclose(s, 1.0, atol=1e-5)
-  np.testing.assert_allclose(b["centers"], a["centers"], atol=1e-4)
-  np.testing.assert_allclose(b["inertia"], a["inertia"], rtol=1e-5)
-  np.testing.assert_allclose(b["test_dist"], a["test_dist"], atol=1e-5)
+  np.testing.assert_allclose(b.centers, a.centers, atol=1e-4)
+  np.testing.assert_allclose(b.inertia, a.inertia, rtol=1e-5)
+  np.testing.assert_allclose(b.test.dist, a.test.dist, atol=1e-5)
   out = got.score(gen, return_neighbors=True)
   np.testing.assert_allclose(out.ct, res.ct, rtol=0, atol=1e-6)
   np.testing.assert_array_equal(
     out.neighbors.gen_cells, res.neighbors.gen_cells
   )
   assert res.ct[0] < -5  # the copied layer shows
-  assert got.identity()["n_train"] == N and "kmeans_sample" not in got.config
+  assert got.identity()["n_train"] == N and got.config.kmeans_sample is None
 
 
 def test_streaming_fit_with_a_sample_and_budget(data, in_memory):
@@ -137,25 +137,23 @@ def test_streaming_fit_with_a_sample_and_budget(data, in_memory):
     **FIT,
   )
   cfg = got.config
-  assert cfg["kmeans_sample"] == 500
-  assert (
-    streaming.tile_bytes(cfg["tile_queries"], cfg["tile_train"], 6) <= budget
-  )
+  assert cfg.kmeans_sample == 500
+  assert streaming.tile_bytes(cfg.tile_queries, cfg.tile_train, 6) <= budget
   rows = streaming.sample_rows(N, 500, FIT["seed"])
   for l in range(L):
-    mean = np.asarray(got.arrays["pca_mean"][l], np.float64)
-    comp = np.asarray(got.arrays["pca_components"][l], np.float64)
+    mean = np.asarray(got.fitted.pca.mean[l], np.float64)
+    comp = np.asarray(got.fitted.pca.components[l], np.float64)
     pt = (train[l] - mean) @ comp
     # The centres are a Lloyd fixed point of the sample alone: each is the
     # mean of the sampled points nearest to it (NumPy).
-    c = np.asarray(got.arrays["centers"][l], np.float64)
+    c = np.asarray(got.fitted.centers[l], np.float64)
     near = ((pt[rows][:, None] - c[None]) ** 2).sum(-1).argmin(1)
     for j in range(4):
       np.testing.assert_allclose(c[j], pt[rows][near == j].mean(0), atol=1e-3)
     # Every training point sits in its nearest centre's cell.
     cells = np.empty(N, int)
-    cells[np.asarray(got.arrays["order"][l])] = np.asarray(
-      got.arrays["cells"][l]
+    cells[np.asarray(got.fitted.index.order[l])] = np.asarray(
+      got.fitted.index.cells[l]
     )
     d2 = ((pt[:, None] - c[None]) ** 2).sum(-1)
     ok = np.take_along_axis(d2, cells[:, None], 1)[:, 0] <= d2.min(1) + 1e-3

@@ -1,0 +1,198 @@
+"""The pure on-device score: jit, vmap, scan, score_many and exact 2·U."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import mannwhitneyu
+
+import ctjax
+from ctjax import stats
+from ctjax.stats import scoring
+
+L, N, n, m, D = 3, 400, 200, 150, 10
+
+
+@pytest.fixture(scope="module")
+def case():
+  rng = np.random.default_rng(3)
+  centers = rng.normal(size=(5, D)) * 4
+
+  def sample(k):
+    return centers[rng.integers(0, 5, k)] + rng.normal(size=(k, D))
+
+  train = np.stack([sample(N) for _ in range(L)]).astype(np.float32)
+  test = np.stack([sample(n) for _ in range(L)]).astype(np.float32)
+  ref = ctjax.CTReference.fit(train, test, n_components=6, n_cells=4)
+
+  def gen(noise):
+    return np.stack(
+      [
+        train[l, :m] + rng.normal(size=(m, D)) * s * noise
+        for l, s in enumerate([0.01, 1.0, 3.0])
+      ]
+    ).astype(np.float32)
+
+  gens = np.stack([gen(x) for x in (1.0, 0.5, 2.0, 1.5, 0.2)])
+  return ref, gens
+
+
+def _assert_scores_equal(got, want):
+  """Device `Scores` against a host `CTResult` (same batch)."""
+  np.testing.assert_array_equal(np.asarray(got.u2), 2 * want.u)
+  np.testing.assert_array_equal(np.asarray(got.n_gen), want.n_gen)
+  np.testing.assert_array_equal(np.asarray(got.included), want.included)
+  np.testing.assert_allclose(got.z, want.z, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got.ct, want.ct, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [None, 0.15])
+def test_jit_equals_reference_score(case, tau):
+  ref, gens = case
+  got = jax.jit(stats.score)(ref.fitted, gens[0], tau=tau)
+  assert got.ct.shape == (L,) and got.z.shape == (L, 4)
+  assert jnp.issubdtype(got.u2.dtype, jnp.integer)
+  _assert_scores_equal(got, ref.score(gens[0], tau=tau))
+
+
+def test_vmap_over_batches(case):
+  ref, gens = case
+  got = jax.vmap(stats.score, in_axes=(None, 0))(ref.fitted, gens[:3])
+  assert got.ct.shape == (3, L) and got.u2.shape == (3, L, 4)
+  for b in range(3):
+    one = jax.tree_util.tree_map(lambda x: x[b], got)
+    _assert_scores_equal(one, ref.score(gens[b]))
+
+
+def test_scan_and_user_jitted_step(case):
+  """Inside `lax.scan` within the user's own jit; traced once."""
+  ref, gens = case
+  traces = []
+
+  @jax.jit
+  def run(fitted, gens):
+    traces.append(1)
+
+    def step(total, g):
+      s = stats.score(fitted, g)
+      return total + jnp.nansum(s.ct), s
+
+    return jax.lax.scan(step, 0.0, gens)
+
+  total, got = run(ref.fitted, gens[:3])
+  run(ref.fitted, gens[2:5])
+  assert len(traces) == 1
+  for b in range(3):
+    _assert_scores_equal(
+      jax.tree_util.tree_map(lambda x: x[b], got), ref.score(gens[b])
+    )
+  np.testing.assert_allclose(total, np.nansum(got.ct), rtol=1e-6)
+
+
+def test_valid_mask_drops_padding_rows(case):
+  ref, gens = case
+  junk = np.full((L, 40, D), 7.0, np.float32)
+  padded = np.concatenate([gens[1], junk], axis=1)
+  valid = np.arange(m + 40) < m
+  got = stats.score(ref.fitted, padded, valid=valid)
+  _assert_scores_equal(got, ref.score(gens[1]))
+  got = stats.score(ref.fitted, padded, valid=valid, tau=0.1)
+  _assert_scores_equal(got, ref.score(gens[1], tau=0.1))
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_score_many_equals_score(case, batch_size):
+  ref, gens = case
+  got = ref.score_many(gens, batch_size=batch_size)
+  assert got.ct.shape == (5, L) and got.z.shape == (5, L, 4)
+  for b in range(5):
+    want = ref.score(gens[b])
+    for name in ("ct", "z", "u", "n_gen", "n_test", "included", "gen_frac"):
+      np.testing.assert_array_equal(
+        getattr(got, name)[b], getattr(want, name), err_msg=name
+      )
+
+
+def test_score_many_compiles_once_per_chunk_shape(case, monkeypatch):
+  ref, gens = case
+  traces = []
+  inner = scoring.score_detailed
+
+  def counting(*a, **k):
+    traces.append(1)
+    return inner(*a, **k)
+
+  monkeypatch.setattr(scoring, "score_detailed", counting)
+  ref.score_many(gens[:, :, :130], batch_size=4)  # 2 chunks of 4
+  assert len(traces) == 1
+  ref.score_many(gens[:4, :, :130], batch_size=4)  # 1 chunk
+  ref.score_many(np.concatenate([gens, gens])[:, :, :130], batch_size=4)
+  assert len(traces) == 1
+
+
+def test_score_many_names_bad_batch(case):
+  ref, gens = case
+  bad = gens.copy()
+  bad[3, 2, 0, 0] = np.nan
+  with pytest.raises(ValueError, match=r"gens\[3\] has NaN.*layer\(s\) 2"):
+    ref.score_many(bad, batch_size=2)
+
+
+def test_u2_dtype_edge():
+  # 2·n·m just below and at 2^31.
+  assert scoring.u2_dtype(1000, 1_073_741) == jnp.int32
+  assert scoring.u2_dtype(1, 2**30 - 1) == jnp.int32
+  with pytest.raises(ValueError, match="2·n·m = 2·1·1073741824"):
+    scoring.u2_dtype(1, 2**30)
+
+
+def test_u2_dtype_edge_with_x64(enable_x64):
+  assert scoring.u2_dtype(1, 2**30 - 1) == jnp.int32
+  assert scoring.u2_dtype(1, 2**30) == jnp.int64
+
+
+def test_int32_bound_from_static_shapes(case):
+  """Abstract evaluation only: no array of these sizes is built."""
+  ref, _ = case
+  under = (2**31 - 1) // (2 * n)  # 2·n·m < 2^31
+  assert 2 * n * under < 2**31 <= 2 * n * (under + 1)
+  spec = lambda rows: jax.ShapeDtypeStruct((L, rows, D), jnp.float32)
+  out = jax.eval_shape(stats.score, ref.fitted, spec(under))
+  assert out.u2.dtype == jnp.int32 and out.u2.shape == (L, 4)
+  with pytest.raises(ValueError, match="beyond int32"):
+    jax.eval_shape(stats.score, ref.fitted, spec(under + 1))
+
+
+def test_degenerate_layer_and_no_cell_above_tau_are_nan(case):
+  ref, gens = case
+  fitted = dataclasses.replace(
+    ref.fitted, degenerate=jnp.array([False, True, False])
+  )
+  got = stats.score(fitted, gens[0])
+  assert np.isnan(got.ct[1]) and np.isnan(got.z[1]).all()
+  assert np.isfinite(np.asarray(got.ct)[[0, 2]]).all()
+  assert np.isnan(stats.score(ref.fitted, gens[0], tau=0.99).ct).all()
+
+
+def test_u2_is_exact_beyond_float32_integers():
+  """One cell with n = m = 6500: 2U ≈ n·m > 2^25, where float32 holds only
+  multiples of 4; a float32 accumulation of the per-query parts would miss
+  the exact value, scipy's U (float64, exact here) does not."""
+  rng = np.random.default_rng(0)
+  big = 6500
+  train = rng.normal(size=(1, 50, 3)).astype(np.float32)
+  test = rng.normal(size=(1, big, 3)).astype(np.float32)
+  gen = rng.normal(size=(1, big, 3)).astype(np.float32) * 1.05
+  ref = ctjax.CTReference.fit(train, test, n_components=2, n_cells=1, n_init=1)
+  got = stats.score(ref.fitted, gen)
+  res = ref.score(gen, return_neighbors=True)
+  nbrs = res.neighbors
+  want = mannwhitneyu(
+    nbrs.gen_dist[0].astype(np.float64), nbrs.test_dist[0].astype(np.float64)
+  )
+  u2 = int(np.asarray(got.u2)[0, 0])
+  assert u2 > 2**25 and u2 == 2 * want.statistic
+  assert 2 * res.u[0, 0] == u2
+  np.testing.assert_allclose(got.z, res.z, rtol=1e-5)
