@@ -297,8 +297,8 @@ def tile_bytes(
 ) -> int:
   """Working set of one step of the tiled nearest-neighbour search.
 
-  Per step: scores, masked scores ``[tile_queries, tile_train]`` (float) and
-  the same-cell mask (bool), plus the scanned slice of training points
+  Per step: scores and masked scores ``[tile_train, tile_queries]`` (float)
+  and the mask (bool), plus the scanned slice of training points
   ``[tile_train, d]`` with its norms and cells.
   """
   return (
