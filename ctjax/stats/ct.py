@@ -1,6 +1,6 @@
 """The C_T data-copying statistic (Meehan, Chaudhuri & Dasgupta, 2020).
 
-Read this file top to bottom against ../shared/PROTOCOL.md §1:
+Read this file top to bottom against docs/method.md §1:
 
   1. every point of T, P, Q has a cell (given here; `CTReference` fits them);
   2. L(x) = distance from x ∈ P ∪ Q to its nearest training point in its cell

@@ -6,9 +6,10 @@ Everything here works with 2·U so that it stays an integer:
   twice_u(q) = 2 · #{p in cell(q): L(p) < L(q)} + #{p in cell(q): L(p) = L(q)}
 
 is computed on device per query (int32; at most 2n), by binary search in the
-test distances sorted by (cell, distance). The per-cell sums, which reach
-n·m ≈ 10⁹ and more, are taken on the host in int64 (`cell_sums`), never in
-float32.
+test distances sorted by (cell, distance). The per-cell sums reach n·m and
+more, so they are taken in integers, never in floats: on device by an integer
+segment sum (`ctjax.stats.scoring`, int32 while 2·n·m < 2³¹) or on the host in
+int64 (`cell_sums`).
 """
 
 import functools

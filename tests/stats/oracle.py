@@ -1,6 +1,6 @@
 """An independent NumPy/SciPy/scikit-learn implementation of C_T (the oracle).
 
-Written from ../shared/PROTOCOL.md with none of ctjax's code: brute-force
+Written from docs/method.md with none of ctjax's code: brute-force
 distance matrices from scipy.spatial.distance.cdist, U from
 scipy.stats.mannwhitneyu, plain float64 arithmetic.
 """

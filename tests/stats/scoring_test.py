@@ -196,3 +196,37 @@ def test_u2_is_exact_beyond_float32_integers():
   assert u2 > 2**25 and u2 == 2 * want.statistic
   assert 2 * res.u[0, 0] == u2
   np.testing.assert_allclose(got.z, res.z, rtol=1e-5)
+
+
+def test_every_search_gives_the_same_scores(case):
+  ref, gens = case
+  want = stats.score(ref.fitted, gens[0], tile_queries=None)  # materialised
+  for search in ("tiled", "dense", "auto"):
+    got = stats.score(ref.fitted, gens[0], search=search, tile_train=128)
+    for name in ("u2", "n_gen", "included"):
+      np.testing.assert_array_equal(
+        getattr(got, name), getattr(want, name), err_msg=search
+      )
+    np.testing.assert_array_equal(got.ct, want.ct)
+
+
+def test_reference_sums_on_host_beyond_int32():
+  """2U itself ≥ 2^31 (int32 would wrap) without x64: the pure score
+  refuses, `CTReference.score` sums in int64 on the host, as scipy."""
+  rng = np.random.default_rng(1)
+  n_big, m_big = 40_000, 30_000
+  assert 2 * n_big * m_big >= 2**31
+  train = rng.normal(size=(1, 30, 2)).astype(np.float32)
+  test = rng.normal(size=(1, n_big, 2)).astype(np.float32)
+  gen = 10 * rng.normal(size=(1, m_big, 2)).astype(np.float32)
+  ref = ctjax.CTReference.fit(
+    train, test, n_components=2, n_cells=1, n_init=1, metric="l2"
+  )
+  with pytest.raises(ValueError, match="beyond int32"):
+    stats.score(ref.fitted, gen)
+  res = ref.score(gen, return_neighbors=True)
+  nbrs = res.neighbors
+  want = mannwhitneyu(
+    nbrs.gen_dist[0].astype(np.float64), nbrs.test_dist[0].astype(np.float64)
+  )
+  assert res.u[0, 0] == want.statistic and 2 * res.u[0, 0] >= 2**31
