@@ -506,7 +506,7 @@ def read_tensors(folder: str) -> dict[str, np.ndarray]:
 
 
 def read_config(folder: str) -> AnyConfig:
-  """EncoderConfig from config.json (via AutoConfig) and preprocessor_config.json."""
+  """The ctjax config from config.json (via AutoConfig) and preprocessor_config.json."""
   from transformers import AutoConfig
 
   if not os.path.exists(os.path.join(folder, "config.json")):

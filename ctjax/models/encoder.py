@@ -151,6 +151,25 @@ class Encoder:
     return self.config.num_layers + 1
 
   @property
+  def layer_names(self) -> tuple[str, ...]:
+    """One name per hidden state, for tables and plots.
+
+    ViT family and CLIP: "embeddings", "block1" ... "blockL"; ResNet,
+    ConvNeXt and Swin: "stem" (Swin's patch embedding), "stage1" ... "stageL".
+    """
+    n = self.config.num_layers
+    if self.stacked:
+      return ("embeddings",) + tuple(f"block{i}" for i in range(1, n + 1))
+    return ("stem",) + tuple(f"stage{i}" for i in range(1, n + 1))
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """Channels D_l of each hidden state (all equal in the ViT family)."""
+    if self.stacked:
+      return (self.config.hidden_size,) * self.num_hidden_states
+    return tuple(self.config.widths)
+
+  @property
   def image_size(self) -> int:
     return self.config.image_size
 

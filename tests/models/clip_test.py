@@ -67,6 +67,8 @@ def test_every_hidden_state_matches_clip_vision_model(
   assert (c.image_mean, c.image_std) == (cfg.CLIP_MEAN, cfg.CLIP_STD)
   assert c.hidden_act == config.get("hidden_act", "quick_gelu")
   assert encoder.num_prefix_tokens == 1
+  assert encoder.layer_names[:2] == ("embeddings", "block1")
+  assert encoder.widths == (32,) * (config["num_hidden_layers"] + 1)
   for h, w in sizes:
     check(
       encoder, model, rng.normal(size=(2, h, w, 3)).astype(np.float32), name

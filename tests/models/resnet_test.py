@@ -114,6 +114,8 @@ def test_parameter_count_and_random_init(tmp_path, rng):
   assert ours == theirs
   random = cm.from_config(model.config, seed=0)
   assert random.identity.startswith("resnet-bottleneck-E8-W16x32-N1x2-F11-")
+  assert random.layer_names == ("stem", "stage1", "stage2")
+  assert random.widths == (8, 16, 32) and not random.stacked
   assert random.identity != encoder.identity
   pixels = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
   pure = jax.jit(cm.forward, static_argnums=(0, 3))
