@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 
 from ctjax.fingerprint import rules as fingerprint_rules
+from ctjax.stats import neighbors
 
 COMMANDS = ("demo", "score", "enroll", "identify", "evaluate")
 
@@ -44,7 +45,7 @@ flags.DEFINE_enum("pool", "cls", ["cls", "mean"], "Token pooling per layer.")
 flags.DEFINE_enum(
   "metric",
   "cosine",
-  ["cosine", "l2"],
+  list(neighbors.METRICS),
   "Distance: 1 - |cos| (the paper) or Euclidean (Meehan).",
 )
 flags.DEFINE_integer(

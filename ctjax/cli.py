@@ -93,8 +93,8 @@ def load_images(path):
 
   if path is None or is_embedding_file(path):
     return None
-  cfg = preprocess.PreprocessConfig(image_size=64)  # used only for folders
-  # of mixed image sizes
+  # The size only matters for a folder of mixed image sizes.
+  cfg = preprocess.PreprocessConfig(image_size=64)
   src = embedding.as_source(os.fspath(path), cfg)
   images, _ = src.load(0, len(src))
   images = np.asarray(images)

@@ -229,8 +229,7 @@ def shard_index(
   Returns:
     A `ShardedIndex`; every process must call this with the same arrays.
   """
-  if metric not in nb.METRICS:
-    raise ValueError(f"metric must be one of {nb.METRICS}, got {metric!r}")
+  nb.check_metric(metric)
   points = np.asarray(points)
   cells = np.asarray(cells, np.int32)
   if points.ndim != 3 or cells.shape != points.shape[:2]:

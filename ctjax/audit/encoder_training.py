@@ -475,25 +475,21 @@ def export(
   Files: config.json, model.safetensors, preprocessor_config.json, and when
   given head.safetensors and training_report.json.
   """
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
+
+  def write_tensors(tensors, name):
+    data = save(tensors, metadata={"format": "pt"})
+    storage.write_bytes(data, os.path.join(folder, name))
 
   os.makedirs(folder, exist_ok=True)
   hf_config(encoder.config).save_pretrained(folder)
-  save_file(
-    to_hf_tensors(encoder),
-    os.path.join(folder, "model.safetensors"),
-    metadata={"format": "pt"},
-  )
+  write_tensors(to_hf_tensors(encoder), "model.safetensors")
   _write_json(
     os.path.join(folder, "preprocessor_config.json"),
     preprocessor_dict(encoder.config),
   )
   if head is not None:
-    save_file(
-      head_tensors(head),
-      os.path.join(folder, HEAD_FILE),
-      metadata={"format": "pt"},
-    )
+    write_tensors(head_tensors(head), HEAD_FILE)
   if report is not None:
     _write_json(os.path.join(folder, REPORT_FILE), report)
   return folder
