@@ -516,13 +516,19 @@ class CTReference:
     return self.config.metric
 
   # ---------------------------------------------------------------- score
-  def _tiles(self) -> dict:
+  def _tiles(self, search: str | None = None) -> dict:
     c = self.config
+    if search is not None and search not in fitted_lib.SEARCHES:
+      raise ValueError(
+        f"search must be one of {fitted_lib.SEARCHES}, got {search!r}"
+      )
     return dict(
-      tile_queries=c.tile_queries, tile_train=c.tile_train, search=c.search
+      tile_queries=c.tile_queries,
+      tile_train=c.tile_train,
+      search=c.search if search is None else search,
     )
 
-  def _check_gen(self, gen, axis_names):
+  def _check_gen(self, gen):
     """Validates ``gen [..., L, m, D]``; returns m."""
     if gen.shape[-1] != self.dim:
       raise ValueError(
@@ -540,6 +546,7 @@ class CTReference:
     *,
     tau: float | None = None,
     return_neighbors: bool = False,
+    search: str | None = None,
     mesh=None,
   ) -> ct_lib.CTResult:
     """C_T of a generated batch on every layer.
@@ -550,6 +557,8 @@ class CTReference:
       tau: threshold on a cell's generated share; ``None`` = 20/m.
       return_neighbors: also return, per layer, each generated and test
         point's nearest same-cell training index and distance.
+      search: "auto", "tiled" or "dense" search; ``None`` uses the fit's
+        (`FitConfig.search`). The result is the same.
       mesh: ``None`` (one device), ``"all"`` or a `jax.sharding.Mesh` with a
         ``"data"`` axis: the projected training points are sharded over the
         mesh (dealt out once per mesh and cached) and the nearest neighbours
@@ -560,7 +569,7 @@ class CTReference:
       ``gen_frac``/``u``/``n_test``/``n_gen [L, k]``.
     """
     gen = _stack_layers("gen", gen, self.n_layers)
-    m = self._check_gen(gen, "gen")
+    m = self._check_gen(gen)
     tau = ct_lib.default_tau(m) if tau is None else ct_lib.check_tau(tau, m)
     gen = _to_device(gen)
     _check_finite("gen", gen, self.layer_names)
@@ -572,16 +581,17 @@ class CTReference:
       )
     valid = jnp.arange(m_pad) < m
     f = self.fitted
+    tiles = self._tiles(search)
     on_device = _sums_on_device(self.n_test, m_pad)
     u2 = n_gen = None
     if mesh is None and on_device:
       scores, cells, dist, idx = score_lib.score_detailed(
-        f, gen, tau=tau, valid=valid, **self._tiles()
+        f, gen, tau=tau, valid=valid, **tiles
       )
       u2, n_gen = scores.u2, scores.n_gen
     else:
       if mesh is None:
-        tu, cells, dist, idx = _query_parts(f, gen, valid, **self._tiles())
+        tu, cells, dist, idx = _query_parts(f, gen, valid, **tiles)
       else:
         pg, cells = _project_layers(f, gen, valid)
         dist, idx = sharding.nearest_in_cell(
@@ -628,6 +638,7 @@ class CTReference:
     tau: float | None = None,
     memory_budget: int | None = None,
     batch_size: int | None = None,
+    search: str | None = None,
   ) -> ct_lib.CTResult:
     """C_T of B generated batches of the same size, in one call.
 
@@ -642,6 +653,7 @@ class CTReference:
       tau: as in `score` (one τ for every batch).
       memory_budget: device bytes for one chunk (default 1 GiB).
       batch_size: batches per chunk (overrides ``memory_budget``).
+      search: as in `score`.
 
     Returns:
       A `CTResult` whose fields have a leading batch axis: ``ct [B, L]``,
@@ -661,14 +673,14 @@ class CTReference:
       )
     if not np.issubdtype(gens.dtype, np.floating):
       gens = gens.astype(np.float32)
-    m = self._check_gen(gens, "gens")
+    m = self._check_gen(gens)
     n_batches = gens.shape[0]
     if n_batches == 0:
       raise ValueError("gens holds no batches")
     tau = ct_lib.default_tau(m) if tau is None else ct_lib.check_tau(tau, m)
     m_pad = _pad_rows(m)
     on_device = _sums_on_device(self.n_test, m_pad)
-    tiles = self._tiles()
+    tiles = self._tiles(search)
     if batch_size is None:
       per = score_lib.batch_bytes(
         self.fitted,

@@ -208,6 +208,8 @@ def test_every_search_gives_the_same_scores(case):
         getattr(got, name), getattr(want, name), err_msg=search
       )
     np.testing.assert_array_equal(got.ct, want.ct)
+  host = ref.score(gens[0], search="dense")
+  np.testing.assert_array_equal(host.ct, ref.score(gens[0], search="tiled").ct)
 
 
 def test_reference_sums_on_host_beyond_int32():
