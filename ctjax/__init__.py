@@ -5,6 +5,7 @@ Public API (see README.md, and docs/method.md for the method):
   c_t, ct_score, ct_curve, CTReference, CTResult   the C_T engine
   embed                                             all-layer embeddings
   FingerprintLibrary                                C_T-curve fingerprints
+  select_layers                                     which layer detects what
 
 Subpackages and modules, loaded on first use: stats (numerics), models
 (encoders; the only part that needs Flax), embedding, preprocess, fingerprint,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 _LAZY_ATTRS = {
   "embed": ("ctjax.embedding", "embed"),
   "FingerprintLibrary": ("ctjax.fingerprint", "FingerprintLibrary"),
+  "select_layers": ("ctjax.selection", "select_layers"),
 }
 _LAZY_MODULES = (
   "models",
@@ -30,6 +32,7 @@ _LAZY_MODULES = (
   "preprocess",
   "fingerprint",
   "report",
+  "selection",
   "sharding",
   "storage",
 )
