@@ -78,10 +78,17 @@ _query_parts = jax.jit(score_lib.query_parts, static_argnames=_STATIC)
 _cell_scores = jax.jit(score_lib.cell_scores)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("on_device",))
-def _score_chunk(fitted, gens, valid, tau, *, on_device, **kw):
+@functools.partial(
+  jax.jit, static_argnames=_STATIC + ("on_device", "vectorize")
+)
+def _score_chunk(fitted, gens, valid, tau, *, on_device, vectorize, **kw):
   """``gens [c, L, m, D]``, ``valid [c, m]``: finite flags ``[c, L]`` and,
-  per batch, `Scores` (``on_device``) or per-query ``(tu, cells)``."""
+  per batch, `Scores` (``on_device``) or per-query ``(tu, cells)``.
+
+  ``vectorize`` scores the c batches at once (`jax.vmap`); otherwise one
+  after another (`lax.map`), which suits a CPU: the vmapped tiled search runs
+  every batch's loop to the longest one's length.
+  """
   finite = jnp.all(jnp.isfinite(gens), axis=(2, 3))
 
   def one(g, v):
@@ -89,7 +96,9 @@ def _score_chunk(fitted, gens, valid, tau, *, on_device, **kw):
       return score_lib.score_detailed(fitted, g, tau=tau, valid=v, **kw)[0]
     return score_lib.query_parts(fitted, g, v, **kw)[:2]
 
-  return finite, jax.vmap(one)(gens, valid)
+  if vectorize:
+    return finite, jax.vmap(one)(gens, valid)
+  return finite, jax.lax.map(lambda a: one(*a), (gens, valid))
 
 
 @jax.jit
@@ -707,6 +716,7 @@ class CTReference:
         jax.device_put(valid),
         tau,
         on_device=on_device,
+        vectorize=jax.default_backend() != "cpu",
         **tiles,
       )
       finite = np.asarray(finite)[:b]
