@@ -1,9 +1,10 @@
 """Vision encoders in Flax NNX, every hidden state exposed.
 
 Families: ViT, DeiT, DINOv2 (with registers), CLIP's vision tower, ResNet,
-ConvNeXt, Swin.
+ConvNeXt, Swin, Inception-v3 (pytorch-fid's FID network).
 
-from_pretrained(path_or_repo_id) -> Encoder   Hugging Face checkpoint
+from_pretrained(path_or_repo_id) -> Encoder   Hugging Face checkpoint, or
+                                    pytorch-fid's Inception weights file
 from_config(config, seed)        -> Encoder   random initialisation
 Encoder.hidden_states(pixels)    -> [L+1, B, T, D] (ViT family, CLIP), or a
                                     tuple of L+1 channels-last arrays
@@ -13,6 +14,7 @@ forward(graphdef, params, pixels, dtype) -> EncoderOutput   (pure, jit-able)
 from ctjax.models.config import (
   ConvNextConfig,
   EncoderConfig,
+  InceptionConfig,
   ResNetConfig,
   SwinConfig,
   from_hf_config,
@@ -27,6 +29,7 @@ __all__ = [
   "Encoder",
   "EncoderConfig",
   "EncoderOutput",
+  "InceptionConfig",
   "ResNetConfig",
   "SwinConfig",
   "VisionTransformer",

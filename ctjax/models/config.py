@@ -380,6 +380,93 @@ class SwinConfig(_Hierarchical):
     )
 
 
+# Inception-v3's Mixed blocks in torchvision's names (Szegedy et al. 2016,
+# Figure 5-7 and Table 1): 5b-5d (35x35 at 299 px), 6a (grid reduction),
+# 6b-6e (17x17), 7a (grid reduction), 7b-7c (8x8); and their output widths.
+INCEPTION_BLOCKS = (
+  "Mixed_5b",
+  "Mixed_5c",
+  "Mixed_5d",
+  "Mixed_6a",
+  "Mixed_6b",
+  "Mixed_6c",
+  "Mixed_6d",
+  "Mixed_6e",
+  "Mixed_7a",
+  "Mixed_7b",
+  "Mixed_7c",
+)
+INCEPTION_WIDTHS = (
+  192,
+  256,
+  288,
+  288,
+  768,
+  768,
+  768,
+  768,
+  768,
+  1280,
+  2048,
+  2048,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class InceptionConfig(_Hierarchical):
+  """Inception-v3 as pytorch-fid's FID network (TF's 2015-12-05 graph).
+
+  The architecture is fixed (torchvision's Inception3 layout); the options
+  say which pooling the last block uses.
+
+  Attributes:
+    model_type: "inception_v3".
+    num_channels: input channels (3).
+    last_pool: pooling in the pool branch of the last block (Mixed_7c):
+      "max" as pytorch-fid's FIDInceptionE_2 and the TF FID graph; "avg"
+      (TF-style, padding excluded) as Keras' InceptionV3 and the paper.
+    batch_norm_eps: epsilon of every BatchNorm (0.001, as TF's graph).
+    image_size: side of the resized inputs (299, pytorch-fid's resize).
+    image_mean: (0.5, 0.5, 0.5): pytorch-fid's ``2 x - 1`` of [0, 1] pixels.
+    image_std: (0.5, 0.5, 0.5).
+  """
+
+  model_type: str = "inception_v3"
+  num_channels: int = 3
+  last_pool: str = "max"
+  batch_norm_eps: float = 1e-3
+  image_size: int = 299
+  image_mean: tuple[float, ...] = HALF
+  image_std: tuple[float, ...] = HALF
+
+  def __post_init__(self):
+    if self.model_type != "inception_v3":
+      raise ValueError(f"model_type {self.model_type!r} is not 'inception_v3'")
+    if self.last_pool not in ("max", "avg"):
+      raise ValueError(f"last_pool {self.last_pool!r} is not 'max' or 'avg'")
+    if self.num_channels != 3:
+      raise ValueError("Inception-v3 takes 3 input channels")
+
+  @property
+  def depths(self) -> tuple[int, ...]:
+    """One Mixed block per hidden state after the stem."""
+    return (1,) * len(INCEPTION_BLOCKS)
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """Channels of each hidden state: the stem (192), then each Mixed block."""
+    return INCEPTION_WIDTHS
+
+  @property
+  def layer_names(self) -> tuple[str, ...]:
+    """ "stem", then "Mixed_5b" ... "Mixed_7c"."""
+    return ("stem",) + INCEPTION_BLOCKS
+
+  @property
+  def tag(self) -> str:
+    return f"inception_v3-{self.last_pool}pool-S{self.image_size}"
+
+
 def _square(value, name: str) -> int:
   if isinstance(value, (list, tuple)):
     if len(value) != 2 or value[0] != value[1]:
@@ -396,7 +483,9 @@ HIERARCHICAL = {
   "swin": SwinConfig,
 }
 SUPPORTED = MODEL_TYPES + ("clip",) + tuple(HIERARCHICAL)
-AnyConfig = EncoderConfig | ResNetConfig | ConvNextConfig | SwinConfig
+AnyConfig = (
+  EncoderConfig | ResNetConfig | ConvNextConfig | SwinConfig | InceptionConfig
+)
 
 
 def from_hf_config(hf_config, image_mean=None, image_std=None) -> AnyConfig:

@@ -523,14 +523,104 @@ def read_config(folder: str) -> AnyConfig:
 
 def from_pretrained(path_or_repo_id: str) -> Encoder:
   """Loads a ViT / DeiT / DINOv2 (with registers) / CLIP / ResNet / ConvNeXt /
-  Swin checkpoint (the family comes from config.json's ``model_type``).
+  Swin checkpoint (the family comes from config.json's ``model_type``), or
+  pytorch-fid's Inception-v3 weights file.
 
   Args:
     path_or_repo_id: a folder with config.json and model.safetensors (or
       pytorch_model.bin), or a Hugging Face repo id present in the local cache
-      (downloaded if the hub is reachable and HF_HUB_OFFLINE is unset).
+      (downloaded if the hub is reachable and HF_HUB_OFFLINE is unset); or an
+      Inception-v3 state dict in torchvision's names -- pytorch-fid's
+      ``pt_inception-2015-12-05-*.pth`` or the same tensors as
+      ``.safetensors`` --, given as the file or a folder without config.json
+      holding it.
   """
+  weights = inception_weights_file(path_or_repo_id)
+  if weights is not None:
+    from ctjax.models.config import InceptionConfig
+
+    config = InceptionConfig()
+    graphdef, state = load_state(
+      config, read_weights_file(weights), source=weights
+    )
+    return Encoder(config, graphdef, state, source=str(path_or_repo_id))
   folder = resolve(path_or_repo_id)
   config = read_config(folder)
   graphdef, state = load_state(config, read_tensors(folder), source=folder)
   return Encoder(config, graphdef, state, source=str(path_or_repo_id))
+
+
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def read_weights_file(path: str) -> dict[str, np.ndarray]:
+  """All tensors of one ``.safetensors`` file or one ``.pth`` state dict.
+
+  torch is imported only for ``.pth`` (read with ``weights_only=True``).
+  """
+  if path.endswith(".safetensors"):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+      return {key: f.get_tensor(key) for key in f.keys()}
+  try:
+    import torch
+  except ImportError:
+    raise ValueError(
+      f"{path} needs torch to read; install torch or convert the state dict "
+      "to .safetensors"
+    ) from None
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  if not isinstance(state, Mapping):
+    raise ValueError(f"{path} does not hold a state dict")
+  return {
+    k: v.float().numpy() if v.is_floating_point() else v.numpy()
+    for k, v in state.items()
+  }
+
+
+def _tensor_names(path: str) -> list[str]:
+  if path.endswith(".safetensors"):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+      return list(f.keys())
+  return list(read_weights_file(path))
+
+
+def inception_weights_file(path: str) -> str | None:
+  """The Inception-v3 weights file ``path`` names, or None.
+
+  ``path`` is such a file (``.pth``/``.pt``/``.safetensors`` holding
+  ``Mixed_5b.branch1x1.conv.weight``), or a folder without config.json
+  holding exactly one: ``pt_inception*`` files first, else any weights file
+  with that tensor.
+  """
+  from ctjax.models.inception import SIGNATURE
+
+  if os.path.isfile(path):
+    if path.endswith(_WEIGHT_SUFFIXES) and SIGNATURE in _tensor_names(path):
+      return path
+    if path.endswith(_WEIGHT_SUFFIXES):
+      raise ValueError(
+        f"{path} is a weights file without {SIGNATURE!r}: not an "
+        "Inception-v3 state dict in torchvision's names; other families load "
+        "from their folder (config.json + model.safetensors)"
+      )
+    return None
+  if not os.path.isdir(path) or os.path.exists(
+    os.path.join(path, "config.json")
+  ):
+    return None
+  files = sorted(
+    os.path.join(path, n)
+    for n in os.listdir(path)
+    if n.endswith(_WEIGHT_SUFFIXES)
+  )
+  named = [f for f in files if os.path.basename(f).startswith("pt_inception")]
+  found = named or [f for f in files if SIGNATURE in _tensor_names(f)]
+  if len(found) > 1:
+    raise ValueError(
+      f"{path} holds several Inception-v3 weights files: {found}; pass one"
+    )
+  return found[0] if found else None

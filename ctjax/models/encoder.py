@@ -22,6 +22,7 @@ from ctjax.models.config import (
   AnyConfig,
   ConvNextConfig,
   EncoderConfig,
+  InceptionConfig,
   ResNetConfig,
   SwinConfig,
 )
@@ -33,7 +34,15 @@ FAMILIES = {
   "resnet": ("resnet", "ResNet"),
   "convnext": ("convnext", "ConvNext"),
   "swin": ("swin", "Swin"),
+  "inception_v3": ("inception", "InceptionV3"),
 }
+_CONFIGS = (
+  EncoderConfig,
+  ResNetConfig,
+  ConvNextConfig,
+  SwinConfig,
+  InceptionConfig,
+)
 
 
 def family_module(model_type: str):
@@ -47,7 +56,7 @@ def module_class(config: AnyConfig):
   """The nnx module class that implements a config's family."""
   if isinstance(config, EncoderConfig):
     return VisionTransformer
-  if not isinstance(config, (ResNetConfig, ConvNextConfig, SwinConfig)):
+  if not isinstance(config, _CONFIGS):
     raise ValueError(f"not an encoder config: {config!r}")
   return getattr(
     family_module(config.model_type), FAMILIES[config.model_type][1]
@@ -72,7 +81,8 @@ def forward(graphdef, params, pixels, dtype=jnp.float32) -> EncoderOutput:
   Returns:
     EncoderOutput in ``dtype``: for the ViT family (and CLIP)
     ``hidden_states [L+1, B, T, D]`` and ``last_hidden_state [B, T, D]``;
-    for ResNet and ConvNeXt a tuple of L+1 maps ``[B, H_i, W_i, C_i]``, for
+    for ResNet, ConvNeXt and Inception-v3 a tuple of L+1 maps
+    ``[B, H_i, W_i, C_i]``, for
     Swin a tuple of L+1 token arrays ``[B, T_i, C_i]``.
   """
   dtype = jnp.dtype(dtype)
@@ -93,8 +103,8 @@ class Encoder:
   """An encoder: config, graphdef and parameters.
 
   Attributes:
-    config: an EncoderConfig (ViT family, CLIP), ResNetConfig, ConvNextConfig
-      or SwinConfig.
+    config: an EncoderConfig (ViT family, CLIP), ResNetConfig, ConvNextConfig,
+      SwinConfig or InceptionConfig.
     graphdef: nnx GraphDef of the module (static structure).
     params: nnx.State of the parameters (a pytree of float32 arrays).
     source: where the weights came from (folder, repo id, or "random:<seed>").
@@ -155,8 +165,11 @@ class Encoder:
     """One name per hidden state, for tables and plots.
 
     ViT family and CLIP: "embeddings", "block1" ... "blockL"; ResNet,
-    ConvNeXt and Swin: "stem" (Swin's patch embedding), "stage1" ... "stageL".
+    ConvNeXt and Swin: "stem" (Swin's patch embedding), "stage1" ... "stageL";
+    Inception-v3: "stem", "Mixed_5b" ... "Mixed_7c".
     """
+    if hasattr(self.config, "layer_names"):
+      return tuple(self.config.layer_names)
     n = self.config.num_layers
     if self.stacked:
       return ("embeddings",) + tuple(f"block{i}" for i in range(1, n + 1))
@@ -217,9 +230,7 @@ def from_config(config: AnyConfig, seed: int = 0) -> Encoder:
     config: a ctjax config, or a transformers config / config.json dict.
     seed: PRNG seed of the initialisation.
   """
-  if not isinstance(
-    config, (EncoderConfig, ResNetConfig, ConvNextConfig, SwinConfig)
-  ):
+  if not isinstance(config, _CONFIGS):
     from ctjax.models.config import from_hf_config
 
     config = from_hf_config(config)

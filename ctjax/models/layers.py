@@ -195,39 +195,45 @@ class Block(nnx.Module):
     return x + (self.ls2(h) if self.ls2 is not None else h)
 
 
+def _pair(v) -> tuple[int, int]:
+  return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 class Conv(nnx.Module):
   """2-D convolution of channels-last maps, zero padding on every side.
 
-  ``kernel [k, k, C_in / groups, C_out]``; ``groups == C_in == C_out`` is a
-  depthwise convolution.
+  ``kernel [kh, kw, C_in / groups, C_out]`` (``kernel`` and ``padding`` are
+  an int for square ones or an ``(h, w)`` pair, as torch's Conv2d);
+  ``groups == C_in == C_out`` is a depthwise convolution.
   """
 
   def __init__(
     self,
     c_in: int,
     c_out: int,
-    kernel: int,
+    kernel: int | tuple[int, int],
     stride: int = 1,
-    padding: int = 0,
+    padding: int | tuple[int, int] = 0,
     groups: int = 1,
     bias: bool = True,
     *,
     rngs: nnx.Rngs,
   ):
-    self.stride, self.padding, self.groups = stride, padding, groups
+    kh, kw = _pair(kernel)
+    self.stride, self.padding, self.groups = stride, _pair(padding), groups
     self.kernel = nnx.Param(
-      _init(rngs.params(), (kernel, kernel, c_in // groups, c_out), jnp.float32)
+      _init(rngs.params(), (kh, kw, c_in // groups, c_out), jnp.float32)
     )
     self.bias = nnx.Param(jnp.zeros((c_out,), jnp.float32)) if bias else None
 
   def __call__(self, x):
     """x: ``[B, H, W, C_in]`` -> ``[B, H', W', C_out]``, as torch's Conv2d."""
-    p = self.padding
+    ph, pw = self.padding
     y = jax.lax.conv_general_dilated(
       x,
       self.kernel[...].astype(x.dtype),
       window_strides=(self.stride, self.stride),
-      padding=((p, p), (p, p)),
+      padding=((ph, ph), (pw, pw)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
       feature_group_count=self.groups,
     )
@@ -271,3 +277,22 @@ def max_pool(x, window: int, stride: int, padding: int):
     (1, stride, stride, 1),
     pad,
   )
+
+
+def avg_pool(x, window: int, stride: int, padding: int):
+  """Average pool of ``[B, H, W, C]`` maps whose mean skips the padding.
+
+  torch's ``avg_pool2d(..., count_include_pad=False)``; with
+  ``padding = window // 2`` and stride 1 it is TensorFlow's 'SAME' average
+  pool (each output divides by the number of real pixels in its window).
+  """
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  dims, strides = (1, window, window, 1), (1, stride, stride, 1)
+  total = jax.lax.reduce_window(
+    x, jnp.array(0, x.dtype), jax.lax.add, dims, strides, pad
+  )
+  ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
+  count = jax.lax.reduce_window(
+    ones, jnp.array(0, x.dtype), jax.lax.add, dims, strides, pad
+  )
+  return total / count
