@@ -648,6 +648,7 @@ class CTReference:
     memory_budget: int | None = None,
     batch_size: int | None = None,
     search: str | None = None,
+    vectorize: bool | None = None,
   ) -> ct_lib.CTResult:
     """C_T of B generated batches of the same size, in one call.
 
@@ -663,6 +664,8 @@ class CTReference:
       memory_budget: device bytes for one chunk (default 1 GiB).
       batch_size: batches per chunk (overrides ``memory_budget``).
       search: as in `score`.
+      vectorize: score a chunk's batches at once (`jax.vmap`) rather than one
+        after another (`lax.map`); ``None``: at once except on a CPU.
 
     Returns:
       A `CTResult` whose fields have a leading batch axis: ``ct [B, L]``,
@@ -690,6 +693,8 @@ class CTReference:
     m_pad = _pad_rows(m)
     on_device = _sums_on_device(self.n_test, m_pad)
     tiles = self._tiles(search)
+    if vectorize is None:
+      vectorize = jax.default_backend() != "cpu"
     if batch_size is None:
       per = score_lib.batch_bytes(
         self.fitted,
@@ -716,7 +721,7 @@ class CTReference:
         jax.device_put(valid),
         tau,
         on_device=on_device,
-        vectorize=jax.default_backend() != "cpu",
+        vectorize=vectorize,
         **tiles,
       )
       finite = np.asarray(finite)[:b]

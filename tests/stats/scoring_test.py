@@ -102,10 +102,10 @@ def test_valid_mask_drops_padding_rows(case):
   _assert_scores_equal(got, ref.score(gens[1], tau=0.1))
 
 
-@pytest.mark.parametrize("batch_size", [None, 2])
-def test_score_many_equals_score(case, batch_size):
+@pytest.mark.parametrize("batch_size, vectorize", [(None, None), (2, True)])
+def test_score_many_equals_score(case, batch_size, vectorize):
   ref, gens = case
-  got = ref.score_many(gens, batch_size=batch_size)
+  got = ref.score_many(gens, batch_size=batch_size, vectorize=vectorize)
   assert got.ct.shape == (5, L) and got.z.shape == (5, L, 4)
   for b in range(5):
     want = ref.score(gens[b])
