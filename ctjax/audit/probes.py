@@ -232,3 +232,149 @@ def make_probe(name, train_images, test_images, n, seed, return_info=False):
   else:  # "copy" and "test"
     out = src.copy()
   return (out, info) if return_info else out
+
+
+# ------------------------------------------------------------ post-processing
+# What an image meets after generation, on its way to whoever audits it. They
+# are applied to generated images (not built from training images as the
+# probes above are); `POSTPROCESS` names the audit's set.
+
+POSTPROCESS = ("jpeg75", "jpeg50", "half", "histogram")
+
+
+def _pil_each(images, fn):
+  """Applies ``fn(PIL.Image) -> PIL.Image`` to every image of a uint8
+  ``[N, H, W]`` or ``[N, H, W, C]`` (C = 1 or 3) batch."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    raise ValueError(
+      f"images must be uint8 [N, H, W(, C)], got {images.dtype} {images.shape}."
+    )
+  if images.ndim == 4 and images.shape[-1] not in (1, 3):
+    raise ValueError(f"images need 1 or 3 channels, got {images.shape[-1]}.")
+  flat = images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else None
+  src = images if flat is None else flat
+  out = np.stack([np.asarray(fn(Image.fromarray(i))) for i in src])
+  return out.reshape(images.shape).astype(np.uint8)
+
+
+def encode_jpeg(image, quality):
+  """One uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB) image -> JPEG bytes
+  (PIL/libjpeg, baseline, PIL's default chroma subsampling)."""
+  import io  # pylint: disable=g-import-not-at-top
+
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  quality = int(quality)
+  if not 1 <= quality <= 100:
+    raise ValueError(f"quality must be in 1..100, got {quality}.")
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image)).save(buf, format="JPEG", quality=quality)
+  return buf.getvalue()
+
+
+def jpeg(images, quality):
+  """Re-encodes every image as a JPEG of the given quality and decodes it.
+
+  Args:
+    images: uint8 ``[N, H, W]`` or ``[N, H, W, C]`` with C = 1 or 3.
+    quality: libjpeg quality, 1..100 (75 and 50 in `POSTPROCESS`).
+
+  Returns:
+    uint8 images of the same shape.
+  """
+  import io  # pylint: disable=g-import-not-at-top
+
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  def one(img):
+    return Image.open(io.BytesIO(encode_jpeg(np.asarray(img), quality)))
+
+  return _pil_each(images, one)
+
+
+def downscale_half(images):
+  """Resizes every image to half its side and back (PIL bilinear, which
+  filters when shrinking), as a site that serves thumbnails would.
+
+  Args:
+    images: uint8 ``[N, H, W]`` or ``[N, H, W, C]`` with C = 1 or 3; odd
+      sides shrink to ``side // 2``.
+
+  Returns:
+    uint8 images of the same shape.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  def one(img):
+    w, h = img.size
+    small = img.resize((max(w // 2, 1), max(h // 2, 1)), Image.BILINEAR)
+    return small.resize((w, h), Image.BILINEAR)
+
+  return _pil_each(images, one)
+
+
+def match_histograms(images, reference, *, per_image=True):
+  """Maps pixel values so each channel's histogram matches the reference's.
+
+  For every channel, a source value v goes to the reference's quantile at
+  the source's CDF at v: with ``F(v)`` the fraction of source pixels <= v and
+  ``G`` the same for the reference (over its distinct values ``r``), v ->
+  ``interp(F(v), G(r), r)``, rounded. The map is non-decreasing in v.
+
+  Args:
+    images: uint8 ``[N, H, W]`` or ``[N, H, W, C]``.
+    reference: uint8 images with the same channel count (any number, any
+      size), e.g. the training set; their pixels are pooled per channel.
+    per_image: match each image on its own (default), else the whole batch
+      with one map per channel.
+
+  Returns:
+    uint8 images of the same shape as ``images``.
+  """
+  images, reference = np.asarray(images), np.asarray(reference)
+  for what, arr in (("images", images), ("reference", reference)):
+    if arr.dtype != np.uint8 or arr.ndim not in (3, 4):
+      raise ValueError(
+        f"{what} must be uint8 [N, H, W(, C)], got {arr.dtype} {arr.shape}."
+      )
+  x = images.reshape(images.shape[:3] + (-1,))
+  r = reference.reshape(reference.shape[:3] + (-1,))
+  if x.shape[-1] != r.shape[-1]:
+    raise ValueError(
+      f"images have {x.shape[-1]} channels, reference {r.shape[-1]}."
+    )
+  out = np.empty_like(x)
+  groups = (
+    [slice(i, i + 1) for i in range(len(x))] if per_image else [slice(None)]
+  )
+  for c in range(x.shape[-1]):
+    counts = np.bincount(r[..., c].ravel(), minlength=256)
+    present = np.flatnonzero(counts)
+    ref_cdf = np.cumsum(counts)[present] / counts.sum()
+    for g in groups:
+      src = x[g, ..., c]
+      cdf = np.cumsum(np.bincount(src.ravel(), minlength=256)) / src.size
+      lut = np.interp(cdf, ref_cdf, present.astype(np.float64))
+      out[g, ..., c] = _to_uint8(lut, lut.shape)[src]
+  return out.reshape(images.shape)
+
+
+def postprocess(name, images, reference=None):
+  """Applies the `POSTPROCESS` transform ``name`` ("jpeg75", "jpeg50",
+  "half", "histogram"; the last needs ``reference``, e.g. training images)."""
+  if name == "jpeg75":
+    return jpeg(images, 75)
+  if name == "jpeg50":
+    return jpeg(images, 50)
+  if name == "half":
+    return downscale_half(images)
+  if name == "histogram":
+    if reference is None:
+      raise ValueError("the histogram transform needs reference images.")
+    return match_histograms(images, reference)
+  raise ValueError(
+    f"unknown transform {name!r}; expected one of {POSTPROCESS}."
+  )

@@ -1,6 +1,7 @@
 """Probes against PIL references and the relations they are meant to have."""
 
 import collections
+import io
 
 import numpy as np
 import pytest
@@ -172,3 +173,188 @@ def test_every_probe_shape_dtype_and_seed(images, name):
 def test_unknown_probe(images):
   with pytest.raises(ValueError, match="blur"):
     probes.make_probe("blur", images, images, 3, 0)
+
+
+# ------------------------------------------------------------ post-processing
+def _pil_jpeg(img, quality):
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+  return np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+
+
+# JPEG standard (ITU-T T.81) Annex K, table K.1: the luminance quantisation
+# table, natural order; libjpeg scales it by quality q with
+# s = 5000 / q (q < 50) or 200 - 2 q, entries (t s + 50) // 100 in 1..255.
+_ANNEX_K1 = np.array(
+  [
+    [16, 11, 10, 16, 24, 40, 51, 61],
+    [12, 12, 14, 19, 26, 58, 60, 55],
+    [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62],
+    [18, 22, 37, 56, 68, 109, 103, 77],
+    [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101],
+    [72, 92, 95, 98, 112, 100, 103, 99],
+  ]
+)
+
+
+@pytest.mark.parametrize("shape", [(5, 28, 28), (3, 32, 32, 3), (2, 16, 16, 1)])
+@pytest.mark.parametrize("quality", [75, 50])
+def test_jpeg_equals_pil_round_trip(rng, shape, quality):
+  x = rng.integers(0, 256, size=shape).astype(np.uint8)
+  out = probes.jpeg(x, quality)
+  assert out.shape == x.shape and out.dtype == np.uint8
+  squeeze = x[..., 0] if x.shape[-1] == 1 else x
+  want = np.stack([_pil_jpeg(i, quality) for i in squeeze]).reshape(shape)
+  np.testing.assert_array_equal(out, want)
+  assert not np.array_equal(out, x)  # lossy on noise
+
+
+@pytest.mark.parametrize("quality", [90, 75, 50, 20])
+def test_jpeg_uses_the_standard_tables(rng, quality):
+  x = rng.integers(0, 256, size=(16, 16)).astype(np.uint8)
+  table = Image.open(io.BytesIO(probes.encode_jpeg(x, quality))).quantization
+  s = 5000 // quality if quality < 50 else 200 - 2 * quality
+  want = np.clip((_ANNEX_K1 * s + 50) // 100, 1, 255)
+  np.testing.assert_array_equal(np.reshape(table[0], (8, 8)), want)
+
+
+def test_jpeg_error_grows_as_quality_drops(images):
+  smooth = np.kron(images, np.ones((1, 4, 4), np.uint8))  # 32x32
+  err = [
+    np.abs(probes.jpeg(smooth, q).astype(int) - smooth).mean()
+    for q in (95, 75, 50, 10)
+  ]
+  assert err == sorted(err) and err[0] < err[-1] / 3
+  with pytest.raises(ValueError, match="quality"):
+    probes.jpeg(smooth, 0)
+
+
+def _tent_half_and_back(img):
+  """Independent NumPy model of PIL's bilinear 2x shrink (tent filter of
+  half-width 2 input pixels: weights 1/8, 3/8, 3/8, 1/8, renormalised at the
+  edges) and 2x enlargement (half-pixel centres, clamped edges), float."""
+
+  def shrink_matrix(n):
+    m = np.zeros((n // 2, n))
+    for i in range(n // 2):
+      for x, w in zip(range(2 * i - 1, 2 * i + 3), (1, 3, 3, 1)):
+        if 0 <= x < n:
+          m[i, x] = w
+    return m / m.sum(1, keepdims=True)
+
+  def grow_matrix(n):
+    m = np.zeros((n, n // 2))
+    pos = np.clip((np.arange(n) + 0.5) / 2 - 0.5, 0, n // 2 - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n // 2 - 1)
+    np.add.at(m, (np.arange(n), lo), 1 - (pos - lo))
+    np.add.at(m, (np.arange(n), hi), pos - lo)
+    return m
+
+  h, w = img.shape[:2]
+  small = np.einsum(
+    "ih,jw,hw...->ij...", shrink_matrix(h), shrink_matrix(w), img
+  )
+  small = np.clip(np.rint(small), 0, 255)
+  return np.einsum("hi,wj,ij...->hw...", grow_matrix(h), grow_matrix(w), small)
+
+
+@pytest.mark.parametrize("shape", [(4, 28, 28), (3, 32, 32, 3), (2, 8, 8, 1)])
+def test_downscale_half_equals_pil(rng, shape):
+  x = rng.integers(0, 256, size=shape).astype(np.uint8)
+  out = probes.downscale_half(x)
+  assert out.shape == x.shape and out.dtype == np.uint8
+  h, w = shape[1], shape[2]
+  squeeze = x[..., 0] if x.shape[-1] == 1 else x
+  want = np.stack(
+    [
+      np.asarray(
+        Image.fromarray(i)
+        .resize((w // 2, h // 2), Image.BILINEAR)
+        .resize((w, h), Image.BILINEAR)
+      )
+      for i in squeeze
+    ]
+  ).reshape(shape)
+  np.testing.assert_array_equal(out, want)
+  # ... and agrees with the filter written out in NumPy (PIL rounds in
+  # fixed point between the passes: a couple of levels).
+  model = np.stack([_tent_half_and_back(i.astype(float)) for i in x])
+  assert np.abs(out - model).max() <= 2
+
+
+def _channel_hist(x, c=0, width=1):
+  """Normalised histogram of channel c in bins of ``width`` levels."""
+  x = np.asarray(x).reshape(np.shape(x)[:3] + (-1,))
+  v = x[..., c].ravel() // width
+  return np.bincount(v, minlength=256 // width) / v.size
+
+
+def test_match_histograms_follows_the_reference(rng):
+  # Dark, low-contrast sources matched to bright, wide references.
+  x = rng.normal(60, 10, size=(6, 28, 28, 3)).clip(0, 255).astype(np.uint8)
+  ref = rng.beta(2, 1, size=(40, 28, 28, 3)) * 255
+  ref = ref.astype(np.uint8)
+  out = probes.match_histograms(x, ref)
+  assert out.shape == x.shape and out.dtype == np.uint8
+  for c in range(3):
+    # Each image's histogram (16-level bins) lands on the reference's.
+    coarse = _channel_hist(ref, c, 16)
+    for i in range(len(x)):
+      before = np.abs(_channel_hist(x[i : i + 1], c, 16) - coarse).sum()
+      after = np.abs(_channel_hist(out[i : i + 1], c, 16) - coarse).sum()
+      assert before > 1.5 and after < 0.2, (before, after)
+    target = _channel_hist(ref, c)
+    # Cumulative histograms agree to within the source's largest bin.
+    cdf_gap = np.abs(np.cumsum(_channel_hist(out, c)) - np.cumsum(target)).max()
+    assert cdf_gap < 0.06
+    # Monotone per pixel value: a brighter source pixel never ends darker.
+    for i in range(len(x)):
+      v, o = x[i, ..., c].ravel(), out[i, ..., c].ravel()
+      order = np.lexsort((o, v))
+      assert np.all(np.diff(o[order].astype(int)) >= 0)
+      # One source value, one output value.
+      for val in np.unique(v)[:10]:
+        assert len(np.unique(o[v == val])) == 1
+
+
+def test_match_histograms_exact_cases(rng):
+  x = rng.integers(0, 128, size=(3, 16, 16)).astype(np.uint8)
+  # Matching to itself is the identity; to a strictly increasing map of
+  # itself, that map.
+  np.testing.assert_array_equal(
+    probes.match_histograms(x, x, per_image=False), x
+  )
+  f = (2 * x.astype(int) + 1).astype(np.uint8)
+  np.testing.assert_array_equal(
+    probes.match_histograms(x, f, per_image=False), f
+  )
+  for i in range(3):
+    np.testing.assert_array_equal(
+      probes.match_histograms(x[i : i + 1], x[i : i + 1]), x[i : i + 1]
+    )
+  # per_image: each image is matched on its own, so an image and a strictly
+  # increasing map of it come out the same; pooled, they do not.
+  pair = np.stack([x[0], (2 * x[0].astype(int) + 1).astype(np.uint8)])
+  out = probes.match_histograms(pair, x[1:])
+  np.testing.assert_array_equal(out[0], out[1])
+  pooled = probes.match_histograms(pair, x[1:], per_image=False)
+  assert not np.array_equal(pooled[0], pooled[1])
+  with pytest.raises(ValueError, match="channels"):
+    probes.match_histograms(np.zeros((1, 4, 4, 3), np.uint8), x)
+
+
+def test_postprocess_names(images):
+  ref = images[::-1]
+  for name in probes.POSTPROCESS:
+    out = probes.postprocess(name, images, reference=ref)
+    assert out.shape == images.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(
+    probes.postprocess("jpeg50", images), probes.jpeg(images, 50)
+  )
+  with pytest.raises(ValueError, match="reference"):
+    probes.postprocess("histogram", images)
+  with pytest.raises(ValueError, match="unknown"):
+    probes.postprocess("blur", images)
