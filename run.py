@@ -87,6 +87,11 @@ flags.DEFINE_enum(
   "Deprecated: the rule's short name; use --similarity and --aggregate.",
 )
 flags.DEFINE_integer("top_k", 3, "Labels listed per query batch (identify).")
+flags.DEFINE_bool(
+  "allow_duplicates",
+  False,
+  "enroll: enrol curves already in the library under the label again.",
+)
 flags.DEFINE_string(
   "dataset", "digits", "Demo data set: digits or fashion_mnist."
 )
@@ -101,6 +106,11 @@ def _run(command):
 
   ctjax.enable_compilation_cache()
   f = FLAGS
+
+  def given(name):
+    # A fit setting the user did not pass is not "requested" (see cli.score).
+    return getattr(f, name) if f[name].present else None
+
   cache = f.cache_dir or None
   out = f.out or f"ctjax_out/{command}"
   common = dict(encoder=f.encoder, pool=f.pool, cache_dir=cache)
@@ -122,11 +132,11 @@ def _run(command):
       reference=f.reference,
       out=out,
       batch_size=f.embed_batch_size,
-      metric=f.metric,
+      metric=given("metric"),
       n_components=f.n_components,
-      n_cells=f.n_cells,
+      n_cells=given("n_cells"),
       tau=f.tau,
-      seed=f.seed,
+      seed=given("seed"),
       gallery_layer=f.gallery_layer,
       gallery_size=f.gallery_size,
       **common,
@@ -136,6 +146,7 @@ def _run(command):
     reference=f.reference,
     batch_size=f.batch_size,
     embed_batch_size=f.embed_batch_size,
+    tau=f.tau,
     **common,
   )
   if command == "enroll":
@@ -147,6 +158,7 @@ def _run(command):
       gen=f.gen,
       similarity=similarity,
       aggregate=aggregate,
+      allow_duplicates=f.allow_duplicates,
       **fp,
     )
   if command == "identify":
@@ -167,14 +179,15 @@ def main(argv):
     sys.exit(2)
   try:
     _run(command)
-  except (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    PermissionError,
-  ) as e:
+  except ValueError as e:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    # A file system refusal (permissions, a name too long, a full disk):
+    # something the user fixes, named with its path.
+    where = f": {e.filename}" if e.filename else ""
+    print(f"error: {e.strerror or e}{where}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -6,16 +6,73 @@ what it computed. Bad input raises `UserError` (a ValueError) with one line
 that names the path or setting; run.py prints it and exits with code 2.
 """
 
+import hashlib
 import os
+import sys
+import zipfile
 
 import numpy as np
 
 from ctjax import report
+from ctjax import storage
 from ctjax.reference import CTReference
 
 
 class UserError(ValueError):
   """Bad input named in one line (a missing path, a mismatched reference)."""
+
+
+# What reading a damaged or foreign file raises (NumPy, zipfile, JSON).
+LOAD_ERRORS = (
+  OSError,
+  ValueError,
+  EOFError,
+  KeyError,
+  TypeError,
+  zipfile.BadZipFile,
+)
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+# ------------------------------------------------------------------- flags
+def check_positive_int(value, flag: str, minimum: int = 1):
+  """``value`` as an int >= ``minimum``, or UserError naming ``--flag``."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise UserError(f"--{flag} must be an integer, got {value!r}")
+  if value < minimum:
+    raise UserError(f"--{flag} must be >= {minimum}, got {value}")
+  return int(value)
+
+
+def check_tau_flag(tau):
+  """``tau`` in [0, 1) (or None), or UserError naming --tau."""
+  if tau is None:
+    return None
+  try:
+    tau = float(tau)
+  except (TypeError, ValueError):
+    raise UserError(f"--tau must be a number, got {tau!r}") from None
+  if not (np.isfinite(tau) and 0.0 <= tau < 1.0):
+    raise UserError(f"--tau must be in [0, 1), got {tau}")
+  return tau
+
+
+def check_out_folder(out, flag: str = "out"):
+  """Creates the output folder now, so a bad --out fails before any work."""
+  out = os.fspath(out)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"--{flag} {out} is a file, not a folder")
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise UserError(
+      f"--{flag} {out}: cannot create the folder ({e.strerror or e})"
+    ) from None
+  return out
 
 
 # ------------------------------------------------------------------ inputs
@@ -34,20 +91,38 @@ def load_encoder(spec: str):
     kind, _, rest = spec.partition(":")
     name, _, seed = rest.partition(":")
     if kind == "default":
+      if seed:
+        raise UserError(f"--encoder {spec!r}: default:DATASET takes no seed")
       return encoder_training.default_encoder(name)
-    return encoder_training.random_encoder(name, int(seed or 0))
+    try:
+      seed = int(seed or 0)
+    except ValueError:
+      raise UserError(
+        f"--encoder {spec!r}: the seed {seed!r} is not an integer "
+        "(random:DATASET[:SEED])"
+      ) from None
+    return encoder_training.random_encoder(name, seed)
   if not os.path.exists(spec) and os.sep in spec:
     raise UserError(f"encoder not found: {spec}")
   return models.from_pretrained(spec)
 
 
-def is_embedding_file(path) -> bool:
-  """True for an .npz holding an 'embeddings' array ``[L, N, D]``."""
+def is_embedding_file(path, what: str = "input") -> bool:
+  """True for an .npz holding an 'embeddings' array ``[L, N, D]``.
+
+  Raises:
+    UserError: the .npz cannot be read (truncated, damaged, not a zip file).
+  """
   path = os.fspath(path)
   if not (path.endswith(".npz") and os.path.isfile(path)):
     return False
-  with np.load(path) as z:
-    return "embeddings" in z.files
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return "embeddings" in z.files
+  except LOAD_ERRORS as e:
+    raise UserError(
+      f"--{what}: cannot read {path} ({type(e).__name__}: {_first_line(e)})"
+    ) from None
 
 
 def load_embeddings(
@@ -66,9 +141,14 @@ def load_embeddings(
   path = os.fspath(path)
   if not os.path.exists(path):
     raise UserError(f"--{what}: no such file or folder: {path}")
-  if is_embedding_file(path):
-    with np.load(path) as z:
-      emb = np.asarray(z["embeddings"], np.float32)
+  if is_embedding_file(path, what):
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        emb = np.asarray(z["embeddings"], np.float32)
+    except LOAD_ERRORS as e:
+      raise UserError(
+        f"--{what}: cannot read {path} ({type(e).__name__}: {_first_line(e)})"
+      ) from None
     if emb.ndim != 3:
       raise UserError(
         f"--{what}: {path}: 'embeddings' must be [layers, N, D],"
@@ -79,9 +159,12 @@ def load_embeddings(
     raise UserError(f"--{what}: {path} holds images; pass --encoder")
   from ctjax.embedding import embed  # pylint: disable=g-import-not-at-top
 
-  emb = embed(
-    encoder, path, pool=pool, batch_size=batch_size, cache_dir=cache_dir
-  )
+  try:
+    emb = embed(
+      encoder, path, pool=pool, batch_size=batch_size, cache_dir=cache_dir
+    )
+  except ValueError as e:
+    raise UserError(f"--{what}: {_first_line(e)}") from None
   if emb.shape[1] == 0:
     raise UserError(f"--{what}: {path} holds no images")
   return emb
@@ -92,6 +175,8 @@ def load_images(path):
   from ctjax import embedding, preprocess  # pylint: disable=g-import-not-at-top
 
   if path is None or is_embedding_file(path):
+    return None
+  if not os.path.exists(path):
     return None
   # The size only matters for a folder of mixed image sizes.
   cfg = preprocess.PreprocessConfig(image_size=64)
@@ -123,6 +208,103 @@ def check_reference_meta(ref: CTReference, meta: dict, path):
       )
 
 
+def load_reference(path, what: str = "reference") -> CTReference:
+  """`CTReference.load`, with a damaged or foreign file named in one line."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    raise UserError(f"--{what} {path} is a folder, not a reference .npz")
+  try:
+    return CTReference.load(path)
+  except LOAD_ERRORS as e:
+    raise UserError(
+      f"--{what} {path}: not a readable ctjax reference "
+      f"({type(e).__name__}: {_first_line(e)})"
+    ) from None
+
+
+def input_identity(path) -> str | None:
+  """A hash of an input: a file's bytes, or a folder's names/sizes/mtimes."""
+  if path is None:
+    return None
+  path = os.fspath(path)
+  h = hashlib.blake2b(digest_size=12)
+  if os.path.isdir(path):
+    for root, dirs, files in os.walk(path):
+      dirs.sort()
+      for name in sorted(files):
+        p = os.path.join(root, name)
+        st = os.stat(p)
+        rel = os.path.relpath(p, path).replace(os.sep, "/")
+        h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return "folder:" + h.hexdigest()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return "file:" + h.hexdigest()
+
+
+def fit_request(metric, n_cells, n_components, seed, *, defaults: bool):
+  """The fit settings asked for; with ``defaults``, unset ones take theirs.
+
+  Without ``defaults`` (an explicit --reference) only the settings given
+  (not None) are requested. ``n_components=None`` with defaults means "auto".
+  """
+  given = dict(metric=metric, n_cells=n_cells, seed=seed)
+  if defaults:
+    base = dict(metric="cosine", n_cells=10, seed=0)
+    req = {k: base[k] if v is None else v for k, v in given.items()}
+    req["n_components"] = n_components
+    return req
+  req = {k: v for k, v in given.items() if v is not None}
+  if n_components is not None:
+    req["n_components"] = n_components
+  return req
+
+
+def reference_differences(ref, request, inputs, meta, *, strict) -> list[str]:
+  """What a stored reference differs in from the requested fit, one per item.
+
+  Args:
+    ref: the stored CTReference.
+    request: `fit_request`'s dict.
+    inputs: {"train": identity or None, "test": ...} of the given inputs.
+    meta: `reference_meta` of this run (encoder, pool).
+    strict: count inputs the reference has no record of as different (an
+      implicit reference in --out may be refitted; an explicit one is not).
+  """
+  fit = ref.meta.get("fit") or {}
+  diffs = []
+  actual = dict(metric=ref.metric, n_cells=ref.n_cells, seed=ref.config.seed)
+  for k in ("metric", "n_cells", "seed"):
+    if k in request and request[k] != actual[k]:
+      diffs.append(f"--{k} {request[k]} (reference: {actual[k]})")
+  if "n_components" in request:
+    want = request["n_components"]
+    have = fit.get("n_components", ref.n_components if want else None)
+    if "n_components" in fit or want is not None:
+      if want != have:
+        diffs.append(
+          f"--n_components {want or 'auto'} (reference: {have or 'auto'})"
+        )
+  for k in ("encoder", "pool"):
+    mine = ref.meta.get(k)
+    if meta.get(k) and mine and meta[k] != mine:
+      diffs.append(f"--{k} {meta[k]!r} (reference: {mine!r})")
+  for k, ident in inputs.items():
+    if ident is None:
+      continue
+    stored = fit.get(k)
+    if stored is None and not strict:
+      continue
+    if stored != ident:
+      was = ref.meta.get(k)
+      diffs.append(
+        f"--{k} (the reference was fitted on "
+        f"{'other data' if not was else 'other data at ' + str(was)})"
+      )
+  return diffs
+
+
 def fit_or_load_reference(
   path,
   train,
@@ -138,7 +320,7 @@ def fit_or_load_reference(
 ):
   """Loads ``path`` if it exists (checking its meta), else fits and saves."""
   if path and os.path.exists(path):
-    ref = CTReference.load(path)
+    ref = load_reference(path)
     check_reference_meta(ref, meta, path)
     return ref, False
   if train is None or test is None:
@@ -149,7 +331,16 @@ def fit_or_load_reference(
     meta,
     train=train_path and os.fspath(train_path),
     test=test_path and os.fspath(test_path),
+    fit=dict(
+      n_components=n_components,
+      train=input_identity(train_path),
+      test=input_identity(test_path),
+    ),
   )
+  if n_cells is not None:
+    check_positive_int(n_cells, "n_cells")
+  if n_components is not None:
+    check_positive_int(n_components, "n_components")
   ref = CTReference.fit(
     train,
     test,
@@ -197,11 +388,11 @@ def score(
   out="ctjax_out/score",
   pool="cls",
   batch_size=64,
-  metric="cosine",
+  metric=None,
   n_components=None,
-  n_cells=10,
+  n_cells=None,
   tau=None,
-  seed=0,
+  seed=None,
   cache_dir=None,
   gallery_layer=None,
   gallery_size=16,
@@ -211,51 +402,104 @@ def score(
   """C_T of a generated set on every layer, with files in ``out``.
 
   Writes ct_curve.json, ct_curve.csv, ct_curve.png, reference.npz (unless
-  ``reference`` names another path), copy_gallery.png and copy_gallery.csv.
+  ``reference`` names another path), copy_gallery.png and copy_gallery.csv
+  (no gallery when the chosen layer's C_T is not finite).
+
+  The fit settings ``metric``, ``n_cells``, ``n_components`` and ``seed``
+  default (None) to cosine, 10, auto and 0. A reference already in ``out``
+  is reused only if it was fitted with the requested settings on the same
+  --train/--test (and encoder, pool); otherwise it is refitted there. An
+  explicit ``reference`` that differs in a requested setting or input is
+  refused, naming what differs.
   """
+  # Every flag is checked before any work.
+  batch_size = check_positive_int(batch_size, "embed_batch_size")
+  gallery_size = check_positive_int(gallery_size, "gallery_size", 0)
+  if gallery_layer is not None:
+    gallery_layer = check_positive_int(gallery_layer, "gallery_layer", 0)
+  if n_cells is not None:
+    check_positive_int(n_cells, "n_cells")
+  if n_components is not None:
+    check_positive_int(n_components, "n_components")
+  if seed is not None:
+    check_positive_int(seed, "seed", -(2**63))
+  tau = check_tau_flag(tau)
+  for flag, path in (("train", train), ("test", test), ("gen", gen)):
+    if path is not None and not os.path.exists(path):
+      raise UserError(f"--{flag}: no such file or folder: {path}")
+  if gen is None:
+    raise UserError("--gen is required")
+  explicit = reference is not None
+  ref_path = (
+    os.fspath(reference) if explicit else os.path.join(out, "reference.npz")
+  )
+  check_out_folder(out)
+
   enc = load_encoder(encoder) if encoder else None
   meta = reference_meta(encoder, enc, pool)
-  ref_path = reference or os.path.join(out, "reference.npz")
-  need_fit = not os.path.exists(ref_path)
-  tr = (
-    load_embeddings(
-      train,
-      enc,
-      pool=pool,
-      batch_size=batch_size,
-      cache_dir=cache_dir,
-      what="train",
-    )
-    if need_fit
-    else None
+  request = fit_request(
+    metric, n_cells, n_components, seed, defaults=not explicit
   )
-  te = (
-    load_embeddings(
-      test,
-      enc,
-      pool=pool,
-      batch_size=batch_size,
-      cache_dir=cache_dir,
-      what="test",
+  ref = None
+  if os.path.exists(ref_path):
+    ref = load_reference(ref_path)
+    if explicit:
+      check_reference_meta(ref, meta, ref_path)
+    inputs = dict(train=input_identity(train), test=input_identity(test))
+    diffs = reference_differences(
+      ref, request, inputs, meta, strict=not explicit
     )
-    if need_fit
-    else None
-  )
+    if diffs:
+      what = "; ".join(diffs)
+      if explicit:
+        raise UserError(
+          f"--reference {ref_path} does not match the requested fit: {what};"
+          " pass the matching flags, or drop --reference to fit a new one"
+        )
+      if train is None or test is None:
+        raise UserError(
+          f"{ref_path} was fitted differently ({what}); pass --train and "
+          "--test to refit it"
+        )
+      echo(f"refitting {ref_path}: {what}")
+      ref = None
+  elif train is None or test is None:
+    raise UserError(
+      f"reference {ref_path} does not exist; pass --train and --test to fit it"
+    )
   ge = load_embeddings(
     gen, enc, pool=pool, batch_size=batch_size, cache_dir=cache_dir, what="gen"
   )
-  ref, fitted = fit_or_load_reference(
-    ref_path,
-    tr,
-    te,
-    meta=meta,
-    n_components=n_components,
-    n_cells=n_cells,
-    metric=metric,
-    seed=seed,
-    train_path=train,
-    test_path=test,
-  )
+  if gallery_layer is not None and gallery_layer >= ge.shape[0]:
+    raise UserError(
+      f"--gallery_layer {gallery_layer} is outside 0..{ge.shape[0] - 1}"
+    )
+  fitted = ref is None
+  if fitted:
+    tr, te = (
+      load_embeddings(
+        path,
+        enc,
+        pool=pool,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        what=what,
+      )
+      for path, what in ((train, "train"), (test, "test"))
+    )
+    fit_args = fit_request(metric, n_cells, n_components, seed, defaults=True)
+    ref, _ = fit_or_load_reference(
+      None,
+      tr,
+      te,
+      meta=meta,
+      n_components=n_components,
+      n_cells=fit_args["n_cells"],
+      metric=fit_args["metric"],
+      seed=fit_args["seed"],
+      train_path=train,
+      test_path=test,
+    )
   if ge.shape[0] != ref.n_layers or ge.shape[2] != ref.dim:
     raise UserError(
       f"--gen embeddings {ge.shape} do not match the reference "
@@ -263,6 +507,8 @@ def score(
       f"mismatched reference {ref_path}"
     )
   res = ref.score(ge, tau=tau, return_neighbors=True)
+  if fitted:
+    ref.save(ref_path)
   names = ref.layer_names
   rows = [
     (
@@ -275,7 +521,6 @@ def score(
   ]
   headers = ["layer", "C_T", "cells used", "verdict"]
   echo(report.format_table(rows, headers))
-  os.makedirs(out, exist_ok=True)
   report.write_table_csv(rows, headers, os.path.join(out, "ct_curve.csv"))
   summary = dict(
     layers=names,
@@ -300,14 +545,31 @@ def score(
     band=band,
     title="C_T per layer (negative: copying)",
   )
+  gallery_files = [
+    os.path.join(out, n) for n in ("copy_gallery.csv", "copy_gallery.png")
+  ]
   finite = np.where(np.isfinite(res.ct), res.ct, np.inf)
   layer = (
     int(np.argmin(finite)) if gallery_layer is None else int(gallery_layer)
   )
-  if not 0 <= layer < ref.n_layers:
-    raise UserError(f"--gallery_layer {layer} is outside 0..{ref.n_layers - 1}")
   nb = res.neighbors
   test_cells = np.asarray(ref.fitted.test.cells[layer])
+  why_not = None
+  if not np.isfinite(res.ct[layer]):
+    why_not = (
+      f"C_T is not finite at layer {names[layer]}"
+      + (" (nor at any layer)" if not np.isfinite(res.ct).any() else "")
+      + "; a gallery there would show arbitrary pairs"
+    )
+  elif not np.any(np.asarray(nb.test_dist[layer]) > 0):
+    why_not = f"layer {names[layer]} is degenerate (every distance is 0)"
+  if why_not is not None:
+    for path in gallery_files:
+      if os.path.exists(path):
+        os.remove(path)  # the gallery of an earlier run into this folder
+    echo(f"no copy gallery: {why_not}")
+    echo(f"wrote {out}/ (ct_curve.json/.csv/.png); reference: {ref_path}")
+    return dict(result=res, reference=ref, gallery_layer=None, gallery=[])
   order, ratio = _ranking(
     nb.gen_dist[layer],
     nb.gen_cells[layer],
@@ -333,21 +595,24 @@ def score(
       "distance",
       "distance / cell median test",
     ],
-    os.path.join(out, "copy_gallery.csv"),
+    gallery_files[0],
   )
   gen_imgs = load_images(gen)
   train_imgs = load_images(train) if train is not None else None
-  if gen_imgs is not None and train_imgs is not None:
+  drawn = gen_imgs is not None and train_imgs is not None and g_rows
+  if drawn:
     report.image_gallery(
       [
         (gen_imgs[g], train_imgs[t], f"#{g}->{t} r={r:.2f}")
         for g, t, _, r in g_rows
       ],
-      os.path.join(out, "copy_gallery.png"),
+      gallery_files[1],
     )
+  elif os.path.exists(gallery_files[1]):
+    os.remove(gallery_files[1])  # the gallery of an earlier run
   echo(
     f"wrote {out}/ (ct_curve.json/.csv/.png, copy_gallery.csv"
-    f"{'/.png' if gen_imgs is not None and train_imgs is not None else ''}"
+    f"{'/.png' if drawn else ''}"
     f"; gallery at layer {names[layer]}); reference: {ref_path}"
   )
   return dict(result=res, reference=ref, gallery_layer=layer, gallery=g_rows)
@@ -363,9 +628,17 @@ def _library(
   """
   from ctjax.fingerprint import FingerprintLibrary  # pylint: disable=g-import-not-at-top
 
-  if path and os.path.exists(path):
-    lib = FingerprintLibrary.load(path)
-    lib.check_reference(reference)
+  if not path:
+    raise UserError("--library is required")
+  if os.path.exists(path):
+    try:
+      lib = FingerprintLibrary.load(path)
+    except (ValueError, OSError) as e:
+      raise UserError(f"--library: {_first_line(e)}") from None
+    try:
+      lib.check_reference(reference)
+    except ValueError as e:
+      raise UserError(f"--library {path}: {_first_line(e)}") from None
     return lib
   if not create:
     raise UserError(f"library not found: {path}")
@@ -379,9 +652,85 @@ def _reference(path, meta):
     raise UserError("--reference is required (fit one with `run.py score`)")
   if not os.path.exists(path):
     raise UserError(f"reference not found: {path}")
-  ref = CTReference.load(path)
+  ref = load_reference(path)
   check_reference_meta(ref, meta, path)
   return ref
+
+
+def _curves(emb, ref, batch_size, tau, what, path):
+  """Batch curves ``[n, L]``; a batch with no finite C_T is refused."""
+  from ctjax.fingerprint import batch_curves  # pylint: disable=g-import-not-at-top
+
+  try:
+    curves = batch_curves(emb, ref, batch_size=batch_size, tau=tau)
+  except ValueError as e:
+    raise UserError(f"--{what} {path}: {_first_line(e)}") from None
+  empty = [i for i, c in enumerate(curves) if not np.isfinite(c).any()]
+  if empty:
+    shown = "default 20/batch_size" if tau is None else tau
+    raise UserError(
+      f"--{what} {path}: batch(es) {empty[:10]} give no finite C_T on any "
+      f"layer (batch_size={batch_size}, tau={shown}); pass a larger "
+      "--batch_size or a smaller --tau"
+    )
+  return curves
+
+
+def _check_fp_flags(batch_size, embed_batch_size, tau):
+  check_positive_int(batch_size, "batch_size")
+  check_positive_int(embed_batch_size, "embed_batch_size")
+  return check_tau_flag(tau)
+
+
+def add_to_library(
+  library,
+  label,
+  curves,
+  reference,
+  *,
+  similarity="paper",
+  aggregate="nearest",
+  allow_duplicates=False,
+  source=None,
+):
+  """Enrols ``curves`` ``[n, L]`` under ``label`` in the library file.
+
+  The file is read, extended and atomically replaced while holding the
+  advisory lock ``<library>.lock``, so concurrent processes lose nothing.
+
+  Args:
+    reference: the CTReference (or its identity dict) of the curves.
+    allow_duplicates: enrol curves already enrolled under ``label`` again
+      (refused otherwise: the same batch twice).
+    source: the --gen path, for messages.
+
+  Returns:
+    The updated FingerprintLibrary.
+  """
+  try:
+    with storage.file_lock(library):
+      lib = _library(
+        library,
+        reference,
+        similarity=similarity,
+        aggregate=aggregate,
+        create=True,
+      )
+      dup = lib.duplicates(label, curves)
+      if dup and not allow_duplicates:
+        raise UserError(
+          f"--gen {source}: {len(dup)} of its {len(curves)} curve(s) are "
+          f"already enrolled under {label!r} in {library} (the same batch "
+          "twice?); pass --allow_duplicates to enrol them again"
+        )
+      for c in curves:
+        lib.add(label, c)
+      lib.save(library)
+  except OSError as e:
+    raise UserError(
+      f"--library {library}: cannot lock or write it ({e.strerror or e})"
+    ) from None
+  return lib
 
 
 def enroll(
@@ -396,21 +745,31 @@ def enroll(
   embed_batch_size=64,
   similarity="paper",
   aggregate="nearest",
+  tau=None,
+  allow_duplicates=False,
   cache_dir=None,
   echo=print,
 ):
   """Adds the batch curves of a generator's samples to a library file.
 
   ``similarity`` and ``aggregate`` set the rule of a new library file (see
-  `ctjax.fingerprint.rules`).
+  `ctjax.fingerprint.rules`). The library is read, extended and replaced
+  under an advisory lock (``<library>.lock``), so concurrent enrolments all
+  land. A batch with no finite C_T is refused, and so is a curve already
+  enrolled under the label (unless ``allow_duplicates``).
   """
   if not label:
     raise UserError("--label is required")
+  if not library:
+    raise UserError("--library is required")
+  if os.path.isdir(library):
+    raise UserError(f"--library {library} is a folder, not a file")
+  tau = _check_fp_flags(batch_size, embed_batch_size, tau)
   enc = load_encoder(encoder) if encoder else None
   ref = _reference(reference, reference_meta(encoder, enc, pool))
-  lib = _library(
+  _library(
     library, ref, similarity=similarity, aggregate=aggregate, create=True
-  )
+  )  # a bad library file is named before the embedding work
   emb = load_embeddings(
     gen,
     enc,
@@ -419,8 +778,17 @@ def enroll(
     cache_dir=cache_dir,
     what="gen",
   )
-  curves = lib.add_batches(label, emb, ref, batch_size=batch_size)
-  lib.save(library)
+  curves = _curves(emb, ref, batch_size, tau, "gen", gen)
+  lib = add_to_library(
+    library,
+    label,
+    curves,
+    ref,
+    similarity=similarity,
+    aggregate=aggregate,
+    allow_duplicates=allow_duplicates,
+    source=gen,
+  )
   echo(
     f"enrolled {len(curves)} curve(s) of {label!r} into {library} "
     f"({len(lib)} curves, labels {lib.label_set})"
@@ -438,13 +806,18 @@ def identify(
   batch_size=500,
   embed_batch_size=64,
   top_k=3,
+  tau=None,
   cache_dir=None,
   echo=print,
 ):
   """Labels each batch of a query set and votes over the batches."""
+  top_k = check_positive_int(top_k, "top_k")
+  tau = _check_fp_flags(batch_size, embed_batch_size, tau)
   enc = load_encoder(encoder) if encoder else None
   ref = _reference(reference, reference_meta(encoder, enc, pool))
   lib = _library(library, ref)
+  if not len(lib):
+    raise UserError(f"--library {library} holds no curves; enroll some first")
   emb = load_embeddings(
     gen,
     enc,
@@ -453,9 +826,7 @@ def identify(
     cache_dir=cache_dir,
     what="gen",
   )
-  from ctjax.fingerprint import batch_curves  # pylint: disable=g-import-not-at-top
-
-  curves = batch_curves(emb, ref, batch_size=batch_size)
+  curves = _curves(emb, ref, batch_size, tau, "gen", gen)
   rows = []
   for i, c in enumerate(curves):
     ranked = lib.identify(c, top_k=top_k)
@@ -486,6 +857,7 @@ def evaluate(
   batch_size=500,
   embed_batch_size=64,
   out="ctjax_out/evaluate",
+  tau=None,
   cache_dir=None,
   echo=print,
 ):
@@ -498,14 +870,30 @@ def evaluate(
 
   if not queries:
     raise UserError("--query LABEL=PATH is required (one or more)")
-  enc = load_encoder(encoder) if encoder else None
-  ref = _reference(reference, reference_meta(encoder, enc, pool))
-  lib = _library(library, ref)
-  pairs = []
+  tau = _check_fp_flags(batch_size, embed_batch_size, tau)
+  parsed = []
   for q in queries:
     label, sep, path = q.partition("=")
     if not sep or not label or not path:
       raise UserError(f"--query {q!r}: expected LABEL=PATH")
+    if not os.path.exists(path):
+      raise UserError(f"--query {q!r}: no such file or folder: {path}")
+    parsed.append((label, path))
+  check_out_folder(out)
+  enc = load_encoder(encoder) if encoder else None
+  ref = _reference(reference, reference_meta(encoder, enc, pool))
+  lib = _library(library, ref)
+  if not len(lib):
+    raise UserError(f"--library {library} holds no curves; enroll some first")
+  for label in dict.fromkeys(l for l, _ in parsed):
+    if label not in lib.label_set:
+      print(
+        f"warning: query label {label!r} is not enrolled in {library} "
+        f"(labels {lib.label_set}); its batches can only count as wrong",
+        file=sys.stderr,
+      )
+  pairs = []
+  for label, path in parsed:
     emb = load_embeddings(
       path,
       enc,
@@ -514,9 +902,10 @@ def evaluate(
       cache_dir=cache_dir,
       what="query",
     )
-    pairs += [(label, c) for c in fp.batch_curves(emb, ref, batch_size)]
+    pairs += [
+      (label, c) for c in _curves(emb, ref, batch_size, tau, "query", path)
+    ]
   ev = fp.evaluate(lib, pairs)
-  os.makedirs(out, exist_ok=True)
   report.write_json(ev.to_dict(), os.path.join(out, "evaluation.json"))
   report.plot_confusion(
     ev.confusion, ev.labels, os.path.join(out, "confusion.png")

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import warnings
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -128,7 +129,7 @@ class FolderSource:
 
     with Image.open(path) as im:
       im.load()
-      im = im.convert("RGB")
+      im = pp.pil_to_rgb(im, path).convert("RGB")
       if self.resize:
         return np.asarray(im, np.uint8)
       return pp.host_resize_crop(im, self.config)
@@ -150,6 +151,20 @@ class FolderSource:
     return np.stack(images), skipped
 
 
+def _npz_source(path: str) -> "ArraySource":
+  """The images array of an .npz ('images', or its only array)."""
+  with np.load(path, allow_pickle=False) as z:
+    keys = list(z.keys())
+    key = (
+      "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+    )
+    if key is None:
+      raise ValueError(
+        f"{path} holds arrays {keys}; name the images array 'images'"
+      )
+    return ArraySource(z[key], name=f"{path}:{key}")
+
+
 def as_source(images, config: pp.PreprocessConfig, skip_bad: bool = False):
   """An ArraySource or FolderSource for an array, a folder, or an .npy/.npz file."""
   if isinstance(images, (str, os.PathLike)):
@@ -159,20 +174,18 @@ def as_source(images, config: pp.PreprocessConfig, skip_bad: bool = False):
     if not os.path.exists(path):
       raise ValueError(f"no such file or folder: {path}")
     if path.endswith(".npy"):
-      return ArraySource(np.load(path, mmap_mode="r"), name=path)
+      try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+      except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"cannot read image array {path}: {e}") from e
+      return ArraySource(array, name=path)
     if path.endswith(".npz"):
-      with np.load(path) as z:
-        keys = list(z.keys())
-        key = (
-          "images"
-          if "images" in keys
-          else (keys[0] if len(keys) == 1 else None)
-        )
-        if key is None:
-          raise ValueError(
-            f"{path} holds arrays {keys}; name the images array 'images'"
-          )
-        return ArraySource(z[key], name=f"{path}:{key}")
+      try:
+        return _npz_source(path)
+      except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(
+          f"cannot read image archive {path}: {type(e).__name__}: {e}"
+        ) from e
     raise ValueError(
       f"{path}: expected a folder of images, an .npy or an .npz file"
     )
@@ -377,7 +390,7 @@ def _embed_source(
         "n": n,
       },
     )
-    done = entry.load()
+    done = entry.load(len(layers), encoder.config.hidden_size)
     if done is not None:
       _warn_skipped(done[1])
       return done[0]
@@ -399,7 +412,11 @@ def _embed_source(
   chunks, skipped = [], []
   for start in range(0, n, chunk_size):
     stop = min(start + chunk_size, n)
-    cached = entry.get_chunk(start, stop) if entry is not None else None
+    cached = (
+      entry.get_chunk(start, stop, len(layers), encoder.config.hidden_size)
+      if entry is not None
+      else None
+    )
     if cached is None:
       batch, bad = source.load(start, stop)
       result = _encode(

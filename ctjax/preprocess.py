@@ -156,12 +156,66 @@ def preprocess(
   return _preprocess_jit(jnp.asarray(images), config, resize)
 
 
+# PIL modes whose pixels are integers on a 16-bit scale (0..65535).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def pil_to_rgb(image, name: str = "image"):
+  """A PIL image as an 8-bit "RGB" (or "L") image at its real intensity.
+
+  PIL's own ``convert("RGB")`` clips 16-bit and 32-bit integer pixels to
+  0..255, so a 16-bit greyscale PNG comes out black and white. Here integer
+  modes ("I;16*", and "I", which PIL uses for 16-bit PNGs) are read on the
+  16-bit scale (v / 257, rounded), float mode "F" must lie in [0, 1] (as float
+  arrays elsewhere in ctjax), palette, alpha ("LA", "RGBA", "PA") and "CMYK"
+  images go through PIL's conversion (alpha is dropped), and anything else is
+  refused by name.
+
+  Args:
+    image: a PIL image.
+    name: the file, for messages.
+
+  Returns:
+    A PIL image in mode "L" or "RGB".
+  """
+  from PIL import Image
+
+  mode = image.mode
+  if mode in ("L", "RGB"):
+    return image
+  if mode in ("1", "P", "PA", "LA", "La", "RGBA", "RGBa", "RGBX", "CMYK"):
+    return image.convert("RGB")
+  if mode in _SIXTEEN_BIT_MODES or mode == "F":
+    x = np.asarray(image)
+    x = x.astype(np.float64)
+    if mode == "F":
+      lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+      if not (np.isfinite(x).all() and lo >= 0.0 and hi <= 1.0):
+        raise ValueError(
+          f"{name}: float (mode F) pixels must lie in [0, 1]; got "
+          f"[{lo:.3g}, {hi:.3g}]"
+        )
+      x = x * 255.0
+    else:
+      lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+      if lo < 0 or hi > 65535:
+        raise ValueError(
+          f"{name}: integer (mode {mode}) pixels outside the 16-bit range "
+          f"0..65535 ([{lo:.0f}, {hi:.0f}]); convert it to 8 or 16 bits"
+        )
+      x = x / 257.0
+    return Image.fromarray(np.clip(np.round(x), 0, 255).astype(np.uint8), "L")
+  raise ValueError(
+    f"{name}: unsupported image mode {mode!r}; save it as 8- or 16-bit "
+    "greyscale or RGB"
+  )
+
+
 def host_resize_crop(image, config: PreprocessConfig) -> np.ndarray:
   """One PIL image -> ``[S, S, 1 or 3]`` uint8 (resize + centre crop in PIL)."""
   from PIL import Image
 
-  if image.mode not in ("L", "RGB"):
-    image = image.convert("RGB")
+  image = pil_to_rgb(image)
   w, h = image.size
   nh, nw = resized_hw(h, w, config.resize_side)
   if (nh, nw) != (h, w):

@@ -17,12 +17,14 @@
 """
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
@@ -96,6 +98,27 @@ def atomic_write(path, write_fn: Callable[[BinaryIO], Any]) -> str:
 def write_bytes(data: bytes, path) -> str:
   """Writes ``data`` to ``path`` atomically; returns the path."""
   return atomic_write(path, lambda f: f.write(data))
+
+
+@contextlib.contextmanager
+def file_lock(path):
+  """Holds an exclusive advisory lock on ``<path>.lock`` (POSIX ``flock``).
+
+  Every writer that reads, modifies and replaces ``path`` under this lock
+  sees the previous writer's result, so concurrent processes lose nothing.
+  The lock file is left in place (removing it would race with a waiter).
+  """
+  lock_path = os.fspath(path) + ".lock"
+  folder = os.path.dirname(os.path.abspath(lock_path))
+  os.makedirs(folder, exist_ok=True)
+  fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield lock_path
+  finally:
+    with contextlib.suppress(OSError):
+      fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 # ----------------------------------------------------------------------------
@@ -173,22 +196,91 @@ class EmbeddingCache:
   def _chunk_path(self, start: int, stop: int) -> str:
     return os.path.join(self.folder, f"chunk-{start:09d}-{stop:09d}.npz")
 
-  def load(self):
-    """(embeddings ``[L, N, D]``, skipped names) of a finished run, or None."""
+  def _damaged(self, path: str, why: str) -> None:
+    warnings.warn(
+      f"embedding cache entry {path} is damaged ({why}); recomputing it",
+      stacklevel=3,
+    )
+
+  def _check(self, emb, n_layers, n_items, dim) -> str | None:
+    """Why ``emb`` is not a valid ``[n_layers, n, dim]`` entry, or None.
+
+    ``n_items`` is ``(fewest, most)`` items: skipped inputs may be absent.
+    """
+    if not isinstance(emb, np.ndarray) or emb.dtype.kind != "f":
+      return f"dtype {getattr(emb, 'dtype', type(emb).__name__)}, not float"
+    lo, hi = n_items
+    want = (n_layers, None, dim)
+    if (
+      emb.ndim != 3
+      or any(w is not None and g != w for g, w in zip(emb.shape, want))
+      or (hi is not None and not lo <= emb.shape[1] <= hi)
+    ):
+      n = "?" if hi is None else (f"{lo}..{hi}" if lo != hi else hi)
+      shown = ", ".join(
+        str(x) for x in ("?" if n_layers is None else n_layers, n, dim or "?")
+      )
+      return f"shape {emb.shape}, expected ({shown})"
+    return None
+
+  def load(self, n_layers: int | None = None, dim: int | None = None):
+    """(embeddings ``[L, N, D]``, skipped names) of a finished run, or None.
+
+    An entry whose key, shape or dtype does not match (``n_layers``/``dim``
+    when given, the item count of ``parts['n']``) or that cannot be read is
+    treated as missing, with a warning.
+    """
     done = os.path.join(self.folder, "done.json")
     if not os.path.exists(done):
       return None
-    with open(done) as f:
-      skipped = json.load(f)["skipped"]
-    return np.load(os.path.join(self.folder, "embeddings.npy")), skipped
+    path = os.path.join(self.folder, "embeddings.npy")
+    try:
+      with open(done, encoding="utf-8") as f:
+        info = json.load(f)
+      skipped = [str(x) for x in info["skipped"]]
+      emb = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+      self._damaged(path, f"{type(e).__name__}: {e}")
+      return None
+    why = None
+    if info.get("key", self.key) != self.key:
+      why = f"key {info.get('key')!r}, expected {self.key!r}"
+    n = self.parts.get("n")
+    n_items = (None, None) if n is None else (n - len(skipped), n)
+    why = why or self._check(emb, n_layers, n_items, dim)
+    if why is None and list(emb.shape) != list(info.get("shape", emb.shape)):
+      why = f"shape {emb.shape} but done.json says {info.get('shape')}"
+    if why is not None:
+      self._damaged(path, why)
+      return None
+    return emb, skipped
 
-  def get_chunk(self, start: int, stop: int):
-    """(embeddings ``[L, n, D]``, skipped names) of items [start, stop), or None."""
+  def get_chunk(
+    self, start: int, stop: int, n_layers: int | None = None, dim=None
+  ):
+    """(embeddings ``[L, n, D]``, skipped names) of items [start, stop), or None.
+
+    A chunk that cannot be read or does not match (key, item count,
+    ``n_layers``/``dim`` when given) is treated as missing, with a warning.
+    """
     path = self._chunk_path(start, stop)
     if not os.path.exists(path):
       return None
-    with np.load(path) as z:
-      return z["embeddings"], [str(s) for s in z["skipped"]]
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        emb = z["embeddings"]
+        skipped = [str(s) for s in z["skipped"]]
+        key = str(z["key"]) if "key" in z.files else self.key
+    except Exception as e:  # noqa: BLE001 -- zipfile/NumPy raise many types.
+      self._damaged(path, f"{type(e).__name__}: {e}")
+      return None
+    why = None if key == self.key else f"key {key!r}, expected {self.key!r}"
+    n_items = (stop - start - len(skipped), stop - start)
+    why = why or self._check(emb, n_layers, n_items, dim)
+    if why is not None:
+      self._damaged(path, why)
+      return None
+    return emb, skipped
 
   def put_chunk(
     self, start: int, stop: int, embeddings: np.ndarray, skipped
@@ -198,7 +290,9 @@ class EmbeddingCache:
     skipped = np.asarray(list(skipped), dtype=np.str_)
     atomic_write(
       self._chunk_path(start, stop),
-      lambda f: np.savez(f, embeddings=embeddings, skipped=skipped),
+      lambda f: np.savez(
+        f, embeddings=embeddings, skipped=skipped, key=np.str_(self.key)
+      ),
     )
 
   def finish(self, embeddings: np.ndarray, skipped) -> None:
@@ -209,7 +303,11 @@ class EmbeddingCache:
       lambda f: np.save(f, embeddings),
     )
     write_json(
-      {"skipped": list(skipped), "shape": list(embeddings.shape)},
+      {
+        "key": self.key,
+        "skipped": list(skipped),
+        "shape": list(embeddings.shape),
+      },
       os.path.join(self.folder, "done.json"),
       sort_keys=True,
     )

@@ -276,3 +276,57 @@ def test_process_shares_cover_inputs_in_order(monkeypatch, tmp_path):
     ValueError, match="skip_bad=True needs a single JAX process"
   ):
     embedding._process_share(embedding.as_source(images, cfg), True)
+
+
+# ------------------------------------------------------------ image modes
+def _folder_read(tmp_path, name, image, **save):
+  folder = tmp_path / name
+  folder.mkdir()
+  image.save(folder / "a.png" if not save else folder / "a.tif", **save)
+  src = embedding.FolderSource(
+    str(folder), pp.PreprocessConfig(image_size=8), False
+  )
+  images, skipped = src.load(0, 1)
+  assert not skipped
+  return images[0]
+
+
+def test_image_modes_read_at_their_real_intensity(tmp_path):
+  """Every mode against its 8-bit rendering (the old reader clipped 16-bit)."""
+  rng = np.random.default_rng(0)
+  grey = rng.integers(0, 256, (8, 8)).astype(np.uint8)
+  rgb = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+  want_grey = np.repeat(grey[..., None], 3, -1)
+  # 16-bit greyscale PNG: v * 257 is the 16-bit rendering of v.
+  sixteen = Image.fromarray(grey.astype(np.uint16) * 257)
+  assert sixteen.mode.startswith("I")
+  np.testing.assert_array_equal(
+    _folder_read(tmp_path, "i16", sixteen), want_grey
+  )
+  # Mode "I" (32-bit integers holding 16-bit values) and "F" (0..1 floats).
+  as_i = Image.fromarray(grey.astype(np.int32) * 257, "I")
+  np.testing.assert_array_equal(
+    np.asarray(pp.pil_to_rgb(as_i).convert("RGB")), want_grey
+  )
+  as_f = Image.fromarray(grey.astype(np.float32) / 255, "F")
+  np.testing.assert_array_equal(
+    np.asarray(pp.pil_to_rgb(as_f).convert("RGB")), want_grey
+  )
+  # Palette, LA and RGBA (alpha dropped), CMYK: PIL's 8-bit rendering.
+  pal = Image.fromarray(rgb).quantize(16)
+  np.testing.assert_array_equal(
+    _folder_read(tmp_path, "p", pal), np.asarray(pal.convert("RGB"))
+  )
+  la = Image.merge("LA", [Image.fromarray(grey), Image.fromarray(grey[::-1])])
+  np.testing.assert_array_equal(_folder_read(tmp_path, "la", la), want_grey)
+  cmyk = Image.fromarray(rgb).convert("CMYK")
+  np.testing.assert_array_equal(
+    np.asarray(pp.pil_to_rgb(cmyk)), np.asarray(cmyk.convert("RGB"))
+  )
+  # What has no honest 8-bit reading is refused by name.
+  with pytest.raises(ValueError, match="x.tif.*mode F.*0, 1"):
+    pp.pil_to_rgb(Image.fromarray(grey.astype(np.float32), "F"), "x.tif")
+  with pytest.raises(ValueError, match="x.tif.*16-bit range"):
+    pp.pil_to_rgb(Image.fromarray(np.full((2, 2), 70000, np.int32)), "x.tif")
+  with pytest.raises(ValueError, match="x.tif.*unsupported image mode 'HSV'"):
+    pp.pil_to_rgb(Image.fromarray(rgb).convert("HSV"), "x.tif")

@@ -104,3 +104,86 @@ def test_write_json_normalises_numpy_and_non_finite(tmp_path):
   with pytest.raises(TypeError):
     storage.write_json({"x": object()}, path)
   assert json.loads(open(path).read()) == want  # the old file is kept
+
+
+# ---------------------------------------------------- cache validation
+def test_damaged_cache_entries_are_recomputed_with_a_warning(tmp_path, rng):
+  parts = {"x": 2, "n": 4}
+  entry = storage.EmbeddingCache(str(tmp_path), parts)
+  good = rng.normal(size=(3, 4, 5)).astype(np.float32)
+  entry.put_chunk(0, 4, good, [])
+  got, _ = entry.get_chunk(0, 4, 3, 5)
+  np.testing.assert_array_equal(got, good)
+  # Wrong width (another encoder's entry under this name), wrong layers.
+  with pytest.warns(UserWarning, match="damaged.*shape"):
+    assert entry.get_chunk(0, 4, 3, 6) is None
+  with pytest.warns(UserWarning, match="damaged.*shape"):
+    assert entry.get_chunk(0, 4, 2, 5) is None
+  # Too many items for the chunk's range.
+  entry.put_chunk(0, 2, good, [])
+  with pytest.warns(UserWarning, match="damaged"):
+    assert entry.get_chunk(0, 2, 3, 5) is None
+  # An entry written under another key.
+  other = storage.EmbeddingCache(str(tmp_path), {"x": 3, "n": 4})
+  other.put_chunk(0, 4, good, [])
+  os.replace(other._chunk_path(0, 4), entry._chunk_path(0, 4))  # pylint: disable=protected-access
+  with pytest.warns(UserWarning, match="damaged.*key"):
+    assert entry.get_chunk(0, 4, 3, 5) is None
+  # A truncated chunk.
+  entry.put_chunk(0, 4, good, [])
+  path = entry._chunk_path(0, 4)  # pylint: disable=protected-access
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[: len(data) // 2])
+  with pytest.warns(UserWarning, match="damaged"):
+    assert entry.get_chunk(0, 4, 3, 5) is None
+  # A finished entry: good, then an integer array, then a truncated file.
+  entry.finish(good, [])
+  got, skipped = entry.load(3, 5)
+  np.testing.assert_array_equal(got, good)
+  final = os.path.join(entry.folder, "embeddings.npy")
+  np.save(final, good.astype(np.int32))
+  with pytest.warns(UserWarning, match="damaged.*dtype"):
+    assert entry.load(3, 5) is None
+  np.save(final, good[:, :3])
+  with pytest.warns(UserWarning, match="damaged.*shape"):
+    assert entry.load(3, 5) is None
+  np.save(final, good)
+  data = open(final, "rb").read()
+  open(final, "wb").write(data[:100])
+  with pytest.warns(UserWarning, match="damaged"):
+    assert entry.load(3, 5) is None
+
+
+def test_file_lock_serialises_processes(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  counter = tmp_path / "n.txt"
+  counter.write_text("0")
+  worker = (
+    "import sys, time\n"
+    "from ctjax import storage\n"
+    "p = sys.argv[1]\n"
+    "for _ in range(30):\n"
+    "  with storage.file_lock(p):\n"
+    "    n = int(open(p).read())\n"
+    "    time.sleep(0.001)\n"
+    "    storage.write_bytes(str(n + 1).encode(), p)\n"
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root)
+  procs = [
+    subprocess.Popen([sys.executable, "-c", worker, str(counter)], env=env)
+    for _ in range(4)
+  ]
+  assert [p.wait(timeout=120) for p in procs] == [0] * 4
+  assert counter.read_text() == "120"
+
+
+def test_outputs_honour_the_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    path = storage.write_bytes(b"x", tmp_path / "f")
+  finally:
+    os.umask(old)
+  assert os.stat(path).st_mode & 0o777 == 0o644

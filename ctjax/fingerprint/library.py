@@ -14,6 +14,7 @@ whose single ``metric`` field named the rule ("paper-centroid").
 """
 
 import collections
+import hashlib
 import json
 import math
 import os
@@ -65,12 +66,18 @@ def _identity_mismatch(mine: dict, theirs: dict) -> str | None:
   return "; ".join(parts)
 
 
+def _checksum(d: dict) -> str:
+  """sha256 (first 16 hex digits) of the canonical JSON of a library dict."""
+  text = storage.json_text(d, indent=None, sort_keys=True)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------
 # Batches -> curves.
 
 
 def batch_curves(
-  gen_embeddings, reference, batch_size: int = 500
+  gen_embeddings, reference, batch_size: int = 500, tau: float | None = None
 ) -> np.ndarray:
   """C_T curves of consecutive batches of one generator's samples.
 
@@ -82,6 +89,8 @@ def batch_curves(
     gen_embeddings: ``[L, M, D]`` embeddings of M generated samples.
     reference: a fitted reference with ``.score(batch [L, b, D]).ct -> [L]``.
     batch_size: samples per batch (the paper uses 500).
+    tau: the threshold passed to ``reference.score`` (None: its default,
+      20 / batch_size).
 
   Returns:
     ``[M // batch_size, L]`` float64 curves.
@@ -101,7 +110,10 @@ def batch_curves(
   curves = []
   for i in range(n_batches):
     batch = gen_embeddings[:, i * batch_size : (i + 1) * batch_size, :]
-    ct = np.asarray(reference.score(batch).ct, dtype=np.float64)
+    res = (
+      reference.score(batch) if tau is None else reference.score(batch, tau=tau)
+    )
+    ct = np.asarray(res.ct, dtype=np.float64)
     if ct.shape != (n_layers,):
       raise ValueError(
         f"reference.score returned a curve of shape {ct.shape} "
@@ -243,7 +255,12 @@ class FingerprintLibrary:
     self._centroid_cache = None
 
   def add_batches(
-    self, label: str, gen_embeddings, reference, batch_size: int = 500
+    self,
+    label: str,
+    gen_embeddings,
+    reference,
+    batch_size: int = 500,
+    tau: float | None = None,
   ) -> np.ndarray:
     """Enrols the curves of a generator's samples, one per batch.
 
@@ -253,12 +270,13 @@ class FingerprintLibrary:
       reference: the fitted CTReference (``.score``, ``.identity``).
       batch_size: samples per batch; a short remainder is dropped (see
         `batch_curves`).
+      tau: the C_T threshold (None: the reference's default, 20/batch_size).
 
     Returns:
       ``[M // batch_size, L]`` the curves enrolled.
     """
     self.check_reference(reference)
-    curves = batch_curves(gen_embeddings, reference, batch_size)
+    curves = batch_curves(gen_embeddings, reference, batch_size, tau=tau)
     for c in curves:
       self.add(label, c)
     return curves
@@ -455,8 +473,26 @@ class FingerprintLibrary:
     return lib
 
   def save(self, path) -> str:
-    """Writes the library as versioned, indented JSON (atomically)."""
-    return storage.write_json(self.to_dict(), path)
+    """Writes the library as versioned, indented JSON (atomically).
+
+    The file carries a ``checksum`` of its content, so a damaged or edited
+    file is refused by `load` rather than read as different curves.
+    """
+    d = self.to_dict()
+    d["checksum"] = _checksum(d)
+    return storage.write_json(d, path)
+
+  def duplicates(self, label: str, curves) -> list[int]:
+    """Indices of ``curves`` ``[n, L]`` already enrolled under ``label``."""
+    mine = [c for l, c in zip(self.labels, self._curves) if l == label]
+    return [
+      i
+      for i, c in enumerate(np.asarray(curves, np.float64))
+      if any(
+        m.shape == c.shape and np.array_equal(m, c, equal_nan=True)
+        for m in mine
+      )
+    ]
 
   @classmethod
   def load(cls, path) -> "FingerprintLibrary":
@@ -464,14 +500,33 @@ class FingerprintLibrary:
     path = os.fspath(path)
     if not os.path.exists(path):
       raise ValueError(f"fingerprint library file {path} does not exist")
+    if os.path.isdir(path):
+      raise ValueError(f"fingerprint library {path} is a folder, not a file")
     try:
-      with open(path) as f:
+      with open(path, encoding="utf-8") as f:
         d = json.load(f)
+    except UnicodeDecodeError as e:
+      raise ValueError(
+        f"fingerprint library file {path} is not UTF-8 text ({e})"
+      ) from e
     except json.JSONDecodeError as e:
       raise ValueError(
         f"fingerprint library file {path} is not JSON ({e})"
       ) from e
-    return cls.from_dict(d, source=path)
+    if isinstance(d, dict) and "checksum" in d:
+      stored = d.pop("checksum")
+      if stored != _checksum(d):
+        raise ValueError(
+          f"fingerprint library file {path} is damaged or was edited "
+          "(checksum mismatch)"
+        )
+    try:
+      return cls.from_dict(d, source=path)
+    except (TypeError, AttributeError, KeyError) as e:
+      raise ValueError(
+        f"fingerprint library file {path} has a malformed field "
+        f"({type(e).__name__}: {e})"
+      ) from e
 
   def __repr__(self) -> str:
     return (
