@@ -58,11 +58,14 @@ def test_padding_rows_and_cell_without_training_points(rng, metric):
     np.testing.assert_array_equal(idx[10:20], np.arange(10))
 
 
-@pytest.mark.parametrize("metric", nb.METRICS)
+# Every tile shape with cosine (unit rows, |dot|), two of them with l2.
+_SHAPES = [(1, 1), (3, 7), (8, 16), (200, 13), (5, 301)]
+
+
 @pytest.mark.parametrize("search", nb.SEARCHES)
 @pytest.mark.parametrize(
-  "tile_queries,tile_train",
-  [(1, 1), (3, 7), (8, 16), (200, 13), (5, 301)],
+  "metric,tile_queries,tile_train",
+  [("cosine", *s) for s in _SHAPES] + [("l2", 3, 7), ("l2", 200, 13)],
 )
 def test_every_tile_shape_equals_materialised(
   rng, metric, search, tile_queries, tile_train
