@@ -6,6 +6,7 @@
   python run.py enroll --library L.json --label NAME --gen Q --reference R --encoder ENC
   python run.py identify --library L.json --gen Q --reference R --encoder ENC
   python run.py evaluate --library L.json --query NAME=Q ... --reference R --encoder ENC
+  python run.py select --train T --test P --encoder ENC [--probes DIR]
 
 Inputs (--train/--test/--gen/--query) are image folders (PNG/JPEG), .npy/.npz
 image arrays [N, H, W(, C)], or .npz files with an 'embeddings' array
@@ -24,7 +25,7 @@ from absl import logging
 from ctjax.fingerprint import rules as fingerprint_rules
 from ctjax.stats import neighbors
 
-COMMANDS = ("demo", "score", "enroll", "identify", "evaluate")
+COMMANDS = ("demo", "score", "enroll", "identify", "evaluate", "select")
 
 flags.DEFINE_string("train", None, "Training set T: images or embeddings.")
 flags.DEFINE_string("test", None, "Held-out test set P: images or embeddings.")
@@ -87,6 +88,13 @@ flags.DEFINE_enum(
   "Deprecated: the rule's short name; use --similarity and --aggregate.",
 )
 flags.DEFINE_integer("top_k", 3, "Labels listed per query batch (identify).")
+flags.DEFINE_string(
+  "probes",
+  None,
+  "select: folder of probe kinds (KIND.npz/.npy or KIND/); default: "
+  "built from --train.",
+)
+flags.DEFINE_integer("n_batches", 20, "select: batches per probe kind.")
 flags.DEFINE_bool(
   "allow_duplicates",
   False,
@@ -139,6 +147,22 @@ def _run(command):
       seed=given("seed"),
       gallery_layer=f.gallery_layer,
       gallery_size=f.gallery_size,
+      **common,
+    )
+  if command == "select":
+    return cli.select(
+      train=f.train,
+      test=f.test,
+      probes=f.probes,
+      out=out,
+      embed_batch_size=f.embed_batch_size,
+      batch_size=f.batch_size if f["batch_size"].present else None,
+      n_batches=f.n_batches,
+      tau=f.tau,
+      metric=f.metric,
+      n_cells=f.n_cells,
+      n_components=f.n_components,
+      seed=f.seed,
       **common,
     )
   fp = dict(

@@ -925,3 +925,136 @@ def evaluate(
     f"wrote {out}/ (evaluation.json, confusion.png, similarity.png)"
   )
   return dict(evaluation=ev)
+
+
+# ------------------------------------------------------------------ select
+def _probe_embeddings(folder, enc, emb_kw):
+  """Kind -> ``[L, M, D]`` for every entry of a probe folder: KIND.npz
+  (embeddings or images), KIND.npy (images) or a KIND/ image folder."""
+  if not os.path.isdir(folder):
+    raise ValueError(f"--probes: no such folder: {folder}")
+  kinds = {}
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    kind, ext = os.path.splitext(name)
+    if name.startswith(".") or not (
+      os.path.isdir(path) or ext in (".npz", ".npy")
+    ):
+      continue
+    kinds[kind if ext else name] = load_embeddings(
+      path, enc, what="probes", **emb_kw
+    )
+  if not kinds:
+    raise ValueError(
+      f"--probes: {folder} holds no KIND.npz, KIND.npy or KIND/ entries"
+    )
+  return kinds
+
+
+def select(
+  *,
+  train,
+  test,
+  encoder=None,
+  probes=None,
+  out="ctjax_out/select",
+  pool="cls",
+  embed_batch_size=64,
+  batch_size=None,
+  n_batches=20,
+  n_probe=None,
+  tau=None,
+  metric="cosine",
+  n_cells=10,
+  n_components=None,
+  seed=0,
+  cache_dir=None,
+  echo=print,
+):
+  """Which layer detects which kind of memorisation (`ctjax.select_layers`).
+
+  --test is split at random in two halves: one fits the reference with
+  --train, the other is the null (images the reference never saw). Probe
+  kinds come from ``probes`` (a folder, see `_probe_embeddings`) or, when it
+  is None, are built from the --train images as the audit builds them
+  (every `ctjax.audit.probes.PROBES` kind but the null), ``n_probe`` images
+  each (default: as many as the null half).
+
+  Writes selection.json, selection.csv and selection.png (AUC heat map,
+  kind x layer) into ``out``; prints the recommended layer per kind.
+  """
+  from ctjax import selection as selection_lib  # pylint: disable=g-import-not-at-top
+
+  for flag, path in (("train", train), ("test", test)):
+    if path is None:
+      raise ValueError(f"--{flag} is required")
+    if not os.path.exists(path):
+      raise ValueError(f"--{flag}: no such file or folder: {path}")
+  if int(n_batches) < 2:
+    raise ValueError(f"--n_batches must be at least 2, got {n_batches}")
+  enc = load_encoder(encoder) if encoder else None
+  emb_kw = dict(pool=pool, batch_size=embed_batch_size, cache_dir=cache_dir)
+  t_emb = load_embeddings(train, enc, what="train", **emb_kw)
+  p_emb = load_embeddings(test, enc, what="test", **emb_kw)
+  order = np.random.default_rng(seed).permutation(p_emb.shape[1])
+  half = p_emb.shape[1] // 2
+  if half < 2:
+    raise ValueError(f"--test: {test} needs at least 4 points (got fewer)")
+  fit_p, null = p_emb[:, order[:half]], p_emb[:, order[half:]]
+  if probes is not None:
+    kinds = _probe_embeddings(probes, enc, emb_kw)
+  else:
+    from ctjax.audit import probes as probes_lib  # pylint: disable=g-import-not-at-top
+    from ctjax.embedding import embed  # pylint: disable=g-import-not-at-top
+
+    t_img, p_img = load_images(train), load_images(test)
+    if t_img is None or p_img is None or enc is None:
+      raise ValueError(
+        "select builds its probes from --train/--test images with --encoder;"
+        " with embedding inputs pass --probes DIR"
+      )
+    n = int(n_probe or null.shape[1])
+    kinds = {
+      name: embed(
+        enc,
+        probes_lib.make_probe(name, t_img, p_img, n, seed),
+        progress=False,
+        **emb_kw,
+      )
+      for name in probes_lib.PROBES
+      if name != "test"
+    }
+  names = getattr(enc, "layer_names", None)
+  ref = CTReference.fit(
+    t_emb,
+    fit_p,
+    n_components=n_components,
+    n_cells=n_cells,
+    metric=metric,
+    seed=seed,
+    meta=reference_meta(encoder, enc, pool),
+    layer_names=list(names) if names and len(names) == len(t_emb) else None,
+  )
+  sel = selection_lib.select_layers(
+    ref,
+    kinds,
+    null,
+    n_batches=int(n_batches),
+    batch_size=batch_size,
+    tau=tau,
+    seed=seed,
+  )
+  os.makedirs(out, exist_ok=True)
+  report.write_json(sel.to_dict(), os.path.join(out, "selection.json"))
+  report.write_bytes(sel.to_csv().encode(), os.path.join(out, "selection.csv"))
+  report.plot_selection(sel, os.path.join(out, "selection.png"))
+  for kind, layer in sel.recommended.items():
+    k = sel.kinds.index(kind)
+    l = sel.layer_names.index(layer)
+    echo(
+      f"{kind}: layer {layer} (AUC {sel.auc[k, l]:.2f} "
+      f"[{sel.auc_low[k, l]:.2f}, {sel.auc_high[k, l]:.2f}], "
+      f"d {sel.effect[k, l]:.2f})"
+    )
+  echo(f"wrote {out}/ (selection.json, selection.csv, selection.png)")
+  return dict(selection=sel, reference=ref)

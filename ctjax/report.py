@@ -330,6 +330,30 @@ def similarity_figure(
   )
 
 
+def plot_selection(selection, path, *, title: str | None = None) -> str:
+  """Writes `selection_figure` as a PNG to ``path``; returns the path."""
+  return _save(selection_figure(selection, title=title), path)
+
+
+def selection_figure(selection, *, title: str | None = None):
+  """Heat map of detection power, kind x layer (a `ctjax.selection.Selection`).
+
+  Returns:
+    the Figure; its first axes shows the ``[K, L]`` ROC AUC as an image.
+  """
+  return _matrix_figure(
+    selection.auc,
+    list(selection.kinds),
+    col_labels=list(selection.layer_names),
+    title=title or "Detection power per layer (ROC AUC, probe vs null)",
+    cbar_label="AUC",
+    cmap="viridis",
+    fmt=".2f",
+    xlabel="layer",
+    ylabel="memorisation kind",
+  )
+
+
 def plot_confusion(
   confusion, labels: Sequence[str], path, *, title: str = "Confusion matrix"
 ) -> str:
