@@ -19,9 +19,10 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import ctjax.models as cm
-from ctjax.models import export, inception
+from ctjax.models import convert, export, inception
 from ctjax.models.encoder import Encoder
 
 SIZE = 139  # the smallest side whose Mixed_7* maps are 3x3 (not 1x1)
@@ -128,7 +129,12 @@ def test_every_mixed_block_matches_keras(keras_oracle, tmp_path):
     assert g.shape == w.shape, (name, g.shape, w.shape)
     _close(g, w, name)
 
-  # The FID variant, loaded from a .safetensors file in a folder.
+  # pool3 (pytorch-fid's feature) is Keras' global average pool.
+  pool = keras.layers.GlobalAveragePooling2D()(want[-1])
+  _close(inception.pool3(got[-1]), np.asarray(pool), "pool3")
+
+  # The FID variant, loaded from a .safetensors file in a folder: the same
+  # weights; only Mixed_7c's pool branch differs, run here on its own.
   from safetensors.numpy import save_file
 
   folder = tmp_path / "fid"
@@ -136,13 +142,13 @@ def test_every_mixed_block_matches_keras(keras_oracle, tmp_path):
   save_file(state, str(folder / "pt_inception-2015-12-05-test.safetensors"))
   fid = cm.from_pretrained(str(folder))
   assert fid.config.last_pool == "max" and not fid.stacked
-  out = fid(pixels)
-  for name, g, a in zip(names[:-1], out.hidden_states, got):
-    np.testing.assert_array_equal(np.asarray(g), np.asarray(a), err_msg=name)
+  assert fid.weights_hash == avg.weights_hash
+  graphdef, params = nnx.split(fid.module.blocks[-1])
+  run = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  last = np.asarray(run(params, got[-2]))
   # Mixed_7c = [1x1 320 | 3x3 768 | 3x3dbl 768 | pool branch 192]: the first
   # 1856 channels do not depend on the pool; the pool branch is Keras' own
   # last conv + BatchNorm + ReLU after a 3x3 'SAME' max pool.
-  last = np.asarray(out.last_hidden_state)
   _close(last[..., :1856], want[-1][..., :1856], "Mixed_7c branches")
   x = keras.layers.MaxPooling2D((3, 3), strides=(1, 1), padding="same")(
     want[-2]
@@ -150,34 +156,54 @@ def test_every_mixed_block_matches_keras(keras_oracle, tmp_path):
   branch = keras.ops.relu(bns[-1](convs[-1](x), training=False))
   _close(last[..., 1856:], np.asarray(branch), "Mixed_7c max-pool branch")
   assert np.abs(last[..., 1856:] - want[-1][..., 1856:]).max() > 1e-2
-  # pool3 is the spatial mean of Mixed_7c.
-  feats = np.asarray(inception.pool3(out.last_hidden_state))
-  assert feats.shape == (2, 2048)
-  np.testing.assert_allclose(feats, last.mean(axis=(1, 2)), atol=1e-5)
 
 
-def test_key_map_round_trips_through_pth(tmp_path):
-  random = cm.from_config(cm.InceptionConfig(), seed=3)
-  tensors = export.to_hf_tensors(random)
-  assert "Conv2d_1a_3x3.conv.weight" in tensors
-  assert tensors["Mixed_6b.branch7x7_2.conv.weight"].shape == (128, 128, 1, 7)
-  assert tensors["Mixed_7c.branch3x3dbl_3b.bn.running_var"].shape == (384,)
-  assert len(tensors) == 94 * 5
-  n_params = sum(x.size for x in jax.tree.leaves(random.params))
-  assert sum(t.size for t in tensors.values()) == n_params
+@pytest.fixture(scope="module")
+def fid_state():
+  """A random state dict in pytorch-fid's names (positive running variances)."""
+  rng = np.random.default_rng(3)
+  rules = convert.checkpoint_rules(cm.InceptionConfig())
+  state = {}
+  for name, shape, _ in rules.values():
+    if name.endswith("running_var"):
+      state[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    else:
+      state[name] = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+  return state
+
+
+def test_key_map_round_trips_through_pth(tmp_path, fid_state):
+  # torchvision's names and layouts (pytorch-fid's file holds 94 BasicConv2d).
+  assert len(fid_state) == 94 * 5
+  assert fid_state["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
+  assert fid_state["Mixed_6b.branch7x7_2.conv.weight"].shape == (128, 128, 1, 7)
+  assert fid_state["Mixed_6b.branch7x7dbl_2.conv.weight"].shape == (
+    128,
+    128,
+    7,
+    1,
+  )
+  assert fid_state["Mixed_7c.branch3x3dbl_3b.bn.running_var"].shape == (384,)
   path = tmp_path / "pt_inception-2015-12-05-test.pth"
-  state = {k: torch.from_numpy(v) for k, v in tensors.items()}
+  state = {k: torch.from_numpy(v) for k, v in fid_state.items()}
   state["fc.weight"] = torch.zeros(1008, 2048)
+  state["fc.bias"] = torch.zeros(1008)
   state["Mixed_5b.branch1x1.bn.num_batches_tracked"] = torch.tensor(0)
   torch.save(state, path)
-  loaded = cm.from_pretrained(str(path))
-  assert loaded.identity == random.identity
-  assert loaded.layer_names[0] == "stem" and loaded.widths[-1] == 2048
+  encoder = cm.from_pretrained(str(path))
+  assert encoder.config == cm.InceptionConfig()
+  back = export.to_hf_tensors(encoder)
+  assert back.keys() == fid_state.keys()
+  for name, value in back.items():
+    np.testing.assert_array_equal(value, fid_state[name], err_msg=name)
+  # A folder without config.json holding the file is recognised too.
+  assert convert.inception_weights_file(str(tmp_path)) == str(path)
+  n_params = sum(x.size for x in jax.tree.leaves(encoder.params))
+  assert n_params == sum(v.size for v in fid_state.values())
 
 
-def test_key_map_reports_every_bad_tensor(tmp_path):
-  random = cm.from_config(cm.InceptionConfig(), seed=4)
-  tensors = export.to_hf_tensors(random)
+def test_key_map_reports_every_bad_tensor(tmp_path, fid_state):
+  tensors = dict(fid_state)
   del tensors["Mixed_6e.branch7x7dbl_4.bn.running_mean"]
   tensors["Mixed_7a.branch3x3_2.conv.weight"] = np.zeros(
     (320, 192, 1, 3), np.float32
@@ -222,7 +248,10 @@ def test_preprocess_is_pytorch_fids(shape):
 
 def test_small_inputs_are_refused():
   config = cm.InceptionConfig()
+  model = nnx.eval_shape(
+    lambda: inception.InceptionV3(config, rngs=nnx.Rngs(0))
+  )
   with pytest.raises(ValueError, match="at least 75x75"):
-    cm.from_config(config).hidden_states(np.zeros((1, 64, 80, 3), np.float32))
+    model(np.zeros((1, 64, 80, 3), np.float32))
   with pytest.raises(ValueError, match="last_pool"):
     cm.InceptionConfig(last_pool="mean")
