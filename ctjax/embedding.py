@@ -3,8 +3,10 @@
 Images (an array, a folder of PNG/JPEG, an .npy/.npz file) are streamed in
 chunks; each batch is preprocessed and encoded in one jitted call (one
 compilation per batch shape; the last batch is padded), pooled per layer
-(CLS token or mean of patch tokens), and the ``[L+1, N, D]`` float32 result
-is cached on disk when ``cache_dir`` is given. With several local devices the
+(CLS token or mean of patch tokens or of a feature map), and the
+``[L+1, N, D]`` float32 result (a list of ``[N, D_l]`` arrays for encoders
+whose layers differ in width: ResNet, ConvNeXt, Swin, Inception) is cached on
+disk when ``cache_dir`` is given. With several local devices the
 batch axis is sharded across them, and with several processes each embeds its
 share of the inputs (both policies in `ctjax.sharding`).
 """
@@ -227,9 +229,25 @@ class _StepSpec:
   num_prefix: int
 
 
+def _pool_map(h, pool: str, num_prefix: int):
+  """One hidden state ``[B, T, D]`` or ``[B, H, W, D]`` -> ``[B, D]`` float32.
+
+  "cls" takes the first token; "mean" averages the patch tokens (after
+  ``num_prefix`` CLS/distillation/register tokens) or every spatial position.
+  """
+  if pool == "cls":
+    return h[:, 0].astype(jnp.float32)
+  h = h[:, num_prefix:] if h.ndim == 3 else h
+  return h.astype(jnp.float32).mean(axis=tuple(range(1, h.ndim - 1)))
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _step(spec: _StepSpec, params, images):
-  """images ``[B, H, W, C]`` raw -> pooled ``[len(layers), B, D]`` float32."""
+  """images ``[B, H, W, C]`` raw -> pooled ``[len(layers), B, D]`` float32.
+
+  For an encoder whose hidden states are a tuple (ResNet, Swin...), a tuple
+  of ``[B, D_l]`` arrays, stacked when the selected widths agree.
+  """
   # Flax loads with the first encoder used, not with `import ctjax.embedding`
   # (which `from ctjax import *` does).
   from ctjax.models.encoder import forward  # pylint: disable=g-import-not-at-top
@@ -238,6 +256,13 @@ def _step(spec: _StepSpec, params, images):
   hidden = forward(
     spec.graphdef, params, pixels, jnp.dtype(spec.dtype)
   ).hidden_states
+  if isinstance(hidden, (tuple, list)):
+    pooled = [
+      _pool_map(hidden[l], spec.pool, spec.num_prefix) for l in spec.layers
+    ]
+    if len({p.shape[-1] for p in pooled}) == 1:
+      return jnp.stack(pooled)
+    return tuple(pooled)
   if spec.layers != tuple(range(hidden.shape[0])):
     hidden = hidden[np.asarray(spec.layers)]
   if spec.pool == "cls":
@@ -275,7 +300,7 @@ def embed(
   skip_bad: bool = False,
   progress: bool = True,
   chunk_size: int | None = None,
-) -> np.ndarray:
+) -> np.ndarray | list[np.ndarray]:
   """Pooled embeddings of every (or the selected) hidden state.
 
   Args:
@@ -284,7 +309,8 @@ def embed(
       float in [0, 1]; or a folder of PNG/JPEG images (recursive, sorted by
       relative path); or an .npy / .npz file (array named "images" or the only one).
     pool: "cls" (the first token, as the paper) or "mean" (mean of the patch
-      tokens, excluding CLS/distillation/register tokens).
+      tokens, excluding CLS/distillation/register tokens; the global average
+      of a feature map or token map for ResNet, ConvNeXt, Swin, Inception).
     layers: hidden-state indices to keep (0 = embedding output); None = all.
     batch_size: images per jitted call (rounded up to a multiple of the local
       device count); the last batch is padded, so there is one compilation.
@@ -297,10 +323,22 @@ def embed(
     chunk_size: images per cached chunk (default 32 batches).
 
   Returns:
-    float32 array ``[len(layers), N, D]`` (N counts only readable images).
+    float32 array ``[len(layers), N, D]`` (N counts only readable images);
+    for an encoder whose selected layers differ in width (ResNet, Swin...),
+    a list of ``len(layers)`` float32 arrays ``[N, D_l]``.
+
+  Raises:
+    ValueError: ``pool="cls"`` on an encoder without a CLS token (every
+      family but the ViT family and CLIP), bad arguments or unreadable data.
   """
   if pool not in POOLS:
     raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+  if pool == "cls" and not encoder.stacked:
+    raise ValueError(
+      f"pool='cls' needs a CLS token, and {encoder.config.model_type} "
+      "encoders have none (their layers are feature maps or token maps); "
+      "use pool='mean' (the global average of each layer)"
+    )
   dtype = jnp.dtype(dtype).name
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
@@ -325,6 +363,8 @@ def embed(
       progress,
       chunk_size,
     )
+    if isinstance(local, list):
+      return [sharding.gather_in_order(x, n_total) for x in local]
     return np.moveaxis(
       sharding.gather_in_order(np.moveaxis(local, 1, 0), n_total), 0, 1
     )
@@ -372,8 +412,14 @@ def _embed_source(
   progress,
   chunk_size,
 ):
-  """`embed` of one source on this process's devices: ``[L, n, D]``."""
+  """`embed` of one source on this process's devices: ``[L, n, D]``, or a
+  list of L ``[n, D_l]`` arrays when the layers' widths differ."""
   n = len(source)
+  widths = tuple(encoder.widths[l] for l in layers)
+  mixed = len(set(widths)) > 1
+  # The cache holds one [L, n, D] array; layers of different widths are
+  # stored side by side along the feature axis as [1, n, sum(D_l)].
+  c_layers, c_dim = (1, sum(widths)) if mixed else (len(layers), widths[0])
   entry = None
   if cache_dir is not None:
     entry = EmbeddingCache(
@@ -388,12 +434,13 @@ def _embed_source(
         "dtype": dtype,
         "data": source.fingerprint(),
         "n": n,
+        **({"layout": "concat"} if mixed else {}),
       },
     )
-    done = entry.load(len(layers), encoder.config.hidden_size)
+    done = entry.load(c_layers, c_dim)
     if done is not None:
       _warn_skipped(done[1])
-      return done[0]
+      return _unpack(done[0], widths) if mixed else done[0]
 
   batch_size, params, put = sharding.data_parallel(encoder.params, batch_size)
   chunk_size = chunk_size or 32 * batch_size
@@ -413,36 +460,53 @@ def _embed_source(
   for start in range(0, n, chunk_size):
     stop = min(start + chunk_size, n)
     cached = (
-      entry.get_chunk(start, stop, len(layers), encoder.config.hidden_size)
+      entry.get_chunk(start, stop, c_layers, c_dim)
       if entry is not None
       else None
     )
     if cached is None:
       batch, bad = source.load(start, stop)
-      result = _encode(
-        spec, params, put, batch, batch_size, encoder.config.hidden_size
-      )
+      result = _encode(spec, params, put, batch, batch_size, widths)
       if entry is not None:
-        entry.put_chunk(start, stop, result, bad)
+        entry.put_chunk(start, stop, _pack(result), bad)
     else:
       result, bad = cached
+      result = _unpack(result, widths) if mixed else result
     chunks.append(result)
     skipped += bad
     bar.update(stop - start)
   bar.close()
-  out = np.concatenate(chunks, axis=1)
-  if out.shape[1] == 0:
+  if mixed:
+    out = [np.concatenate(c, axis=0) for c in zip(*chunks)]
+  else:
+    out = np.concatenate(chunks, axis=1)
+  if out[0].shape[0 if mixed else 1] == 0:
     raise ValueError(f"none of the {n} images could be read")
   if entry is not None:
-    entry.finish(out, skipped)
+    entry.finish(_pack(out), skipped)
   _warn_skipped(skipped)
   return out
 
 
+def _pack(result):
+  """A list of ``[n, D_l]`` -> one ``[1, n, sum(D_l)]`` (arrays unchanged)."""
+  if isinstance(result, list):
+    return np.concatenate(result, axis=-1)[None]
+  return result
+
+
+def _unpack(packed: np.ndarray, widths) -> list:
+  """`_pack`'s inverse: ``[1, n, sum(D_l)]`` -> a list of ``[n, D_l]``."""
+  return np.split(packed[0], np.cumsum(widths)[:-1], axis=-1)
+
+
 def _encode(
-  spec: _StepSpec, params, put, images: np.ndarray, batch_size: int, dim: int
-) -> np.ndarray:
-  """images ``[n, H, W, C]`` -> ``[len(layers), n, D]``, in padded batches."""
+  spec: _StepSpec, params, put, images: np.ndarray, batch_size: int, widths
+):
+  """images ``[n, H, W, C]`` -> ``[len(layers), n, D]``, in padded batches.
+
+  With layers of different ``widths``: a list of ``[n, D_l]`` arrays.
+  """
   n = len(images)
   outs = []
   for start in range(0, n, batch_size):
@@ -455,8 +519,15 @@ def _encode(
     outs.append(
       (_step(spec, params, put(batch)), batch_size - pad)
     )  # dispatched async
+  if len(set(widths)) > 1:
+    if not outs:
+      return [np.zeros((0, w), np.float32) for w in widths]
+    return [
+      np.concatenate([np.asarray(o[l])[:k] for o, k in outs])
+      for l in range(len(widths))
+    ]
   if not outs:
-    return np.zeros((len(spec.layers), 0, dim), np.float32)
+    return np.zeros((len(spec.layers), 0, widths[0]), np.float32)
   return np.concatenate([np.asarray(o)[:, :k] for o, k in outs], axis=1)
 
 
