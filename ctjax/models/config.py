@@ -424,7 +424,8 @@ class InceptionConfig(_Hierarchical):
     num_channels: input channels (3).
     last_pool: pooling in the pool branch of the last block (Mixed_7c):
       "max" as pytorch-fid's FIDInceptionE_2 and the TF FID graph; "avg"
-      (TF-style, padding excluded) as Keras' InceptionV3 and the paper.
+      (TF-style, padding excluded) as Keras' InceptionV3 and the
+      Inception-v3 paper (the other blocks always average).
     batch_norm_eps: epsilon of every BatchNorm (0.001, as TF's graph).
     image_size: side of the resized inputs (299, pytorch-fid's resize).
     image_mean: (0.5, 0.5, 0.5): pytorch-fid's ``2 x - 1`` of [0, 1] pixels.

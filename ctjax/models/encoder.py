@@ -142,8 +142,9 @@ class Encoder:
 
     ``[L+1, B, T, D]`` for the ViT family and CLIP; a tuple of L+1 arrays
     for families whose layers differ in shape: ``[B, H_i, W_i, C_i]`` maps
-    (ResNet, ConvNeXt), ``[B, T_i, C_i]`` tokens (Swin); in the order of
-    transformers' ``hidden_states``.
+    (ResNet, ConvNeXt, Inception-v3), ``[B, T_i, C_i]`` tokens (Swin); in the
+    order of transformers' ``hidden_states`` (Inception-v3: the stem, then
+    Mixed_5b ... Mixed_7c).
     """
     return self(pixels, dtype).hidden_states
 
