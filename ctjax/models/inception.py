@@ -292,24 +292,37 @@ def pool3(last_hidden_state):
 
 
 def preprocess(images, size: int = FID_IMAGE_SIZE):
-  """pytorch-fid's input pipeline: ``[B, H, W, 3]`` -> ``[B, size, size, 3]``.
+  """pytorch-fid's input pipeline: ``[B, H, W, C]`` -> ``[B, size, size, 3]``.
 
   Bilinear resize to ``size x size`` (half-pixel centres, no antialiasing:
   torch's ``F.interpolate(mode="bilinear", align_corners=False)``, no crop,
   aspect ratio not kept), then ``2 x - 1``. uint8 images are divided by 255
   first (torchvision's ToTensor); float images must already be in [0, 1].
-  Returns float32 in [-1, 1]; jit-able.
+  Grayscale (``[B, H, W]`` or C = 1) is repeated to RGB, as PIL's
+  ``convert("RGB")`` in pytorch-fid's loader. Returns float32 in [-1, 1];
+  jit-able (one compile per input shape).
   """
   images = jnp.asarray(images)
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"images must be [B, H, W, 3], got {images.shape}")
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(
+      f"images must be [B, H, W, 3], [B, H, W, 1] or [B, H, W], got "
+      f"{images.shape}"
+    )
+  x = images.astype(jnp.float32)
   if images.dtype == jnp.uint8:
-    x = images.astype(jnp.float32) / 255.0
-  else:
-    x = images.astype(jnp.float32)
-  b, h, w, c = x.shape
+    x = x / 255.0
+  b, h, w, _ = x.shape
+  x = jnp.broadcast_to(x, (b, h, w, 3))
   if (h, w) != (size, size):
-    x = jax.image.resize(x, (b, size, size, c), "bilinear", antialias=False)
+    x = jax.image.resize(
+      x,
+      (b, size, size, 3),
+      "bilinear",
+      antialias=False,
+      precision=jax.lax.Precision.HIGHEST,
+    )
   return 2.0 * x - 1.0
 
 

@@ -244,6 +244,8 @@ def test_preprocess_is_pytorch_fids(shape):
   np.testing.assert_allclose(
     np.asarray(inception.preprocess(unit)), got, atol=1e-6
   )
+  gray = np.asarray(inception.preprocess(images[..., 0]))
+  np.testing.assert_allclose(gray[..., 2], got[..., 0], atol=1e-6)
 
 
 def test_small_inputs_are_refused():
