@@ -22,8 +22,20 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ctjax.fingerprint import rules as fingerprint_rules
-from ctjax.stats import neighbors
+# The choices of the enum flags, written out so that `run.py --help` (and any
+# flag error) answers without importing JAX. tests/cli_faults_test.py checks
+# them against ctjax.stats.neighbors.METRICS and ctjax.fingerprint.rules.
+METRICS = ("l2", "cosine")
+SIMILARITIES = ("paper", "cosine", "l2")
+AGGREGATES = ("nearest", "centroid")
+RULES = (
+  "paper",
+  "cosine",
+  "l2",
+  "paper-centroid",
+  "cosine-centroid",
+  "l2-centroid",
+)
 
 COMMANDS = ("demo", "score", "enroll", "identify", "evaluate", "select")
 
@@ -46,7 +58,7 @@ flags.DEFINE_enum("pool", "cls", ["cls", "mean"], "Token pooling per layer.")
 flags.DEFINE_enum(
   "metric",
   "cosine",
-  list(neighbors.METRICS),
+  list(METRICS),
   "Distance: 1 - |cos| (the paper) or Euclidean (Meehan).",
 )
 flags.DEFINE_integer(
@@ -72,19 +84,19 @@ flags.DEFINE_integer("batch_size", 500, "Generated images per C_T curve.")
 flags.DEFINE_enum(
   "similarity",
   "paper",
-  list(fingerprint_rules.SIMILARITIES),
+  list(SIMILARITIES),
   "Curve similarity of a new library (enroll).",
 )
 flags.DEFINE_enum(
   "aggregate",
   "nearest",
-  list(fingerprint_rules.AGGREGATES),
+  list(AGGREGATES),
   "Score per label of a new library: nearest curve or mean curve (enroll).",
 )
 flags.DEFINE_enum(
   "library_metric",
   None,
-  list(fingerprint_rules.RULES),
+  list(RULES),
   "Deprecated: the rule's short name; use --similarity and --aggregate.",
 )
 flags.DEFINE_integer("top_k", 3, "Labels listed per query batch (identify).")
@@ -176,7 +188,9 @@ def _run(command):
   if command == "enroll":
     similarity, aggregate = f.similarity, f.aggregate
     if f.library_metric is not None:
-      similarity, aggregate = fingerprint_rules.parse_rule(f.library_metric)
+      from ctjax.fingerprint import rules  # pylint: disable=g-import-not-at-top
+
+      similarity, aggregate = rules.parse_rule(f.library_metric)
     return cli.enroll(
       label=f.label,
       gen=f.gen,

@@ -14,6 +14,7 @@ nearest-neighbour tile sizes.
 
 import dataclasses
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -72,8 +73,10 @@ class FitConfig:
       raise ValueError(
         f"metric must be one of {nb.METRICS}, got {self.metric!r}"
       )
-    if self.n_cells < 1:
-      raise ValueError(f"n_cells must be >= 1, got {self.n_cells}")
+    for name in ("n_cells", "n_init"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     if self.search not in SEARCHES:
       raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
 
