@@ -17,6 +17,8 @@ Intervals are percentile bootstrap intervals over batches: probe and null
 batches are resampled with replacement (the null batches jointly for every
 kind), with the scores already computed (no new search). Within a kind the
 layers are ranked by AUC, then effect; the first is the recommendation.
+A batch whose C_T is NaN on a layer (no cell above tau, common with small
+batches) is left out of that layer's measures (`Selection.n_probe`/`n_null`).
 
 The null must be images the reference was not fitted on (neither T nor P):
 its C_T is then ~0 on every layer, as for a generator that does not copy.
@@ -24,6 +26,7 @@ its C_T is then ~0 on every layer, as for a generator that does not copy.
 
 import dataclasses
 import json
+import warnings
 import zlib
 from collections.abc import Mapping
 
@@ -47,6 +50,8 @@ _ROW_FIELDS = (
   "effect_high",
   "probe_ct_mean",
   "null_ct_mean",
+  "n_probe",
+  "n_null",
 )
 
 
@@ -66,6 +71,9 @@ class Selection:
     auc_low, auc_high: ``[K, L]`` bootstrap interval of ``auc``.
     probe_ct: ``[K, n_probe, L]`` C_T of every probe batch.
     null_ct: ``[n_null, L]`` C_T of every null batch.
+    n_probe: ``[K, L]`` int, probe batches with a finite C_T (the others, NaN
+      when no cell holds more than tau of the batch, are left out).
+    n_null: ``[L]`` int, null batches with a finite C_T.
     rank: ``[K, L]`` int, 1 = best layer of the kind (AUC, then effect,
       then the earlier layer); layers with NaN C_T rank last.
     level: confidence level of the intervals.
@@ -84,6 +92,8 @@ class Selection:
   auc_high: np.ndarray
   probe_ct: np.ndarray
   null_ct: np.ndarray
+  n_probe: np.ndarray
+  n_null: np.ndarray
   rank: np.ndarray
   level: float
   n_bootstrap: int
@@ -125,6 +135,8 @@ class Selection:
             "effect_high": _num(self.effect_high[k, l]),
             "probe_ct_mean": _num(probe_mean[k, l]),
             "null_ct_mean": _num(null_mean[l]),
+            "n_probe": int(self.n_probe[k, l]),
+            "n_null": int(self.n_null[l]),
           }
         )
     return rows
@@ -174,8 +186,10 @@ def _num(x):
 
 
 def _nanfree_mean(x, axis):
-  with np.errstate(invalid="ignore"):
-    return np.mean(x, axis=axis)
+  """Mean of the finite values (NaN when there are none)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=axis)
 
 
 # ------------------------------------------------------------------ batches
@@ -226,41 +240,55 @@ def _score(reference, batches, tau):
 
 # ------------------------------------------------------------------ measures
 def cohens_d(probe_ct, null_ct):
-  """Cohen's d of ``null`` over ``probe`` along axis -2.
+  """Cohen's d of ``null`` over ``probe`` along axis -2, NaN batches left out.
 
   Args:
     probe_ct: ``[..., n1, L]``; null_ct: ``[..., n0, L]``.
 
   Returns:
     ``[..., L]`` ``(mean(null) - mean(probe)) / s_pooled``, ddof = 1; 0 when
-    both means and the pooled deviation are 0, ``±inf`` when only the latter.
+    both means and the pooled deviation are 0, ``±inf`` when only the latter;
+    NaN with fewer than 2 finite batches on a side.
   """
-  n1, n0 = probe_ct.shape[-2], null_ct.shape[-2]
-  w1 = np.ones(probe_ct.shape[:-2] + (n1,))
-  w0 = np.ones(null_ct.shape[:-2] + (n0,))
-  return _weighted_d(w1, probe_ct, w0, null_ct)
+  p, q = np.asarray(probe_ct, np.float64), np.asarray(null_ct, np.float64)
+  return _weighted_d(
+    np.isfinite(p).astype(float),
+    np.nan_to_num(p),
+    np.isfinite(q).astype(float),
+    np.nan_to_num(q),
+  )
 
 
 def _weighted_d(w1, x1, w0, x0):
-  """Cohen's d with integer resampling weights ``w [..., n]`` on ``x [..., n,
-  L]`` (a bootstrap resample written as multiplicities)."""
-  n1, n0 = x1.shape[-2], x0.shape[-2]
-  m1 = np.einsum("...i,...il->...l", w1, x1) / n1
-  m0 = np.einsum("...i,...il->...l", w0, x0) / n0
-  ss1 = np.einsum("...i,...il->...l", w1, x1**2) - n1 * m1**2
-  ss0 = np.einsum("...i,...il->...l", w0, x0**2) - n0 * m0**2
-  pooled = np.sqrt(np.maximum(ss1 + ss0, 0.0) / max(n1 + n0 - 2, 1))
-  diff = m0 - m1
-  # Sums of squares round off: a pooled deviation below ~1e-12 of the scale
-  # is zero.
-  scale = np.maximum(np.abs(m1), np.abs(m0)) + 1.0
-  zero = pooled <= 1e-12 * scale
+  """Cohen's d of ``x [..., n, L]`` with integer weights ``w`` (same shape):
+  multiplicities of a bootstrap resample times 0/1 for finite values."""
+  c1, c0 = w1.sum(-2), w0.sum(-2)
   with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(
+    m1 = (w1 * x1).sum(-2) / c1
+    m0 = (w0 * x0).sum(-2) / c0
+    ss1 = (w1 * x1**2).sum(-2) - c1 * m1**2
+    ss0 = (w0 * x0**2).sum(-2) - c0 * m0**2
+    pooled = np.sqrt(np.maximum(ss1 + ss0, 0.0) / (c1 + c0 - 2))
+    diff = m0 - m1
+    # Sums of squares round off: a pooled deviation below ~1e-12 of the
+    # scale is zero.
+    scale = np.maximum(np.abs(m1), np.abs(m0)) + 1.0
+    zero = pooled <= 1e-12 * scale
+    d = np.where(
       zero,
       np.where(diff == 0, 0.0, np.sign(diff) * np.inf),
       diff / np.where(zero, 1.0, pooled),
     )
+  return np.where((c1 >= 2) & (c0 >= 2), d, np.nan)
+
+
+def _auc(a1, wins, a0):
+  """Weighted AUC: ``a1 [..., K, n1, L]``, ``wins [K, L, n1, n0]``,
+  ``a0 [..., n0, L]`` -> ``[..., K, L]`` (NaN where a side has no weight)."""
+  num = np.einsum("...kil,klij,...jl->...kl", a1, wins, a0, optimize=True)
+  den = a1.sum(-2) * a0.sum(-2)[..., None, :]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def _pair_wins(probe_ct, null_ct):
@@ -365,30 +393,33 @@ def select_layers(
       f"need at least 2 probe and 2 null batches, got {n1} and {n0}"
     )
 
-  # Layers where any batch's C_T is NaN get NaN measures.
-  valid = np.isfinite(probe_ct).all(axis=1) & np.isfinite(null_ct).all(0)
-  p0 = np.where(np.isfinite(probe_ct), probe_ct, 0.0)
-  q0 = np.where(np.isfinite(null_ct), null_ct, 0.0)
-  wins = _pair_wins(p0, q0)  # [K, L, n1, n0]
+  # A batch whose C_T is NaN on a layer (no cell above tau) is left out of
+  # that layer's measures; fewer than 2 finite batches on a side: NaN.
+  v1 = np.isfinite(probe_ct).astype(float)  # [K, n1, L]
+  v0 = np.isfinite(null_ct).astype(float)  # [n0, L]
+  p0, q0 = np.nan_to_num(probe_ct), np.nan_to_num(null_ct)
+  n_probe, n_null = v1.sum(1).astype(int), v0.sum(0).astype(int)
+  valid = (n_probe >= 2) & (n_null >= 2)[None]
   nan = np.where(valid, 0.0, np.nan)
-  auc = wins.mean(axis=(2, 3)) + nan
-  effect = cohens_d(p0, q0[None]) + nan
+  wins = _pair_wins(p0, q0)  # [K, L, n1, n0]
+  auc = _auc(v1, wins, v0) + nan
+  effect = _weighted_d(v1, p0, v0[None], q0[None]) + nan
 
   rng = np.random.default_rng([seed, 2])
   w1 = rng.multinomial(n1, np.full(n1, 1.0 / n1), size=n_bootstrap)
   w0 = rng.multinomial(n0, np.full(n0, 1.0 / n0), size=n_bootstrap)
-  boot_auc = np.einsum("bi,klij,bj->bkl", w1, wins, w0, optimize=True) / (
-    n1 * n0
-  )
-  boot_d = _weighted_d(
-    w1[:, None, :], p0[None], w0[:, None, :], q0[None, None]
-  )  # [b, K, L]
+  a1 = w1[:, None, :, None] * v1[None]  # [b, K, n1, L]
+  a0 = w0[:, :, None] * v0[None]  # [b, n0, L]
+  boot_auc = _auc(a1, wins, a0)  # [b, K, L]
+  boot_d = _weighted_d(a1, p0[None], a0[:, None], q0[None, None])
   alpha = (1.0 - level) / 2.0
 
   def interval(boot):
-    lo, hi = np.quantile(
-      boot, [alpha, 1.0 - alpha], axis=0, method="inverted_cdf"
-    )
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers
+      lo, hi = np.nanquantile(
+        boot, [alpha, 1.0 - alpha], axis=0, method="inverted_cdf"
+      )
     return lo + nan, hi + nan
 
   auc_low, auc_high = interval(boot_auc)
@@ -419,6 +450,8 @@ def select_layers(
     auc_high=auc_high,
     probe_ct=probe_ct,
     null_ct=null_ct,
+    n_probe=n_probe,
+    n_null=n_null,
     rank=rank,
     level=float(level),
     n_bootstrap=int(n_bootstrap),

@@ -262,7 +262,7 @@ def test_degenerate_inputs():
   np.testing.assert_array_equal(res.effect, [[0, 0], [np.inf, np.inf]])
   np.testing.assert_array_equal(res.auc, [[0.5, 0.5], [1, 1]])
   assert json.loads(res.to_json())["rows"][2]["effect"] is None
-  # NaN C_T on one layer: NaN measures there, ranked last.
+  # NaN C_T on every batch of a layer: NaN measures there, ranked last.
   nan = x.copy()
   nan[0] = np.nan
   res = selection.select_layers(
@@ -270,6 +270,7 @@ def test_degenerate_inputs():
   )
   assert np.isnan(res.auc[0, 0]) and np.isnan(res.effect_low[0, 0])
   assert res.recommended == {"k": "layer1"} and res.rank[0, 0] == 2
+  assert res.n_null.tolist() == [0, 4] and res.n_probe.tolist() == [[4, 4]]
   with pytest.raises(ValueError, match="no kinds"):
     selection.select_layers(ref, {}, x)
   with pytest.raises(ValueError, match="layers=2"):
@@ -282,3 +283,59 @@ def test_degenerate_inputs():
 
 def test_exported_from_ctjax():
   assert ctjax.select_layers is selection.select_layers
+
+
+def test_nan_batches_are_left_out():
+  rng = np.random.default_rng(6)
+  null = rng.normal(size=(2, 200, 1))
+  pool = rng.normal(size=(2, 200, 1)) - 0.5
+  ref = _MeanReference(2)
+  kw = dict(n_batches=10, batch_size=20, n_bootstrap=50, seed=1)
+  clean = selection.select_layers(ref, {"k": pool}, null, **kw)
+  # The same draws with NaN C_T on some batches of layer 1 only.
+  holes = selection.select_layers(_HoleyReference(2), {"k": pool}, null, **kw)
+  p, q = holes.probe_ct[0], holes.null_ct
+  assert np.isnan(p[:, 1]).sum() == 3 and np.isnan(q[:, 1]).sum() == 3
+  assert holes.n_probe.tolist() == [[10, 7]] and holes.n_null.tolist() == [
+    10,
+    7,
+  ]
+  np.testing.assert_array_equal(holes.auc[:, 0], clean.auc[:, 0])
+  keep1, keep0 = np.isfinite(p[:, 1]), np.isfinite(q[:, 1])
+  p1, q1 = p[keep1, 1], q[keep0, 1]
+  labels = np.r_[np.ones(len(p1)), np.zeros(len(q1))]
+  np.testing.assert_allclose(
+    holes.auc[0, 1], roc_auc_score(labels, -np.r_[p1, q1]), rtol=1e-12
+  )
+  n1, n0 = len(p1), len(q1)
+  pooled = np.sqrt(
+    ((n1 - 1) * p1.var(ddof=1) + (n0 - 1) * q1.var(ddof=1)) / (n1 + n0 - 2)
+  )
+  np.testing.assert_allclose(
+    holes.effect[0, 1], (q1.mean() - p1.mean()) / pooled, rtol=1e-9
+  )
+  assert (
+    np.isfinite(holes.auc_low).all() and np.isfinite(holes.effect_high).all()
+  )
+  rows = holes.to_rows()
+  assert {r["n_probe"] for r in rows} == {10, 7}
+  np.testing.assert_allclose(
+    [r["probe_ct_mean"] for r in sorted(rows, key=lambda r: r["layer_index"])],
+    np.nanmean(p, axis=0),
+  )
+
+
+class _HoleyReference(_MeanReference):
+  """_MeanReference with NaN C_T on layer 1 of the 3rd, 6th and 9th batch of
+  the null (scored first) and of the kind."""
+
+  def __init__(self, n_layers):
+    super().__init__(n_layers)
+    self.calls = 0
+
+  def score(self, gen, tau=None):
+    ct = super().score(gen, tau).ct.copy()
+    if self.calls % 10 in (2, 5, 8):
+      ct[1] = np.nan
+    self.calls += 1
+    return types.SimpleNamespace(ct=ct)
