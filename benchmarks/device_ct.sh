@@ -14,19 +14,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-.}"
+# The accelerator image may only have python3.
+PY="$(command -v python || command -v python3)"
 mkdir -p "$out_dir"
 
-backend() { python -c "import jax; print(jax.default_backend())" 2>/dev/null; }
+backend() { "$PY" -c "import jax; print(jax.default_backend())" 2>/dev/null; }
 
-python -c "import jax; print('jax', jax.__version__, jax.devices())" || true
+"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" || true
 if [[ "$(backend)" != "gpu" ]] && command -v nvidia-smi >/dev/null 2>&1 \
     && nvidia-smi -L >/dev/null 2>&1; then
-  ver="$(python -c 'import jax; print(jax.__version__)')"
+  ver="$("$PY" -c 'import jax; print(jax.__version__)')"
   echo "A GPU is present but JAX does not use it: installing jax[cuda12]==$ver"
   pip install -q "jax[cuda12]==$ver" || pip install -q -U "jax[cuda12]"
-  python -c "import jax; print('jax', jax.__version__, jax.devices())"
+  "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
 fi
-python -c "import ctjax" 2>/dev/null || pip install -q -e .
+"$PY" -c "import ctjax" 2>/dev/null || "$PY" -m pip install -q -e .
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null \
   || true
 
@@ -39,7 +41,7 @@ else
 fi
 # The streamed fit runs last, after the table: a time limit only cuts it.
 rc=0
-timeout 280 python benchmarks/bench_ct.py "${args[@]}" \
+timeout 280 "$PY" benchmarks/bench_ct.py "${args[@]}" \
   --json "$out_dir/device_ct.json" || rc=$?
 if [[ $rc -ne 0 ]]; then
   echo "bench_ct.py stopped with status $rc (124: the 280 s limit)"
