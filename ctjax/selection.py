@@ -17,6 +17,10 @@ Intervals are percentile bootstrap intervals over batches: probe and null
 batches are resampled with replacement (the null batches jointly for every
 kind), with the scores already computed (no new search). Within a kind the
 layers are ranked by AUC, then effect; the first is the recommendation.
+With ``alternative="two-sided"`` the ranking uses the distance of the AUC from
+1/2 and |d| instead, so a layer where the probe's C_T sits far *above* the
+null's (the probe looks unlike the training set rather than copied, as
+transformed 8x8 digits do) can be chosen too; the measures stay signed.
 A batch whose C_T is NaN on a layer (no cell above tau, common with small
 batches) is left out of that layer's measures (`Selection.n_probe`/`n_null`).
 
@@ -75,7 +79,10 @@ class Selection:
       when no cell holds more than tau of the batch, are left out).
     n_null: ``[L]`` int, null batches with a finite C_T.
     rank: ``[K, L]`` int, 1 = best layer of the kind (AUC, then effect,
-      then the earlier layer); layers with NaN C_T rank last.
+      then the earlier layer; |AUC - 1/2| and |effect| when ``alternative``
+      is "two-sided"); layers with NaN measures rank last.
+    alternative: "less" (probe C_T below the null's, copying) or
+      "two-sided".
     level: confidence level of the intervals.
     n_bootstrap: bootstrap resamples behind the intervals.
     batch_size: points per batch (``None`` when the batches were given).
@@ -95,6 +102,7 @@ class Selection:
   n_probe: np.ndarray
   n_null: np.ndarray
   rank: np.ndarray
+  alternative: str
   level: float
   n_bootstrap: int
   batch_size: int | None
@@ -147,6 +155,7 @@ class Selection:
       "kinds": list(self.kinds),
       "layers": list(self.layer_names),
       "recommended": self.recommended,
+      "alternative": self.alternative,
       "level": self.level,
       "n_bootstrap": self.n_bootstrap,
       "n_probe_batches": int(self.probe_ct.shape[1]),
@@ -309,6 +318,7 @@ def select_layers(
   tau: float | None = None,
   n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
   level: float = DEFAULT_LEVEL,
+  alternative: str = "less",
   seed: int = 0,
 ) -> Selection:
   """Measures, per memorisation kind and layer, how well C_T detects it.
@@ -328,6 +338,8 @@ def select_layers(
     tau: as in `CTReference.score` (``None`` = 20 / batch size).
     n_bootstrap: bootstrap resamples for the intervals.
     level: confidence level of the intervals.
+    alternative: "less" ranks layers by how far the probe's C_T falls below
+      the null's (copying); "two-sided" by separation either way.
     seed: seed of the batch draws and of the bootstrap. Each kind's draws
       depend on its name and the seed only (not on the other kinds).
 
@@ -342,6 +354,10 @@ def select_layers(
     raise ValueError("probes holds no kinds")
   if not 0.0 < level < 1.0:
     raise ValueError(f"level must be in (0, 1), got {level}")
+  if alternative not in ("less", "two-sided"):
+    raise ValueError(
+      f"alternative must be 'less' or 'two-sided', got {alternative!r}"
+    )
   n_layers = len(reference.layer_names)
   kinds = tuple(str(k) for k in probes)
   if len(set(kinds)) != len(kinds):
@@ -426,14 +442,17 @@ def select_layers(
   effect_low, effect_high = interval(boot_d)
 
   # Rank within a kind: AUC, then effect, then the earlier layer; NaN last.
+  key_auc, key_d = auc, effect
+  if alternative == "two-sided":
+    key_auc, key_d = np.abs(auc - 0.5), np.abs(effect)
   rank = np.empty(auc.shape, int)
   for k in range(len(kinds)):
     order = sorted(
       range(n_layers),
       key=lambda l: (
         not valid[k, l],
-        -auc[k, l] if valid[k, l] else 0.0,
-        -effect[k, l] if valid[k, l] else 0.0,
+        -key_auc[k, l] if valid[k, l] else 0.0,
+        -key_d[k, l] if valid[k, l] else 0.0,
         l,
       ),
     )
@@ -453,6 +472,7 @@ def select_layers(
     n_probe=n_probe,
     n_null=n_null,
     rank=rank,
+    alternative=alternative,
     level=float(level),
     n_bootstrap=int(n_bootstrap),
     batch_size=batch_size,

@@ -339,3 +339,24 @@ class _HoleyReference(_MeanReference):
       ct[1] = np.nan
     self.calls += 1
     return types.SimpleNamespace(ct=ct)
+
+
+def test_two_sided_ranking():
+  rng = np.random.default_rng(8)
+  null = rng.normal(size=(2, 200, 1))
+  # Far above the null on layer 0, a little below on layer 1.
+  pool = rng.normal(size=(2, 200, 1)) + np.array([3.0, -0.7])[:, None, None]
+  kw = dict(n_batches=8, batch_size=25, n_bootstrap=50)
+  less = selection.select_layers(_MeanReference(2), {"k": pool}, null, **kw)
+  both = selection.select_layers(
+    _MeanReference(2), {"k": pool}, null, alternative="two-sided", **kw
+  )
+  assert less.recommended == {"k": "layer1"} and less.auc[0, 0] == 0.0
+  assert both.recommended == {"k": "layer0"} and both.alternative == "two-sided"
+  np.testing.assert_array_equal(both.auc, less.auc)
+  np.testing.assert_array_equal(both.effect, less.effect)
+  assert json.loads(both.to_json())["alternative"] == "two-sided"
+  with pytest.raises(ValueError, match="alternative"):
+    selection.select_layers(
+      _MeanReference(2), {"k": pool}, null, alternative="greater"
+    )
