@@ -32,7 +32,10 @@ from ctjax.stats import scoring as score_lib
 from ctjax.storage import atomic_write
 
 FORMAT = "ctjax.CTReference"
-VERSION = 1
+# Files of a stacked reference are version 1; a reference of layers of
+# different widths (one `Fitted` per width) is written as version 2.
+VERSION = 2
+STACKED_VERSION = 1
 DEFAULT_COMPONENTS = fitted_lib.DEFAULT_COMPONENTS
 # Generated batches are padded to a multiple of this many rows, so batches of
 # nearby sizes share one compilation; padded rows count nowhere.
@@ -201,6 +204,90 @@ def _pad_rows(m: int) -> int:
   return -(-m // ROW_BUCKET) * ROW_BUCKET
 
 
+def _layer_list(x):
+  """The list form: ``x`` as a list of L float arrays ``[P, D_l]`` when it
+  is a list/tuple of 2-D arrays; None otherwise (the stacked form)."""
+  if not isinstance(x, (list, tuple)) or not x:
+    return None
+  if not all(isinstance(a, (np.ndarray, jax.Array)) for a in x):
+    return None
+  if any(a.ndim != 2 for a in x):
+    return None
+  return [
+    a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(np.float32)
+    for a in x
+  ]
+
+
+def _stack_list(xs, axis=0):
+  """Stacks same-shape layers (on device if any is a device array)."""
+  if any(isinstance(a, jax.Array) for a in xs):
+    return jnp.stack(xs, axis=axis)
+  return np.stack(xs, axis=axis)
+
+
+def _width_groups(widths) -> tuple[tuple[int, ...], ...]:
+  """Layer indices grouped by width, in order of first appearance."""
+  groups = {}
+  for l, w in enumerate(widths):
+    groups.setdefault(int(w), []).append(l)
+  return tuple(tuple(g) for g in groups.values())
+
+
+def _check_layer_list(name, xs, widths, names, point_axis=0):
+  """Every layer of ``xs`` has its layer's width and the same point count."""
+  if len(xs) != len(widths):
+    raise ValueError(
+      f"{name} has {len(xs)} layers but the reference has {len(widths)}"
+    )
+  for l, (x, w) in enumerate(zip(xs, widths)):
+    if x.shape[-1] != w:
+      raise ValueError(
+        f"{name}: layer {names[l]} is {x.shape[-1]} wide but the reference's "
+        f"layer {names[l]} is {w} wide"
+      )
+    if x.shape[: point_axis + 1] != xs[0].shape[: point_axis + 1]:
+      raise ValueError(
+        f"{name}: layer {names[l]} has shape {tuple(x.shape)} but layer "
+        f"{names[0]} has {tuple(xs[0].shape)}; every layer needs the same "
+        "points"
+      )
+
+
+_RESULT_FIELDS = (
+  "ct",
+  "z",
+  "included",
+  "test_frac",
+  "gen_frac",
+  "u",
+  "n_test",
+  "n_gen",
+)
+
+
+def _merge_results(results, groups, axis: int) -> ct_lib.CTResult:
+  """Per-group `CTResult`s -> one, layers back in order along ``axis``."""
+  inv = np.argsort(np.concatenate([np.asarray(g) for g in groups]))
+
+  def cat(xs):
+    return np.take(np.concatenate([np.asarray(x) for x in xs], axis), inv, axis)
+
+  nbrs = None
+  if results[0].neighbors is not None:
+    nbrs = ct_lib.Neighbors(
+      **{
+        f.name: cat([getattr(r.neighbors, f.name) for r in results])
+        for f in dataclasses.fields(ct_lib.Neighbors)
+      }
+    )
+  return ct_lib.CTResult(
+    **{k: cat([getattr(r, k) for r in results]) for k in _RESULT_FIELDS},
+    tau=results[0].tau,
+    neighbors=nbrs,
+  )
+
+
 # The file format: the header's "config" and one array per key below (the
 # layout every version of this format has used); "pca_total_variance" was
 # added later and is NaN when an older file lacks it.
@@ -271,20 +358,29 @@ class CTReference:
   ``[L, m, D]`` batch) or `score_many` (``[B, L, m, D]``). For scoring
   inside your own jitted code, use ``ctjax.stats.score(ref.fitted, gen)``.
 
+  Layers of different widths (ResNet, Swin...) come in the list form: a list
+  of L arrays ``[N, D_l]`` (``[m, D_l]`` for a generated batch). The layers
+  of each width are fitted and scored together in one compiled call, with no
+  padding: a reference of W distinct widths compiles at most W shapes.
+
   Attributes:
     fitted: the `ctjax.stats.Fitted` pytree (every leaf has a leading layer
-      axis L): PCA, k-means centres, cell index, test statistics.
+      axis L): PCA, k-means centres, cell index, test statistics. In the list
+      form, a tuple of one `Fitted` per width group.
     config: the `ctjax.stats.FitConfig` it was fitted with (``n_components``
-      resolved to an int).
+      resolved to an int; in the list form as requested, resolved per group).
     layer_names: ``L`` names used in messages.
     meta: JSON-able description kept with the reference (encoder, pooling,
       layers...); part of `identity`.
+    groups: list form only: the layer indices of each `Fitted` in ``fitted``
+      (``()`` for the stacked form).
   """
 
   fitted: fitted_lib.Fitted
   config: fitted_lib.FitConfig
   layer_names: tuple = ()
   meta: dict = dataclasses.field(default_factory=dict)
+  groups: tuple = ()
 
   # ------------------------------------------------------------------ fit
   @classmethod
@@ -308,8 +404,10 @@ class CTReference:
     """Fits PCA, k-means cells and test-set distances for every layer.
 
     Args:
-      train: ``[L, N, D]`` training embeddings T (or ``[N, D]`` for one layer).
-      test: ``[L, n, D]`` held-out test embeddings P.
+      train: ``[L, N, D]`` training embeddings T (or ``[N, D]`` for one
+        layer), or the list form: a list of L arrays ``[N, D_l]``.
+      test: ``[L, n, D]`` held-out test embeddings P (list form with a
+        list-form ``train``: L arrays ``[n, D_l]``).
       n_components: PCA dimension d; ``None`` means min(64, N, D). An explicit
         value outside [1, min(N, D)] is an error.
       n_cells: number of k-means cells k (k-means++ seeding, ``n_init``
@@ -342,16 +440,25 @@ class CTReference:
       tile_train=tile_train,
       search=search,
     )
+    train_list = _layer_list(train)
+    if train_list is not None and len({a.shape[1] for a in train_list}) > 1:
+      return cls._fit_groups(train_list, test, config, layer_names, meta, mesh)
     train = _stack_layers("train", train)
     test = _stack_layers("test", test)
     n_layers, n_train, dim = train.shape
     config = _check_fit_args(n_layers, n_train, dim, test.shape, config=config)
     names = _layer_name_list(layer_names, n_layers)
+    return cls._fit_arrays(
+      train, test, _layer_keys(seed, n_layers), config, names, meta, mesh
+    )
+
+  @classmethod
+  def _fit_arrays(cls, train, test, keys, config, names, meta, mesh):
+    """`fit` of checked ``[L, N, D]``/``[L, n, D]`` with k-means ``keys``."""
     # One copy of each onto the device; the finite check runs there.
     train, test = _to_device(train), _to_device(test)
     _check_finite("train", train, names)
     _check_finite("test", test, names)
-    keys = _layer_keys(seed, n_layers)
     sharded = None
     if mesh is None:
       with _lapack_one_thread():
@@ -371,6 +478,81 @@ class CTReference:
         pca, km_fit, pt, test, config=config, mesh=mesh
       )
     return cls._checked(fitted, config, names, meta, mesh, sharded)
+
+  @classmethod
+  def _fit_groups(cls, train, test, config, layer_names, meta, mesh):
+    """`fit` of the list form: one stacked fit per width group.
+
+    Layer l keeps its k-means key ``fold_in(PRNGKey(seed), l)``, so each
+    layer equals the stacked fit of the same data.
+    """
+    n_layers = len(train)
+    names = _layer_name_list(layer_names, n_layers)
+    test = _layer_list(test)
+    if test is None:
+      raise ValueError(
+        f"train is a list of {n_layers} layers of different widths; test "
+        f"must be a list of {n_layers} arrays [n, D_l] too"
+      )
+    widths = [a.shape[1] for a in train]
+    _check_layer_list("train", train, widths, names)
+    _check_layer_list("test", test, widths, names)
+    keys = _layer_keys(config.seed, n_layers)
+    parts = []
+    for g in _width_groups(widths):
+      tr = _stack_list([train[l] for l in g])
+      te = _stack_list([test[l] for l in g])
+      cfg = _check_fit_args(
+        len(g), tr.shape[1], tr.shape[2], te.shape, config=config
+      )
+      sub_names = [names[l] for l in g]
+      parts.append(
+        cls._fit_arrays(tr, te, keys[np.asarray(g)], cfg, sub_names, meta, mesh)
+      )
+    return cls._from_groups(parts, _width_groups(widths), config, names, meta)
+
+  @classmethod
+  def _from_groups(cls, parts, groups, config, names, meta) -> "CTReference":
+    """The list-form reference of per-group stacked references ``parts``."""
+    ref = cls(
+      fitted=tuple(p.fitted for p in parts),
+      config=config,
+      layer_names=tuple(names),
+      meta=dict(meta or {}),
+      groups=tuple(tuple(int(l) for l in g) for g in groups),
+    )
+    ref.__dict__["_group_refs"] = list(zip(ref.groups, parts))
+    return ref
+
+  def _parts(self):
+    """``[(layer indices, stacked CTReference)]``: one per width group (the
+    reference itself for the stacked form)."""
+    if not self.groups:
+      return [(tuple(range(self.fitted.n_layers)), self)]
+    if "_group_refs" not in self.__dict__:
+      self.__dict__["_group_refs"] = [
+        (
+          g,
+          CTReference(
+            fitted=f,
+            config=dataclasses.replace(
+              self.config, n_components=int(f.n_components)
+            ),
+            layer_names=tuple(self.layer_names[l] for l in g),
+            meta=dict(self.meta),
+          ),
+        )
+        for g, f in zip(self.groups, self.fitted)
+      ]
+    return self.__dict__["_group_refs"]
+
+  def _per_layer(self, get) -> tuple:
+    """``get(stacked reference)`` of each layer's group, in layer order."""
+    out = [None] * self.n_layers
+    for g, sub in self._parts():
+      for l in g:
+        out[l] = get(sub)
+    return tuple(out)
 
   @classmethod
   def fit_streaming(
@@ -415,6 +597,12 @@ class CTReference:
     """
     from ctjax.stats import streaming  # pylint: disable=g-import-not-at-top
 
+    test_list = _layer_list(test)
+    if test_list is not None and len({a.shape[1] for a in test_list}) > 1:
+      raise ValueError(
+        "fit_streaming takes the stacked form [L, N, D]; fit layers of "
+        "different widths with `fit` (list form) or one width at a time"
+      )
     config = fitted_lib.FitConfig(
       n_components=n_components,
       n_cells=n_cells,
@@ -493,32 +681,41 @@ class CTReference:
   @property
   def n_layers(self) -> int:
     """L."""
+    if self.groups:
+      return sum(len(g) for g in self.groups)
     return self.fitted.n_layers
 
   @property
-  def dim(self) -> int:
-    """D, the embedding width."""
-    return self.fitted.dim
+  def dim(self):
+    """D, the embedding width (list form: the tuple `widths`)."""
+    return self.widths if self.groups else self.fitted.dim
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """``[L]`` width D_l of each layer."""
+    return self._per_layer(lambda sub: int(sub.fitted.dim))
 
   @property
   def n_train(self) -> int:
     """N, the training points."""
-    return self.fitted.n_train
+    return self._parts()[0][1].fitted.n_train
 
   @property
   def n_test(self) -> int:
     """n, the test points."""
-    return self.fitted.n_test
+    return self._parts()[0][1].fitted.n_test
 
   @property
-  def n_components(self) -> int:
-    """d, the PCA dimension."""
+  def n_components(self):
+    """d, the PCA dimension (list form: a tuple, one per layer)."""
+    if self.groups:
+      return self._per_layer(lambda sub: int(sub.fitted.n_components))
     return self.fitted.n_components
 
   @property
   def n_cells(self) -> int:
     """k, the k-means cells."""
-    return self.fitted.n_cells
+    return self._parts()[0][1].fitted.n_cells
 
   @property
   def metric(self) -> str:
@@ -536,6 +733,43 @@ class CTReference:
       tile_train=c.tile_train,
       search=c.search if search is None else search,
     )
+
+  def _gen_list(self, gen) -> list:
+    """Validates a list-form generated batch: L arrays ``[m, D_l]``."""
+    gen_list = _layer_list(gen)
+    if gen_list is None:
+      shape = getattr(gen, "shape", None) or f"a {type(gen).__name__}"
+      raise ValueError(
+        f"this reference's layers differ in width {self.widths}: gen must "
+        f"be a list of {self.n_layers} arrays [m, D_l], got {shape}"
+      )
+    _check_layer_list("gen", gen_list, self.widths, self.layer_names)
+    return gen_list
+
+  def _gens_list(self, gens) -> list:
+    """List-form batches: L arrays ``[B, m, D_l]`` (or B lists of L
+    ``[m, D_l]``) -> L host arrays ``[B, m, D_l]``."""
+    if (
+      isinstance(gens, (list, tuple))
+      and gens
+      and all(isinstance(b, (list, tuple)) for b in gens)
+    ):
+      batches = [self._gen_list(b) for b in gens]
+      gens = [
+        np.stack([np.asarray(b[l]) for b in batches])
+        for l in range(self.n_layers)
+      ]
+    if not isinstance(gens, (list, tuple)) or any(
+      np.ndim(g) != 3 for g in gens
+    ):
+      raise ValueError(
+        f"this reference's layers differ in width {self.widths}: gens must "
+        f"be a list of {self.n_layers} arrays [batches, m, D_l] (or a list "
+        "of batches, each a list of [m, D_l])"
+      )
+    gens = [np.asarray(g) for g in gens]
+    _check_layer_list("gens", gens, self.widths, self.layer_names, 1)
+    return gens
 
   def _check_gen(self, gen):
     """Validates ``gen [..., L, m, D]``; returns m."""
@@ -577,6 +811,22 @@ class CTReference:
       A `CTResult`: ``ct [L]``, ``z``/``included``/``test_frac``/
       ``gen_frac``/``u``/``n_test``/``n_gen [L, k]``.
     """
+    if self.groups:
+      gen = self._gen_list(gen)
+      return _merge_results(
+        [
+          sub.score(
+            _stack_list([gen[l] for l in g]),
+            tau=tau,
+            return_neighbors=return_neighbors,
+            search=search,
+            mesh=mesh,
+          )
+          for g, sub in self._parts()
+        ],
+        self.groups,
+        axis=0,
+      )
     gen = _stack_layers("gen", gen, self.n_layers)
     m = self._check_gen(gen)
     tau = ct_lib.default_tau(m) if tau is None else ct_lib.check_tau(tau, m)
@@ -675,6 +925,23 @@ class CTReference:
     Raises:
       ValueError: bad shapes, τ, or NaN/Inf (naming the batch and layers).
     """
+    if self.groups:
+      gens = self._gens_list(gens)
+      kw = dict(
+        tau=tau,
+        memory_budget=memory_budget,
+        batch_size=batch_size,
+        search=search,
+        vectorize=vectorize,
+      )
+      return _merge_results(
+        [
+          sub.score_many(np.stack([gens[l] for l in g], axis=1), **kw)
+          for g, sub in self._parts()
+        ],
+        self.groups,
+        axis=1,
+      )
     if isinstance(gens, (list, tuple)):
       gens = np.stack([np.asarray(g) for g in gens])
     gens = np.asarray(gens)
@@ -799,14 +1066,17 @@ class CTReference:
   def _settings(self) -> dict:
     """The file header's config: settings, sizes, names and meta."""
     c = self.config
+    grouped = bool(self.groups)
     out = dict(
-      n_components=int(self.n_components),
+      n_components=(
+        list(self.n_components) if grouped else int(self.n_components)
+      ),
       n_cells=int(c.n_cells),
       n_init=int(c.n_init),
       metric=c.metric,
       seed=int(c.seed),
       n_layers=int(self.n_layers),
-      dim=int(self.dim),
+      dim=list(self.widths) if grouped else int(self.dim),
       n_train=int(self.n_train),
       n_test=int(self.n_test),
       layer_names=list(self.layer_names),
@@ -817,7 +1087,14 @@ class CTReference:
     )
     if c.kmeans_sample is not None:
       out["kmeans_sample"] = int(c.kmeans_sample)
+    if grouped:
+      out["groups"] = [list(g) for g in self.groups]
+      out["n_components_arg"] = c.n_components
     return out
+
+  @property
+  def _version(self) -> int:
+    return VERSION if self.groups else STACKED_VERSION
 
   def identity(self) -> dict:
     """JSON-able settings and a hash of the fitted reference.
@@ -830,7 +1107,7 @@ class CTReference:
       for k, v in self._settings().items()
       if k not in ("tile_queries", "tile_train", "search")
     }
-    return dict(format=FORMAT, version=VERSION, **cfg, hash=self.hash)
+    return dict(format=FORMAT, version=self._version, **cfg, hash=self.hash)
 
   @functools.cached_property
   def hash(self) -> str:
@@ -850,18 +1127,26 @@ class CTReference:
         "n_test",
       )
     }
+    if self.groups:
+      settings["groups"] = cfg["groups"]
     h.update(json.dumps(settings, sort_keys=True).encode())
-    f = self.fitted
-    for x in (f.pca.mean, f.pca.components, f.centers, f.test.sorted_dist):
-      h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
+    for _, sub in self._parts():
+      f = sub.fitted
+      for x in (f.pca.mean, f.pca.components, f.centers, f.test.sorted_dist):
+        h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
     return h.hexdigest()[:16]
 
   # ------------------------------------------------------------ save/load
   def save(self, path) -> None:
     """Writes the reference to one ``.npz`` file, atomically."""
     buf = io.BytesIO()
-    arrays = {k: np.asarray(get(self.fitted)) for k, get in _FILE_KEYS.items()}
-    header = dict(format=FORMAT, version=VERSION, config=self._settings())
+    # The list form keeps each width group's arrays under "g<j>_<key>".
+    arrays = {
+      (f"g{j}_{k}" if self.groups else k): np.asarray(get(sub.fitted))
+      for j, (_, sub) in enumerate(self._parts())
+      for k, get in _FILE_KEYS.items()
+    }
+    header = dict(format=FORMAT, version=self._version, config=self._settings())
     np.savez(
       buf,
       __header__=np.frombuffer(json.dumps(header).encode(), np.uint8),
@@ -886,11 +1171,15 @@ class CTReference:
         f"{header['version']} > {VERSION})"
       )
     cfg = header["config"]
-    missing = sorted(set(_FILE_KEYS) - {"pca_total_variance"} - set(arrays))
+    groups = [tuple(int(l) for l in g) for g in cfg.get("groups", [])]
+    prefixes = [f"g{j}_" for j in range(len(groups))] if groups else [""]
+    need = set(_FILE_KEYS) - {"pca_total_variance"}
+    missing = sorted({p + k for p in prefixes for k in need} - set(arrays))
     if missing:
       raise ValueError(f"{path}: reference file lacks {', '.join(missing)}")
+    n_comp = cfg.get("n_components_arg") if groups else cfg["n_components"]
     config = fitted_lib.FitConfig(
-      n_components=int(cfg["n_components"]),
+      n_components=None if n_comp is None else int(n_comp),
       n_cells=int(cfg["n_cells"]),
       n_init=int(cfg["n_init"]),
       metric=cfg["metric"],
@@ -900,6 +1189,21 @@ class CTReference:
       search=cfg.get("search", "auto"),
       kmeans_sample=cfg.get("kmeans_sample"),
     )
+    if groups:
+      fitted = tuple(
+        _fitted_from_file(
+          {k[len(p) :]: v for k, v in arrays.items() if k.startswith(p)},
+          config.metric,
+        )
+        for p in prefixes
+      )
+      return cls(
+        fitted=fitted,
+        config=config,
+        layer_names=tuple(cfg["layer_names"]),
+        meta=dict(cfg.get("meta", {})),
+        groups=tuple(groups),
+      )
     return cls(
       fitted=_fitted_from_file(arrays, config.metric),
       config=config,

@@ -138,3 +138,167 @@ def test_embed_list_form_cache_hit_and_resume(
   assert [len(c[3]) for c in calls] == [3]
   for r, f in zip(resumed, first):
     np.testing.assert_array_equal(r, f)
+
+
+# ------------------------------------------------------------- reference
+
+WIDTHS = (6, 10, 6, 6, 10)  # 5 layers, 2 distinct widths
+NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
+
+
+@pytest.fixture(scope="module")
+def layered():
+  """train/test/gen in the list form, 5 layers of widths `WIDTHS`."""
+  rng = np.random.default_rng(11)
+
+  def make(n, shift=0.0):
+    return [
+      (rng.normal(size=(n, w)) + shift).astype(np.float32) for w in WIDTHS
+    ]
+
+  train, test = make(61), make(37)
+  gens = [make(29, shift=0.3 * b) for b in range(3)]
+  return train, test, gens
+
+
+FIT = dict(n_cells=3, n_init=1, seed=7)
+TAU = 0.1
+
+
+@pytest.fixture(scope="module")
+def mixed_ref(layered):
+  from ctjax.stats import fitted as fitted_lib
+  from ctjax.stats import scoring as score_lib
+
+  train, test, _ = layered
+  fits = fitted_lib._fit_layers._cache_size()
+  ref = ctjax.CTReference.fit(train, test, layer_names=NAMES, **FIT)
+  n_fit = fitted_lib._fit_layers._cache_size() - fits
+  scores = score_lib.score_detailed._cache_size()
+  res = ref.score(_gen(layered, 0), tau=TAU, return_neighbors=True)
+  n_score = score_lib.score_detailed._cache_size() - scores
+  return ref, res, n_fit, n_score
+
+
+def _gen(layered, b):
+  return layered[2][b]
+
+
+def _one_layer_ref(train, test, l):
+  """Oracle: layer l alone, fitted with the key it has in a stacked fit."""
+  from ctjax import reference as ref_lib
+  from ctjax.stats import fitted as fitted_lib
+
+  config = fitted_lib.FitConfig(
+    n_cells=FIT["n_cells"], n_init=FIT["n_init"], seed=FIT["seed"]
+  ).resolve(len(train[l]), train[l].shape[1])
+  keys = ref_lib._layer_keys(FIT["seed"], len(train))[l : l + 1]
+  return ctjax.CTReference._fit_arrays(
+    train[l][None], test[l][None], keys, config, [NAMES[l]], None, None
+  )
+
+
+def test_list_reference_equals_per_layer_references(layered, mixed_ref):
+  train, test, _ = layered
+  ref, res, _, _ = mixed_ref
+  assert ref.groups == ((0, 2, 3), (1, 4))
+  assert np.isfinite(res.ct).all()
+  assert ref.widths == WIDTHS and ref.layer_names == NAMES
+  assert ref.n_components == WIDTHS  # min(64, N, D_l) per layer
+  gen = _gen(layered, 0)
+  for l in range(len(WIDTHS)):
+    one = _one_layer_ref(train, test, l).score(
+      gen[l][None], tau=TAU, return_neighbors=True
+    )
+    for name in ("ct", "z", "u", "n_test", "n_gen", "included"):
+      np.testing.assert_array_equal(
+        getattr(res, name)[l], getattr(one, name)[0], err_msg=f"{name} {l}"
+      )
+    for name in ("gen_index", "gen_dist", "test_index", "gen_cells"):
+      np.testing.assert_array_equal(
+        getattr(res.neighbors, name)[l],
+        getattr(one.neighbors, name)[0],
+        err_msg=f"{name} {l}",
+      )
+
+
+def test_compilations_bounded_by_distinct_widths(mixed_ref):
+  _, _, n_fit, n_score = mixed_ref
+  assert 1 <= n_fit <= len(set(WIDTHS))
+  assert 1 <= n_score <= len(set(WIDTHS))
+
+
+def test_list_of_equal_widths_is_the_stacked_reference(layered):
+  train, test, gens = layered
+  lay = [0, 2]  # both 6 wide
+  listed = ctjax.CTReference.fit(
+    [train[l] for l in lay], [test[l] for l in lay], **FIT
+  )
+  stacked = ctjax.CTReference.fit(
+    np.stack([train[l] for l in lay]), np.stack([test[l] for l in lay]), **FIT
+  )
+  assert listed.groups == () and listed.hash == stacked.hash
+
+
+def test_score_many_save_load_identity(layered, mixed_ref, tmp_path):
+  _, _, gens = layered
+  ref, res, _, _ = mixed_ref
+  many = ref.score_many(gens, tau=TAU)
+  assert many.ct.shape == (3, len(WIDTHS))
+  assert np.isfinite(many.ct).all()
+  for b in range(3):
+    one = ref.score(gens[b], tau=TAU)
+    np.testing.assert_array_equal(many.ct[b], one.ct)
+    np.testing.assert_array_equal(many.z[b], one.z)
+  # Per-layer [B, m, D_l] arrays give the same.
+  per_layer = [np.stack([g[l] for g in gens]) for l in range(len(WIDTHS))]
+  np.testing.assert_array_equal(ref.score_many(per_layer, tau=TAU).ct, many.ct)
+  path = tmp_path / "ref.npz"
+  ref.save(path)
+  back = ctjax.CTReference.load(path)
+  assert back.groups == ref.groups and back.layer_names == NAMES
+  assert back.hash == ref.hash and back.identity() == ref.identity()
+  assert ref.identity()["dim"] == list(WIDTHS)
+  again = back.score(_gen(layered, 0), tau=TAU, return_neighbors=True)
+  np.testing.assert_array_equal(again.ct, res.ct)
+  np.testing.assert_array_equal(
+    again.neighbors.gen_index, res.neighbors.gen_index
+  )
+  assert "D=(6, 10, 6, 6, 10)" in repr(back)
+
+
+def test_mismatched_width_names_the_layer(layered, mixed_ref):
+  ref = mixed_ref[0]
+  gen = list(_gen(layered, 0))
+  gen[3] = gen[3][:, :5]
+  with pytest.raises(ValueError, match="layer stage3 is 5 wide.*6 wide"):
+    ref.score(gen)
+  with pytest.raises(ValueError, match="list of 5 arrays"):
+    ref.score(np.zeros((5, 29, 6), np.float32))
+  train, test, _ = layered
+  bad = list(test)
+  bad[1] = bad[1][:, :4]
+  with pytest.raises(ValueError, match="layer stage1 is 4 wide"):
+    ctjax.CTReference.fit(train, bad, layer_names=NAMES, **FIT)
+
+
+def test_library_batches_in_the_list_form(layered, mixed_ref):
+  from ctjax.fingerprint import FingerprintLibrary, batch_curves
+
+  _, _, gens = layered
+  ref = mixed_ref[0]
+  # 3 batches of 29 side by side, plus 5 samples of a dropped remainder.
+  joined = [
+    np.concatenate([g[l] for g in gens] + [gens[0][l][:5]])
+    for l in range(len(WIDTHS))
+  ]
+  curves = batch_curves(joined, ref, batch_size=29, tau=TAU)
+  assert curves.shape == (3, len(WIDTHS))
+  for b in range(3):
+    np.testing.assert_array_equal(curves[b], ref.score(gens[b], tau=TAU).ct)
+  lib = FingerprintLibrary()
+  added = lib.add_batches("gen", joined, ref, batch_size=29, tau=TAU)
+  np.testing.assert_array_equal(added, curves)
+  assert lib.identify_batches(joined, ref, batch_size=29)[0][0] == "gen"
+  with pytest.raises(ValueError, match="different sample counts"):
+    batch_curves([joined[0], joined[1][:50]], ref, batch_size=29)

@@ -86,8 +86,10 @@ def batch_curves(
   computed on the same number of samples (C_T's spread depends on it).
 
   Args:
-    gen_embeddings: ``[L, M, D]`` embeddings of M generated samples.
-    reference: a fitted reference with ``.score(batch [L, b, D]).ct -> [L]``.
+    gen_embeddings: ``[L, M, D]`` embeddings of M generated samples, or the
+      list form of layers of different widths: L arrays ``[M, D_l]``.
+    reference: a fitted reference with ``.score(batch [L, b, D]).ct -> [L]``
+      (a list of ``[b, D_l]`` in the list form).
     batch_size: samples per batch (the paper uses 500).
     tau: the threshold passed to ``reference.score`` (None: its default,
       20 / batch_size).
@@ -95,12 +97,33 @@ def batch_curves(
   Returns:
     ``[M // batch_size, L]`` float64 curves.
   """
-  shape = np.shape(gen_embeddings)
-  if len(shape) != 3:
-    raise ValueError(f"gen_embeddings must be [L, M, D], got shape {shape}")
+  if isinstance(gen_embeddings, (list, tuple)):
+    shapes = [np.shape(x) for x in gen_embeddings]
+    if not shapes or any(len(s) != 2 for s in shapes):
+      raise ValueError(
+        "gen_embeddings as a list must hold L arrays [M, D_l], got shapes "
+        f"{shapes}"
+      )
+    if len({s[0] for s in shapes}) > 1:
+      raise ValueError(
+        f"gen_embeddings' layers hold different sample counts: {shapes}"
+      )
+    n_layers, m = len(shapes), shapes[0][0]
+
+    def take(lo, hi):
+      return [x[lo:hi] for x in gen_embeddings]
+
+  else:
+    shape = np.shape(gen_embeddings)
+    if len(shape) != 3:
+      raise ValueError(f"gen_embeddings must be [L, M, D], got shape {shape}")
+    n_layers, m, _ = shape
+
+    def take(lo, hi):
+      return gen_embeddings[:, lo:hi, :]
+
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  n_layers, m, _ = shape
   n_batches = m // batch_size
   if n_batches == 0:
     raise ValueError(
@@ -109,7 +132,7 @@ def batch_curves(
     )
   curves = []
   for i in range(n_batches):
-    batch = gen_embeddings[:, i * batch_size : (i + 1) * batch_size, :]
+    batch = take(i * batch_size, (i + 1) * batch_size)
     res = (
       reference.score(batch) if tau is None else reference.score(batch, tau=tau)
     )
@@ -266,7 +289,8 @@ class FingerprintLibrary:
 
     Args:
       label: the generator's label.
-      gen_embeddings: ``[L, M, D]`` embeddings of its samples.
+      gen_embeddings: ``[L, M, D]`` embeddings of its samples (or L arrays
+        ``[M, D_l]``, see `batch_curves`).
       reference: the fitted CTReference (``.score``, ``.identity``).
       batch_size: samples per batch; a short remainder is dropped (see
         `batch_curves`).
@@ -368,7 +392,8 @@ class FingerprintLibrary:
   def identify_batches(
     self, gen_embeddings, reference, batch_size: int = 500
   ) -> list[tuple[str, float, float]]:
-    """`identify_set` on the batch curves of ``gen_embeddings [L, M, D]``."""
+    """`identify_set` on the batch curves of ``gen_embeddings [L, M, D]``
+    (or L arrays ``[M, D_l]``, see `batch_curves`)."""
     self.check_reference(reference)
     return self.identify_set(
       batch_curves(gen_embeddings, reference, batch_size)
