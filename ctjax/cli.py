@@ -165,7 +165,8 @@ def load_embeddings(
     )
   except ValueError as e:
     raise UserError(f"--{what}: {_first_line(e)}") from None
-  if emb.shape[1] == 0:
+  # A list of [N, D_l] arrays when the encoder's layers differ in width.
+  if (len(emb[0]) if isinstance(emb, list) else emb.shape[1]) == 0:
     raise UserError(f"--{what}: {path} holds no images")
   return emb
 
@@ -317,6 +318,7 @@ def fit_or_load_reference(
   seed,
   train_path=None,
   test_path=None,
+  layer_names=None,
 ):
   """Loads ``path`` if it exists (checking its meta), else fits and saves."""
   if path and os.path.exists(path):
@@ -349,6 +351,7 @@ def fit_or_load_reference(
     metric=metric,
     seed=seed,
     meta=meta,
+    layer_names=layer_names,
   )
   if path:
     ref.save(path)
@@ -356,6 +359,13 @@ def fit_or_load_reference(
 
 
 # ------------------------------------------------------------------- score
+def _stage_names(encoder, emb):
+  """The encoder's layer names (embeddings/blockN, stem/stageN) when
+  ``emb`` has one layer per hidden state; else None (numbered layers)."""
+  names = getattr(encoder, "layer_names", None)
+  return list(names) if names and len(names) == len(emb) else None
+
+
 def _ranking(gen_dist, gen_cells, test_cells, test_dist, k):
   """Generated points from most to least copy-like.
 
@@ -470,9 +480,9 @@ def score(
   ge = load_embeddings(
     gen, enc, pool=pool, batch_size=batch_size, cache_dir=cache_dir, what="gen"
   )
-  if gallery_layer is not None and gallery_layer >= ge.shape[0]:
+  if gallery_layer is not None and gallery_layer >= len(ge):
     raise UserError(
-      f"--gallery_layer {gallery_layer} is outside 0..{ge.shape[0] - 1}"
+      f"--gallery_layer {gallery_layer} is outside 0..{len(ge) - 1}"
     )
   fitted = ref is None
   if fitted:
@@ -499,10 +509,17 @@ def score(
       seed=fit_args["seed"],
       train_path=train,
       test_path=test,
+      layer_names=_stage_names(enc, tr),
     )
-  if ge.shape[0] != ref.n_layers or ge.shape[2] != ref.dim:
+  ge_widths = (
+    tuple(x.shape[1] for x in ge)
+    if isinstance(ge, list)
+    else (ge.shape[2],) * ge.shape[0]
+  )
+  if ge_widths != tuple(ref.widths):
+    shape = [x.shape for x in ge] if isinstance(ge, list) else ge.shape
     raise UserError(
-      f"--gen embeddings {ge.shape} do not match the reference "
+      f"--gen embeddings {shape} do not match the reference "
       f"({ref.n_layers} layers, D={ref.dim}): "
       f"mismatched reference {ref_path}"
     )
@@ -532,7 +549,7 @@ def score(
     test_frac=res.test_frac,
     gen_frac=res.gen_frac,
     tau=res.tau,
-    n_gen=int(ge.shape[1]),
+    n_gen=int(len(ge[0]) if isinstance(ge, list) else ge.shape[1]),
     reference=ref.identity(),
     reference_path=os.fspath(ref_path),
     reference_fitted_now=fitted,
@@ -553,7 +570,7 @@ def score(
     int(np.argmin(finite)) if gallery_layer is None else int(gallery_layer)
   )
   nb = res.neighbors
-  test_cells = np.asarray(ref.fitted.test.cells[layer])
+  test_cells = ref.test_cells[layer]
   why_not = None
   if not np.isfinite(res.ct[layer]):
     why_not = (

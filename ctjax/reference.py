@@ -713,6 +713,14 @@ class CTReference:
     return self.fitted.n_components
 
   @property
+  def test_cells(self) -> np.ndarray:
+    """``[L, n]`` cell of each test point, per layer (either form)."""
+    out = np.empty((self.n_layers, self.n_test), np.int32)
+    for g, sub in self._parts():
+      out[list(g)] = np.asarray(sub.fitted.test.cells)
+    return out
+
+  @property
   def n_cells(self) -> int:
     """k, the k-means cells."""
     return self._parts()[0][1].fitted.n_cells
