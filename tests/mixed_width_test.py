@@ -199,6 +199,9 @@ def test_list_reference_equals_per_layer_references(layered, mixed_ref):
   train, test, _ = layered
   ref, res, _, _ = mixed_ref
   assert ref.groups == ((0, 2), (1,), (3,))
+  # One stacked Fitted per width group, nothing padded.
+  assert [f.n_layers for f in ref.fitted] == [2, 1, 1]
+  assert [f.dim for f in ref.fitted] == [8, 16, 24]
   assert np.isfinite(res.ct).all()
   assert ref.widths == WIDTHS and ref.layer_names == NAMES
   assert ref.n_components == WIDTHS  # min(64, N, D_l) per layer
