@@ -91,6 +91,33 @@ def test_embed_equal_widths_stay_stacked(resnet, images):
   )
 
 
+def test_embed_list_form_gathers_each_layer_across_processes(
+  resnet, images, monkeypatch
+):
+  """Several processes: every layer's [n_local, D_l] share is gathered."""
+  import jax
+
+  from ctjax import sharding
+
+  gathered = []
+
+  def fake_gather(local, n_items):
+    # Stands in for the other process: it holds the same rows as this one.
+    gathered.append(local.shape)
+    return np.concatenate([local, local])[:n_items]
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  monkeypatch.setattr(sharding, "gather_in_order", fake_gather)
+  got = ctjax.embed(resnet, images, pool="mean", batch_size=4, progress=False)
+  assert gathered == [(4, w) for w in resnet.widths]
+  want = direct_pooled(resnet, images[:4])
+  for g, w in zip(got, want):
+    assert g.shape == (7, w.shape[1])
+    np.testing.assert_allclose(g[:4], w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(g[4:], g[:3])
+
+
 def test_cls_pool_without_cls_token_is_an_error(resnet, images):
   with pytest.raises(ValueError, match=r"CLS token.*pool='mean'"):
     ctjax.embed(resnet, images, pool="cls", progress=False)
