@@ -1055,7 +1055,16 @@ class CTReference:
     return self.__dict__.setdefault("_sharded_indexes", {})
 
   def sharded_index(self, mesh) -> "sharding.ShardedIndex":
-    """The projected training points dealt out over ``mesh`` (cached)."""
+    """The projected training points dealt out over ``mesh`` (cached).
+
+    Stacked form only; in the list form ``score(mesh=...)`` shards each
+    width group's own index.
+    """
+    if self.groups:
+      raise ValueError(
+        "sharded_index is per width group in the list form; call "
+        "score(gen, mesh=...) instead"
+      )
     mesh = sharding.resolve_mesh(mesh)
     cache = self._sharded_index_cache()
     if mesh not in cache:
@@ -1240,7 +1249,8 @@ def ct_curve(train, test, gen, **kwargs) -> ct_lib.CTResult:
   """`CTReference.fit(train, test, **fit_kwargs).score(gen, **score_kwargs)`.
 
   Keyword arguments ``tau`` and ``return_neighbors`` go to `score`, the rest to
-  `fit`. Shapes: train ``[L, N, D]``, test ``[L, n, D]``, gen ``[L, m, D]``.
+  `fit`. Shapes: train ``[L, N, D]``, test ``[L, n, D]``, gen ``[L, m, D]``
+  (or the list form, L arrays ``[N, D_l]``, ``[n, D_l]``, ``[m, D_l]``).
   """
   score_kw = {
     k: kwargs.pop(k) for k in ("tau", "return_neighbors") if k in kwargs

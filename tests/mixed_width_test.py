@@ -307,6 +307,10 @@ def test_mismatched_width_names_the_layer(layered, mixed_ref):
   bad[1] = bad[1][:, :4]
   with pytest.raises(ValueError, match="layer stage1 is 4 wide"):
     ctjax.CTReference.fit(train, bad, layer_names=NAMES, **FIT)
+  with pytest.raises(ValueError, match="fit_streaming takes the stacked"):
+    ctjax.CTReference.fit_streaming(train, test, n_cells=3)
+  with pytest.raises(ValueError, match="score\\(gen, mesh=...\\)"):
+    ref.sharded_index("all")
 
 
 def test_library_batches_in_the_list_form(layered, mixed_ref):
