@@ -674,10 +674,21 @@ def _reference(path, meta):
   return ref
 
 
-def _curves(emb, ref, batch_size, tau, what, path):
-  """Batch curves ``[n, L]``; a batch with no finite C_T is refused."""
+def _curves(
+  path, enc, ref, *, what, pool, embed_batch_size, cache_dir, batch_size, tau
+):
+  """Batch curves ``[n, L]`` of the embeddings of ``path`` (``--what``); a
+  batch with no finite C_T is refused."""
   from ctjax.fingerprint import batch_curves  # pylint: disable=g-import-not-at-top
 
+  emb = load_embeddings(
+    path,
+    enc,
+    pool=pool,
+    batch_size=embed_batch_size,
+    cache_dir=cache_dir,
+    what=what,
+  )
   try:
     curves = batch_curves(emb, ref, batch_size=batch_size, tau=tau)
   except ValueError as e:
@@ -787,15 +798,17 @@ def enroll(
   _library(
     library, ref, similarity=similarity, aggregate=aggregate, create=True
   )  # a bad library file is named before the embedding work
-  emb = load_embeddings(
+  curves = _curves(
     gen,
     enc,
-    pool=pool,
-    batch_size=embed_batch_size,
-    cache_dir=cache_dir,
+    ref,
     what="gen",
+    pool=pool,
+    embed_batch_size=embed_batch_size,
+    cache_dir=cache_dir,
+    batch_size=batch_size,
+    tau=tau,
   )
-  curves = _curves(emb, ref, batch_size, tau, "gen", gen)
   lib = add_to_library(
     library,
     label,
@@ -835,15 +848,17 @@ def identify(
   lib = _library(library, ref)
   if not len(lib):
     raise UserError(f"--library {library} holds no curves; enroll some first")
-  emb = load_embeddings(
+  curves = _curves(
     gen,
     enc,
-    pool=pool,
-    batch_size=embed_batch_size,
-    cache_dir=cache_dir,
+    ref,
     what="gen",
+    pool=pool,
+    embed_batch_size=embed_batch_size,
+    cache_dir=cache_dir,
+    batch_size=batch_size,
+    tau=tau,
   )
-  curves = _curves(emb, ref, batch_size, tau, "gen", gen)
   rows = []
   for i, c in enumerate(curves):
     ranked = lib.identify(c, top_k=top_k)
@@ -911,17 +926,18 @@ def evaluate(
       )
   pairs = []
   for label, path in parsed:
-    emb = load_embeddings(
+    curves = _curves(
       path,
       enc,
-      pool=pool,
-      batch_size=embed_batch_size,
-      cache_dir=cache_dir,
+      ref,
       what="query",
+      pool=pool,
+      embed_batch_size=embed_batch_size,
+      cache_dir=cache_dir,
+      batch_size=batch_size,
+      tau=tau,
     )
-    pairs += [
-      (label, c) for c in _curves(emb, ref, batch_size, tau, "query", path)
-    ]
+    pairs += [(label, c) for c in curves]
   ev = fp.evaluate(lib, pairs)
   report.write_json(ev.to_dict(), os.path.join(out, "evaluation.json"))
   report.plot_confusion(
