@@ -106,8 +106,9 @@ def load(path) -> np.ndarray | LayerList:
     missing = [i for i in range(n_layers) if i not in layer]
     if missing:
       raise ValueError(
-        f"{path}: layer index {missing[0]} is missing ('{layer_key(missing[0])}'"
-        f" absent; found {sorted(k for k, _ in layer.values())})"
+        f"{path}: layer index {missing[0]} is missing "
+        f"('{layer_key(missing[0])}' absent; found "
+        f"{sorted(k for k, _ in layer.values())})"
       )
     out = LayerList()
     for i in range(n_layers):

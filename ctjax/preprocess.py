@@ -320,8 +320,11 @@ _PROCESSORS = {
 
 
 def processor_type(d: dict) -> str | None:
-  """transformers' processor class a preprocessor_config.json names
-  (``FeatureExtractor`` read as ``ImageProcessor``; Fast/Pil suffixes dropped)."""
+  """transformers' processor class a preprocessor_config.json names.
+
+  ``FeatureExtractor`` is read as ``ImageProcessor``; Fast/Pil suffixes are
+  dropped.
+  """
   name = d.get("image_processor_type") or d.get("feature_extractor_type")
   if not name:
     return None

@@ -24,7 +24,10 @@ def _sets(rng):
   out = {"train": [], "test": [], "gen": []}
   for d in WIDTHS:
     centers = rng.normal(size=(4, d)) * 3
-    draw = lambda k: centers[rng.integers(0, 4, k)] + rng.normal(size=(k, d))  # noqa: E731
+
+    def draw(k, centers=centers, d=d):
+      return centers[rng.integers(0, 4, k)] + rng.normal(size=(k, d))
+
     tr = draw(60)
     out["train"].append(tr.astype(np.float32))
     out["test"].append(draw(40).astype(np.float32))
