@@ -4,6 +4,7 @@ and pytorch-fid's resize (torch's F.interpolate)."""
 
 import json
 import os
+import types
 import warnings
 
 import numpy as np
@@ -310,3 +311,45 @@ def test_embed_follows_the_checkpoints_processor(resnet_folder, rng, tmp_path):
   assert not np.allclose(a[-1], b[-1])
   for x, y in zip(a, got, strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_host_resized_sources_agree(rng, tmp_path):
+  """For a transformers recipe, embed resizes arrays (uint8, float, grey)
+  and folders with PIL on the host: all give the same embeddings."""
+  encoder = cm.from_config(
+    cm.ResNetConfig(
+      embedding_size=4,
+      hidden_sizes=(8, 4),
+      depths=(1, 1),
+      layer_type="basic",
+      image_size=16,
+    ),
+    seed=1,
+  )
+  assert pp.PreprocessConfig.from_encoder(encoder).pil_rounding
+  grey = rng.integers(0, 256, (3, 21, 17), dtype=np.uint8)
+  rgb = np.repeat(grey[..., None], 3, axis=-1)
+  kw = dict(pool="mean", progress=False, batch_size=2)
+  want = embedding.embed(encoder, rgb, **kw)
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  for i, im in enumerate(grey):
+    Image.fromarray(im).save(folder / f"{i}.png")
+  for other in (grey, rgb.astype(np.float32) / 255.0, str(folder)):
+    got = embedding.embed(encoder, other, **kw)
+    for g, w in zip(got, want, strict=True):
+      np.testing.assert_allclose(g, w, atol=1e-6, rtol=0)
+
+
+def test_reference_meta_carries_the_recipe():
+  """run.py records the recipe with a reference and refuses another."""
+  from ctjax import cli  # pylint: disable=g-import-not-at-top
+
+  encoder = cm.from_config(cm.SwinConfig(embed_dim=4, depths=(1,), num_heads=(1,), image_size=8, window_size=2, patch_size=4))  # fmt: skip
+  meta = cli.reference_meta("x", encoder, "mean")
+  assert meta["preprocess"] == pp.family_default(encoder.config).identity()
+  ref = types.SimpleNamespace(meta=meta)  # all check_reference_meta reads
+  other = dict(meta, preprocess=pp.PreprocessConfig(8).identity())
+  with pytest.raises(cli.UserError, match="preprocess"):
+    cli.check_reference_meta(ref, other, "r.npz")
+  cli.check_reference_meta(ref, meta, "r.npz")
