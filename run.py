@@ -9,8 +9,11 @@
   python run.py select --train T --test P --encoder ENC [--probes DIR]
 
 Inputs (--train/--test/--gen/--query) are image folders (PNG/JPEG), .npy/.npz
-image arrays [N, H, W(, C)], or .npz files with an 'embeddings' array
-[layers, N, D] (cached embeddings; no encoder needed). --encoder is a Hugging
+image arrays [N, H, W(, C)], or .npz files of embeddings (no encoder
+needed): an 'embeddings' array [layers, N, D], or, for encoders whose layers
+differ in width (ResNet, ConvNeXt, Swin, Inception-v3), one array per layer
+'embeddings_00', 'embeddings_01', ... [N, D_l] with an optional
+'layer_names' (ctjax.embedding_files.save writes both). --encoder is a Hugging
 Face folder (config.json + model.safetensors), default:DATASET for the shipped
 encoder, or random:DATASET[:SEED] for its untrained control.
 Errors in the input print one line and exit with code 2.

@@ -13,6 +13,7 @@ import zipfile
 
 import numpy as np
 
+from ctjax import embedding_files
 from ctjax import report
 from ctjax import storage
 from ctjax.reference import CTReference
@@ -108,7 +109,9 @@ def load_encoder(spec: str):
 
 
 def is_embedding_file(path, what: str = "input") -> bool:
-  """True for an .npz holding an 'embeddings' array ``[L, N, D]``.
+  """True for an .npz of embeddings: an 'embeddings' array ``[L, N, D]``, or
+  per-layer arrays 'embeddings_00', 'embeddings_01', ... ``[N, D_l]``
+  (`ctjax.embedding_files`).
 
   Raises:
     UserError: the .npz cannot be read (truncated, damaged, not a zip file).
@@ -118,7 +121,7 @@ def is_embedding_file(path, what: str = "input") -> bool:
     return False
   try:
     with np.load(path, allow_pickle=False) as z:
-      return "embeddings" in z.files
+      return embedding_files.is_embedding_archive(z.files)
   except LOAD_ERRORS as e:
     raise UserError(
       f"--{what}: cannot read {path} ({type(e).__name__}: {_first_line(e)})"
@@ -128,11 +131,13 @@ def is_embedding_file(path, what: str = "input") -> bool:
 def load_embeddings(
   path, encoder=None, *, pool="cls", batch_size=64, cache_dir=None, what="input"
 ):
-  """``[L, N, D]`` float32 embeddings of a path.
+  """``[L, N, D]`` float32 embeddings of a path, or a list of L ``[N, D_l]``.
 
   Args:
-    path: an .npz with an 'embeddings' array (used as is), or images: a
-      folder, an .npy/.npz image array (embedded with ``encoder``).
+    path: an .npz of embeddings (used as is; either layout of
+      `ctjax.embedding_files`, a list for the per-layer one, carrying its
+      ``layer_names``), or images: a folder, an .npy/.npz image array
+      (embedded with ``encoder``).
     encoder: needed for images.
     what: the flag name, for messages.
   """
@@ -143,18 +148,9 @@ def load_embeddings(
     raise UserError(f"--{what}: no such file or folder: {path}")
   if is_embedding_file(path, what):
     try:
-      with np.load(path, allow_pickle=False) as z:
-        emb = np.asarray(z["embeddings"], np.float32)
-    except LOAD_ERRORS as e:
-      raise UserError(
-        f"--{what}: cannot read {path} ({type(e).__name__}: {_first_line(e)})"
-      ) from None
-    if emb.ndim != 3:
-      raise UserError(
-        f"--{what}: {path}: 'embeddings' must be [layers, N, D],"
-        f" got shape {emb.shape}"
-      )
-    return emb
+      return embedding_files.load(path)
+    except (ValueError, TypeError) as e:
+      raise UserError(f"--{what}: {_first_line(e)}") from None
   if encoder is None:
     raise UserError(f"--{what}: {path} holds images; pass --encoder")
   from ctjax.embedding import embed  # pylint: disable=g-import-not-at-top
@@ -191,16 +187,21 @@ def load_images(path):
 
 # --------------------------------------------------------------- reference
 def reference_meta(encoder_spec, encoder, pool):
-  return dict(
+  meta = dict(
     encoder=encoder.identity if encoder is not None else None,
     encoder_spec=encoder_spec,
     pool=pool,
   )
+  if encoder is not None:  # the recipe the images were preprocessed with
+    from ctjax.preprocess import PreprocessConfig  # pylint: disable=g-import-not-at-top
+
+    meta["preprocess"] = PreprocessConfig.from_encoder(encoder).identity()
+  return meta
 
 
 def check_reference_meta(ref: CTReference, meta: dict, path):
   mine = ref.meta
-  for key in ("encoder", "pool"):
+  for key in ("encoder", "pool", "preprocess"):
     if meta.get(key) and mine.get(key) and meta[key] != mine[key]:
       raise UserError(
         f"reference {path} was fitted with {key}={mine[key]!r},"
@@ -362,7 +363,9 @@ def fit_or_load_reference(
 def _stage_names(encoder, emb):
   """The encoder's layer names (embeddings/blockN, stem/stageN) when
   ``emb`` has one layer per hidden state; else None (numbered layers)."""
-  names = getattr(encoder, "layer_names", None)
+  names = getattr(encoder, "layer_names", None) or getattr(
+    emb, "layer_names", None
+  )  # an embeddings file's own names (`embedding_files.LayerList`)
   return list(names) if names and len(names) == len(emb) else None
 
 

@@ -29,7 +29,7 @@ from ctjax.storage import EmbeddingCache
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 POOLS = ("cls", "mean")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # ----------------------------------------------------------------- sources
@@ -151,6 +151,43 @@ class FolderSource:
     if not images:
       return np.zeros((0, 1, 1, 3), np.uint8), skipped
     return np.stack(images), skipped
+
+
+class HostResized:
+  """An ArraySource resized and cropped on the host with PIL
+  (`preprocess.host_resize_crop`): transformers' recipes, whose PIL resize
+  is reproduced exactly this way (see `ctjax.preprocess`)."""
+
+  resize = False
+
+  def __init__(self, source: ArraySource, config: pp.PreprocessConfig):
+    self.source = source
+    self.config = config
+    self.name = source.name
+
+  def __len__(self):
+    return len(self.source)
+
+  def fingerprint(self) -> str:
+    return self.source.fingerprint()
+
+  def load(self, start: int, stop: int):
+    """-> (uint8 images ``[n, S, S, 3]``, [])."""
+    from PIL import Image
+
+    images, _ = self.source.load(start, stop)
+    if images.dtype != np.uint8:  # float in [0, 1]: to 8 bits, as PIL needs
+      images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+    if images.ndim == 4 and images.shape[-1] == 1:
+      images = images[..., 0]
+    out = [
+      pp.host_resize_crop(Image.fromarray(im).convert("RGB"), self.config)
+      for im in images
+    ]
+    if not out:
+      s = self.config.image_size
+      return np.zeros((0, s, s, 3), np.uint8), []
+    return np.stack(out), []
 
 
 def _npz_source(path: str) -> "ArraySource":
@@ -300,6 +337,7 @@ def embed(
   skip_bad: bool = False,
   progress: bool = True,
   chunk_size: int | None = None,
+  preprocess=None,
 ) -> np.ndarray | list[np.ndarray]:
   """Pooled embeddings of every (or the selected) hidden state.
 
@@ -321,6 +359,12 @@ def embed(
     skip_bad: unreadable images are skipped with a warning instead of an error.
     progress: show a tqdm progress bar.
     chunk_size: images per cached chunk (default 32 batches).
+    preprocess: the preprocessing recipe: None (the encoder's:
+      `ctjax.preprocess.PreprocessConfig.from_encoder`, from the checkpoint's
+      preprocessor_config.json or the family's default), "paper" (the
+      paper's pipeline at the encoder's size, mean and std), a
+      preprocessor_config.json dict or path, or a PreprocessConfig. Its
+      identity is part of the cache key.
 
   Returns:
     float32 array ``[len(layers), N, D]`` (N counts only readable images);
@@ -345,7 +389,7 @@ def embed(
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   layers = _resolve_layers(layers, encoder.num_hidden_states)
-  pconfig = pp.PreprocessConfig.from_encoder(encoder)
+  pconfig = preprocess_config(encoder, preprocess)
   source = as_source(images, pconfig, skip_bad)
   if jax.process_count() > 1:
     # Several JAX processes (hosts): each embeds its contiguous share of the
@@ -382,6 +426,24 @@ def embed(
   )
 
 
+def preprocess_config(encoder, preprocess=None) -> pp.PreprocessConfig:
+  """The PreprocessConfig ``embed(..., preprocess=...)`` uses (see there)."""
+  if preprocess is None:
+    return pp.PreprocessConfig.from_encoder(encoder)
+  if isinstance(preprocess, pp.PreprocessConfig):
+    return preprocess
+  if isinstance(preprocess, dict):
+    return pp.from_processor_dict(preprocess)
+  if isinstance(preprocess, str) and preprocess == "paper":
+    return pp.PreprocessConfig.paper(encoder)
+  if isinstance(preprocess, (str, os.PathLike)) and os.path.isfile(preprocess):
+    return pp.read_processor_file(os.fspath(preprocess))
+  raise ValueError(
+    f"preprocess must be None, 'paper', a preprocessor_config.json dict or "
+    f"path, or a PreprocessConfig; got {preprocess!r}"
+  )
+
+
 def _process_share(source, skip_bad: bool):
   """This process's contiguous share of ``source`` (`sharding.process_share`)."""
 
@@ -414,6 +476,14 @@ def _embed_source(
 ):
   """`embed` of one source on this process's devices: ``[L, n, D]``, or a
   list of L ``[n, D_l]`` arrays when the layers' widths differ."""
+  if pconfig.pil_rounding:
+    # transformers' recipes: PIL on the host reproduces their processors
+    # exactly (on device, only to within a few 8-bit levels).
+    if isinstance(source, ArraySource):
+      source = HostResized(source, pconfig)
+    elif isinstance(source, FolderSource):
+      source = copy.copy(source)
+      source.resize = False
   n = len(source)
   widths = tuple(encoder.widths[l] for l in layers)
   mixed = len(set(widths)) > 1

@@ -12,6 +12,8 @@ stable identity string (used as a cache key by ctjax.embedding).
 import functools
 import hashlib
 import importlib
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,8 @@ from ctjax.models.config import (
   SwinConfig,
 )
 from ctjax.models.vit import EncoderOutput, VisionTransformer
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
 # model_type -> (module of ctjax.models, class) of the hierarchical families.
@@ -194,6 +198,42 @@ class Encoder:
   @property
   def image_std(self) -> tuple[float, ...]:
     return self.config.image_std
+
+  @functools.cached_property
+  def preprocessor_path(self) -> str | None:
+    """The checkpoint's preprocessor_config.json, or None.
+
+    In the folder ``source`` names, or in the Hugging Face cache for a repo
+    id (no download); None for random and Inception-v3 encoders.
+    """
+    source = str(self.source)
+    if os.path.isdir(source):
+      path = os.path.join(source, PREPROCESSOR_FILE)
+      return path if os.path.isfile(path) else None
+    if not source or source.startswith("random:") or os.path.exists(source):
+      return None
+    try:
+      from huggingface_hub import try_to_load_from_cache
+
+      path = try_to_load_from_cache(source, PREPROCESSOR_FILE)
+    except Exception:  # noqa: BLE001 -- not a repo id: no file.
+      return None
+    return path if isinstance(path, str) and os.path.isfile(path) else None
+
+  @functools.cached_property
+  def preprocessor_config(self) -> dict | None:
+    """The dict of `preprocessor_path` (None without one); assign a dict to
+    give an encoder another recipe (`ctjax.preprocess.from_processor_dict`)."""
+    if self.preprocessor_path is None:
+      return None
+    try:
+      with open(self.preprocessor_path) as f:
+        d = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"cannot read {self.preprocessor_path}: {e}") from e
+    if not isinstance(d, dict):
+      raise ValueError(f"{self.preprocessor_path} does not hold a JSON object")
+    return d
 
   @property
   def num_prefix_tokens(self) -> int:
