@@ -40,6 +40,7 @@ the exported folder use the running statistics.
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -493,14 +494,15 @@ def init_head(config: EncoderConfig, num_classes: int) -> Head:
 
 
 def make_train_step(graphdef, config: TrainConfig, optimizer, num_classes: int):
-  """A jitted ``(params, stats, opt_state, data, labels, idx, step) -> (params, stats, opt_state, loss)``.
+  """A jitted ``(params, stats, opt_state, data, labels, idx, step, seed) -> (params, stats, opt_state, loss)``.
 
   ``params`` is (trainable encoder nnx.State, Head) and ``stats`` the
   encoder's BatchStat State (`split_stats`); ``data`` ``[N, R, R, C]`` and
-  ``labels`` ``[N]`` stay on device; ``idx`` ``[B]`` picks the batch.
+  ``labels`` ``[N]`` stay on device; ``idx`` ``[B]`` picks the batch;
+  ``seed`` (int32, an argument so that one compilation serves every seed)
+  and ``step`` key the augmentation. ``config.seed`` is not used.
   """
   enc = config.encoder
-  base_key = jax.random.key(config.seed)
 
   def loss_fn(params, stats, pixels, labels):
     logits, stats = train_logits_fn(
@@ -511,8 +513,8 @@ def make_train_step(graphdef, config: TrainConfig, optimizer, num_classes: int):
     )
     return optax.softmax_cross_entropy(logits, targets).mean(), stats
 
-  def step_fn(params, stats, opt_state, data, labels, idx, step):
-    key = jax.random.fold_in(base_key, step)
+  def step_fn(params, stats, opt_state, data, labels, idx, step, seed):
+    key = jax.random.fold_in(jax.random.key(seed), step)
     x = augment(key, data[idx], enc.image_size, config.pad, config.flip)
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       params, stats, _normalise(x, enc), labels[idx]
@@ -521,6 +523,14 @@ def make_train_step(graphdef, config: TrainConfig, optimizer, num_classes: int):
     return optax.apply_updates(params, updates), stats, opt_state, loss
 
   return jax.jit(step_fn, donate_argnums=(0, 1, 2))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(config: TrainConfig, num_classes: int):
+  """`make_train_step`, compiled once per (config but seed and subset,
+  classes) in a process (the GraphDef follows from the config)."""
+  graphdef = from_config(config.encoder).graphdef
+  return make_train_step(graphdef, config, make_optimizer(config), num_classes)
 
 
 class TrainResult(NamedTuple):
@@ -570,9 +580,11 @@ def train(
   params = (trainable, init_head(config.encoder, data.num_classes))
   optimizer = make_optimizer(config)
   opt_state = optimizer.init(params)
-  step_fn = make_train_step(
-    encoder.graphdef, config, optimizer, data.num_classes
+  step_fn = _cached_step(
+    dataclasses.replace(config, seed=0, train_subset=None),
+    data.num_classes,
   )
+  seed = np.int32(config.seed)
   rng = np.random.default_rng(config.seed)
   per_epoch = len(images) // config.batch_size
   order = None
@@ -584,7 +596,7 @@ def train(
       order = order.reshape(per_epoch, config.batch_size).astype(np.int32)
     idx = order[step % per_epoch]
     params, stats, opt_state, loss = step_fn(
-      params, stats, opt_state, resized, labels_d, idx, np.int32(step)
+      params, stats, opt_state, resized, labels_d, idx, np.int32(step), seed
     )
     losses.append(loss)
     if log_every and (step + 1) % log_every == 0:
@@ -893,8 +905,19 @@ def main(argv=None) -> dict:
     )
     if a
   )
+  # What a test checks the shipped folder against, cheaply: the accuracy on
+  # the first 1000 test images and the logits of the first 8.
+  first = data.test_images[:1000]
+  pixels = pp.preprocess(first[:8], preprocess_config(config.encoder))
+  logits = logits_fn(
+    result.encoder.graphdef, result.encoder.params, result.head, pixels
+  )
   report = {
     "dataset": args.dataset,
+    "test_accuracy_first_1000": accuracy(
+      result.encoder, result.head, first, data.test_labels[:1000]
+    ),
+    "test_logits_first_8": np.asarray(logits, np.float64).round(6).tolist(),
     "family": args.family,
     "parameters": int(
       sum(
