@@ -198,7 +198,7 @@ def _family_summary(name: str, trends: Mapping[str, Trend]) -> str:
   ]
   text = f"**{name}**: {head}"
   if rest:
-    text += f"; it {'; '.join(rest)}"
+    text += f"; it {'; it '.join(rest)}"
   if "test" in trends:
     t = trends["test"]
     text += (
