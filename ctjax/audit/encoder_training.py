@@ -1,12 +1,17 @@
-"""The built-in default encoders: small ViTs trained on each demo data set.
+"""The built-in default encoders: small ViTs, ResNets and Swins trained on
+each demo data set.
 
-Neither pretrained ViT weights nor ImageNet-scale data are available offline,
-so ctjax ships small ViTs trained here on the training split of each data set
-(ctjax/audit/assets/vit-<dataset>/, Hugging Face layout: config.json,
-model.safetensors, preprocessor_config.json, plus head.safetensors and
-training_report.json). Reproduce a folder with::
+Neither pretrained weights nor ImageNet-scale data are available offline, so
+ctjax ships small encoders trained here on the training split of each data
+set (ctjax/audit/assets/<family>-<dataset>/, Hugging Face layout:
+config.json, model.safetensors, preprocessor_config.json, plus
+head.safetensors and training_report.json). The ViT is the audit's default;
+the ResNet and the Swin (transformers' ResNetModel and SwinModel
+architectures) are trained the same way on the same pixels for the paper's
+comparison of encoder families (ctjax.audit.depth). Reproduce a folder with::
 
   python -m ctjax.audit.encoder_training --dataset digits --seed 0 --out ctjax/audit/assets/vit-digits
+  python -m ctjax.audit.encoder_training --family resnet --dataset fashion_mnist --seed 0 --out ctjax/audit/assets/resnet-fashion_mnist
 
 Training sees exactly the pixels the embedding pipeline (ctjax.preprocess)
 produces: each image is resized (shorter side to int(256/224 * S), bilinear,
@@ -14,20 +19,28 @@ antialiased) and the S x S centre crop is the evaluation input. Augmentation
 is a random S x S crop of the resized image (optionally zero-padded first)
 and, where it makes sense (clothes, not digits), a horizontal flip.
 
-The classifier is a linear head on the CLS token of the final layer-normed
-output (``last_hidden_state[:, 0]``), as transformers'
-ViTForImageClassification; it is stored in PyTorch layout
-(``classifier.weight [C, D]``, ``classifier.bias [C]``).
+The classifier is a linear head on the pooled final output, as transformers'
+<Family>ForImageClassification: the CLS token of the layer-normed output
+(``last_hidden_state[:, 0]``) for the ViT, the global average of the last
+feature map for the ResNet, the mean of the layer-normed tokens for the Swin.
+It is stored in PyTorch layout under that class's names
+(``classifier.weight [C, D]`` and ``classifier.bias [C]``; the ResNet's
+classifier is ``classifier.1``, after a Flatten).
 
-  default_encoder(dataset)       -> Encoder    the shipped weights
-  random_encoder(dataset, seed)  -> Encoder    same config, random init (control)
-  default_head(dataset)          -> Head
+BatchNorm (the ResNet) trains on batch statistics and keeps running
+statistics (momentum 0.1 and the unbiased variance, as torch); evaluation and
+the exported folder use the running statistics.
+
+  default_encoder(dataset, family="vit")       -> Encoder  the shipped weights
+  random_encoder(dataset, seed, family="vit")  -> Encoder  same config, random init (control)
+  default_head(dataset, family="vit")          -> Head
   to_hf_tensors(encoder)         -> {name: array}   inverse of convert.load_state
   train(config) / export(...)    -> train, then write a folder
 """
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -38,18 +51,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from ctjax.audit import datasets as ds
 from ctjax import preprocess as pp
 from ctjax import storage
-from ctjax.models import convert
+from ctjax.models import convert, layers, resnet
 from ctjax.models.export import hf_config, to_hf_tensors
-from ctjax.models.config import EncoderConfig
+from ctjax.models.config import (
+  AnyConfig,
+  EncoderConfig,
+  ResNetConfig,
+  SwinConfig,
+)
 from ctjax.models.encoder import Encoder, forward, from_config
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 HEAD_FILE = "head.safetensors"
 REPORT_FILE = "training_report.json"
+CONFIG_FILE = "config.json"
+# Encoder families trained here; "vit" is the audit's default encoder.
+FAMILIES = ("vit", "resnet", "swin")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +80,8 @@ class TrainConfig:
 
   Attributes:
     dataset: data set name (ctjax.audit.datasets.DATASETS).
-    encoder: the EncoderConfig of the ViT (model_type "vit", 3 channels).
+    encoder: the encoder's config, 3 channels: a ViT EncoderConfig (model_type
+      "vit"), a ResNetConfig or a SwinConfig.
     steps: optimiser steps.
     batch_size: images per step.
     learning_rate: peak AdamW learning rate (linear warm-up, cosine decay to 0).
@@ -73,7 +96,7 @@ class TrainConfig:
   """
 
   dataset: str
-  encoder: EncoderConfig
+  encoder: AnyConfig
   steps: int
   batch_size: int = 128
   learning_rate: float = 1e-3
@@ -134,6 +157,95 @@ DEFAULTS = {
     flip=True,
   ),
 }
+
+
+def _resnet(image_size, embedding, widths, depths):
+  return ResNetConfig(
+    embedding_size=embedding,
+    hidden_sizes=widths,
+    depths=depths,
+    layer_type="basic",
+    image_size=image_size,
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+  )
+
+
+def _swin(image_size, patch, window, dim, depths, heads):
+  return SwinConfig(
+    patch_size=patch,
+    embed_dim=dim,
+    depths=depths,
+    num_heads=heads,
+    window_size=window,
+    mlp_ratio=2.0,
+    image_size=image_size,
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+  )
+
+
+# The ResNet and Swin of the family comparison: the ViT's data, image size,
+# preprocessing, augmentation, optimiser and batch size; only the
+# architecture and the step count differ (chosen so that each trains in
+# minutes on a 2-core CPU). Fashion-MNIST at 28 px: the ResNet stem (7x7
+# stride 2, max pool) gives 7x7 maps, then basic-block stages at 7, 4, 2 and
+# 1 px (widths 16..128); the Swin embeds 4x4 patches (7x7 tokens), attends in
+# 2x2 windows (shifted in odd blocks) and merges to 4x4 and 2x2 tokens
+# (widths 32, 64, 128). Digits at 16 px: the same designs one size down.
+FAMILY_DEFAULTS = {
+  ("resnet", "fashion_mnist"): dataclasses.replace(
+    DEFAULTS["fashion_mnist"],
+    encoder=_resnet(28, 16, (16, 32, 64, 128), (1, 1, 1, 1)),
+    steps=6000,
+  ),
+  ("swin", "fashion_mnist"): dataclasses.replace(
+    DEFAULTS["fashion_mnist"],
+    encoder=_swin(28, 4, 2, 32, (2, 2, 2), (2, 4, 8)),
+    steps=3000,
+  ),
+  ("resnet", "digits"): dataclasses.replace(
+    DEFAULTS["digits"],
+    encoder=_resnet(16, 16, (16, 32, 64), (1, 1, 1)),
+  ),
+  ("swin", "digits"): dataclasses.replace(
+    DEFAULTS["digits"],
+    encoder=_swin(16, 2, 2, 24, (2, 2, 2), (2, 4, 8)),
+  ),
+}
+
+
+def _check_family(family: str):
+  if family not in FAMILIES:
+    raise ValueError(
+      f"unknown encoder family {family!r}; expected one of {FAMILIES}"
+    )
+
+
+def default_config(dataset: str, family: str = "vit") -> TrainConfig:
+  """The TrainConfig of a shipped encoder (family "vit", "resnet" or "swin")."""
+  _check_family(family)
+  if dataset not in DEFAULTS:
+    raise ValueError(
+      f"no default encoder for data set {dataset!r}; expected one of "
+      f"{tuple(DEFAULTS)}"
+    )
+  if family == "vit":
+    return DEFAULTS[dataset]
+  return FAMILY_DEFAULTS[(family, dataset)]
+
+
+def family_of(config: AnyConfig) -> str:
+  """ "vit", "resnet" or "swin" for a config this module trains."""
+  if isinstance(config, EncoderConfig) and config.model_type == "vit":
+    return "vit"
+  if isinstance(config, ResNetConfig):
+    return "resnet"
+  if isinstance(config, SwinConfig):
+    return "swin"
+  raise ValueError(
+    f"encoder training supports ViT, ResNet and Swin configs, got {config!r}"
+  )
 
 
 class Head(NamedTuple):
@@ -235,10 +347,112 @@ def _normalise(x, config: EncoderConfig):
 # ------------------------------------------------------------------ model
 
 
+def pooled(config: AnyConfig, last_hidden_state):
+  """What the head sees, as transformers' classification models.
+
+  ViT: the CLS token of ``[B, T, D]``; ResNet: the global average of
+  ``[B, H, W, C]``; Swin: the mean over the tokens of ``[B, T, C]``.
+  Returns ``[B, D]``.
+  """
+  if isinstance(config, EncoderConfig):
+    return last_hidden_state[:, 0]
+  return last_hidden_state.mean(
+    axis=tuple(range(1, last_hidden_state.ndim - 1))
+  )
+
+
 def logits_fn(graphdef, params, head: Head, pixels):
-  """pixels ``[B, S, S, 3]`` normalised -> class logits ``[B, C]``."""
-  cls = forward(graphdef, params, pixels).last_hidden_state[:, 0]
-  return cls @ head.kernel + head.bias
+  """pixels ``[B, S, S, 3]`` normalised -> class logits ``[B, C]``.
+
+  BatchNorm (if any) uses the running statistics in ``params``.
+  """
+  config = nnx.merge(graphdef, params).config  # static; trace time only
+  h = forward(graphdef, params, pixels).last_hidden_state
+  return pooled(config, h) @ head.kernel + head.bias
+
+
+class _TrainBatchNorm(layers.BatchNorm):
+  """BatchNorm in training mode: normalises with the batch statistics and
+  moves the running ones towards them (torch's momentum 0.1; the running
+  variance takes the unbiased batch variance, as torch)."""
+
+  momentum = 0.1
+
+  def __call__(self, x):
+    """x: ``[..., C]`` -> ``[..., C]``; statistics over all but the last axis."""
+    x32 = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = x32.mean(axes)
+    var = jnp.square(x32 - mean).mean(axes)
+    n = x.size // x.shape[-1]
+    m = self.momentum
+    stat_mean, stat_var = jax.lax.stop_gradient((mean, var))
+    self.mean[...] = (1 - m) * self.mean[...] + m * stat_mean
+    self.var[...] = (1 - m) * self.var[...] + m * stat_var * (n / max(n - 1, 1))
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+def _max_pool(x, window: int, stride: int, padding: int):
+  """layers.max_pool with a NumPy init value, which jax differentiates under
+  jit (a jnp init value is a tracer there, and jax only knows the gradient of
+  the max window reduction when the init value is a constant -inf)."""
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  return jax.lax.reduce_window(
+    x,
+    np.array(-np.inf, x.dtype),
+    jax.lax.max,
+    (1, window, window, 1),
+    (1, stride, stride, 1),
+    pad,
+  )
+
+
+class _TrainResNet(resnet.ResNet):
+  """ResNet.__call__ with a differentiable stem max pool (same values)."""
+
+  def __call__(self, pixels):
+    x = _max_pool(self.act(self.stem(pixels)), 3, 2, 1)
+    states = [x]
+    for stage in self.stages:
+      x = stage(x)
+      states.append(x)
+    return resnet.EncoderOutput(
+      hidden_states=tuple(states), last_hidden_state=x
+    )
+
+
+def train_logits_fn(graphdef, params, stats, head: Head, pixels):
+  """Training-mode logits: BatchNorm on batch statistics.
+
+  Args:
+    graphdef: the encoder's GraphDef.
+    params: its trainable nnx.State (everything but BatchStat).
+    stats: its nnx.State of BatchStat (running statistics; empty for the
+      ViT and the Swin).
+    head: the Head.
+    pixels: ``[B, S, S, 3]`` normalised.
+
+  Returns:
+    (logits ``[B, C]``, the updated running statistics).
+  """
+  model = nnx.merge(graphdef, params, stats, copy=True)
+  for _, module in nnx.iter_modules(model):
+    # This merged copy lives only inside the trace.
+    if type(module) is layers.BatchNorm:  # pylint: disable=unidiomatic-typecheck
+      module.__class__ = _TrainBatchNorm
+    elif type(module) is resnet.ResNet:  # pylint: disable=unidiomatic-typecheck
+      module.__class__ = _TrainResNet
+  with jax.default_matmul_precision("highest"):
+    h = model(pixels).last_hidden_state
+  logits = pooled(model.config, h) @ head.kernel + head.bias
+  return logits, nnx.state(model, nnx.BatchStat)
+
+
+def split_stats(state):
+  """An encoder's nnx.State -> (trainable State, BatchStat State)."""
+  stats, params = nnx.split_state(state, nnx.BatchStat, ...)
+  return params, stats
 
 
 def _decay_mask(tree):
@@ -280,31 +494,43 @@ def init_head(config: EncoderConfig, num_classes: int) -> Head:
 
 
 def make_train_step(graphdef, config: TrainConfig, optimizer, num_classes: int):
-  """A jitted ``(params, opt_state, data, labels, idx, step) -> (params, opt_state, loss)``.
+  """A jitted ``(params, stats, opt_state, data, labels, idx, step, seed) -> (params, stats, opt_state, loss)``.
 
-  ``params`` is (encoder nnx.State, Head); ``data`` ``[N, R, R, C]`` and
-  ``labels`` ``[N]`` stay on device; ``idx`` ``[B]`` picks the batch.
+  ``params`` is (trainable encoder nnx.State, Head) and ``stats`` the
+  encoder's BatchStat State (`split_stats`); ``data`` ``[N, R, R, C]`` and
+  ``labels`` ``[N]`` stay on device; ``idx`` ``[B]`` picks the batch;
+  ``seed`` (int32, an argument so that one compilation serves every seed)
+  and ``step`` key the augmentation. ``config.seed`` is not used.
   """
   enc = config.encoder
-  base_key = jax.random.key(config.seed)
 
-  def loss_fn(params, pixels, labels):
-    logits = logits_fn(graphdef, params[0], params[1], pixels)
+  def loss_fn(params, stats, pixels, labels):
+    logits, stats = train_logits_fn(
+      graphdef, params[0], stats, params[1], pixels
+    )
     targets = optax.smooth_labels(
       jax.nn.one_hot(labels, num_classes), config.label_smoothing
     )
-    return optax.softmax_cross_entropy(logits, targets).mean()
+    return optax.softmax_cross_entropy(logits, targets).mean(), stats
 
-  def step_fn(params, opt_state, data, labels, idx, step):
-    key = jax.random.fold_in(base_key, step)
+  def step_fn(params, stats, opt_state, data, labels, idx, step, seed):
+    key = jax.random.fold_in(jax.random.key(seed), step)
     x = augment(key, data[idx], enc.image_size, config.pad, config.flip)
-    loss, grads = jax.value_and_grad(loss_fn)(
-      params, _normalise(x, enc), labels[idx]
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, stats, _normalise(x, enc), labels[idx]
     )
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), stats, opt_state, loss
 
-  return jax.jit(step_fn, donate_argnums=(0, 1))
+  return jax.jit(step_fn, donate_argnums=(0, 1, 2))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(config: TrainConfig, num_classes: int):
+  """`make_train_step`, compiled once per (config but seed and subset,
+  classes) in a process (the GraphDef follows from the config)."""
+  graphdef = from_config(config.encoder).graphdef
+  return make_train_step(graphdef, config, make_optimizer(config), num_classes)
 
 
 class TrainResult(NamedTuple):
@@ -346,15 +572,19 @@ def train(
     raise ValueError(
       f"batch_size {config.batch_size} exceeds the {len(images)} training images"
     )
+  family_of(config.encoder)
   resized = jnp.asarray(resized_images(images, config.encoder))
   labels_d = jnp.asarray(labels, jnp.int32)
   encoder = from_config(config.encoder, seed=config.seed)
-  params = (encoder.params, init_head(config.encoder, data.num_classes))
+  trainable, stats = split_stats(encoder.params)
+  params = (trainable, init_head(config.encoder, data.num_classes))
   optimizer = make_optimizer(config)
   opt_state = optimizer.init(params)
-  step_fn = make_train_step(
-    encoder.graphdef, config, optimizer, data.num_classes
+  step_fn = _cached_step(
+    dataclasses.replace(config, seed=0, train_subset=None),
+    data.num_classes,
   )
+  seed = np.int32(config.seed)
   rng = np.random.default_rng(config.seed)
   per_epoch = len(images) // config.batch_size
   order = None
@@ -365,8 +595,8 @@ def train(
       order = rng.permutation(len(images))[: per_epoch * config.batch_size]
       order = order.reshape(per_epoch, config.batch_size).astype(np.int32)
     idx = order[step % per_epoch]
-    params, opt_state, loss = step_fn(
-      params, opt_state, resized, labels_d, idx, np.int32(step)
+    params, stats, opt_state, loss = step_fn(
+      params, stats, opt_state, resized, labels_d, idx, np.int32(step), seed
     )
     losses.append(loss)
     if log_every and (step + 1) % log_every == 0:
@@ -382,7 +612,7 @@ def train(
   trained = Encoder(
     config.encoder,
     encoder.graphdef,
-    params[0],
+    nnx.merge_state(params[0], stats),
     source=f"trained:{config.dataset}",
   )
   return TrainResult(trained, params[1], losses, seconds)
@@ -454,14 +684,74 @@ def preprocessor_dict(config: EncoderConfig) -> dict:
   }
 
 
-def head_tensors(head: Head) -> dict[str, np.ndarray]:
-  """PyTorch layout, as ViTForImageClassification's ``classifier``."""
+# The classifier's tensor prefix in transformers' <Family>ForImageClassification
+# (ResNet's classifier is Sequential(Flatten, Linear)).
+HEAD_PREFIX = {
+  "vit": "classifier",
+  "resnet": "classifier.1",
+  "swin": "classifier",
+}
+
+
+def head_tensors(head: Head, family: str = "vit") -> dict[str, np.ndarray]:
+  """PyTorch layout, as <Family>ForImageClassification's classifier."""
+  _check_family(family)
+  prefix = HEAD_PREFIX[family]
   return {
-    "classifier.weight": np.ascontiguousarray(
+    f"{prefix}.weight": np.ascontiguousarray(
       np.asarray(head.kernel, np.float32).T
     ),
-    "classifier.bias": np.asarray(head.bias, np.float32),
+    f"{prefix}.bias": np.asarray(head.bias, np.float32),
   }
+
+
+def hf_config_for(config: AnyConfig):
+  """The transformers config (ViTConfig, ResNetConfig, SwinConfig) of a
+  ctjax config; ``image_size`` is kept in the ResNet's too (ctjax reads it)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  family = family_of(config)
+  if family == "vit":
+    return hf_config(config)
+  if family == "resnet":
+    return transformers.ResNetConfig(
+      num_channels=config.num_channels,
+      embedding_size=config.embedding_size,
+      hidden_sizes=list(config.hidden_sizes),
+      depths=list(config.depths),
+      layer_type=config.layer_type,
+      hidden_act=config.hidden_act,
+      downsample_in_first_stage=config.downsample_in_first_stage,
+      downsample_in_bottleneck=config.downsample_in_bottleneck,
+      image_size=config.image_size,
+      architectures=["ResNetModel"],
+    )
+  return transformers.SwinConfig(
+    image_size=config.image_size,
+    patch_size=config.patch_size,
+    num_channels=config.num_channels,
+    embed_dim=config.embed_dim,
+    depths=list(config.depths),
+    num_heads=list(config.num_heads),
+    window_size=config.window_size,
+    mlp_ratio=config.mlp_ratio,
+    qkv_bias=config.qkv_bias,
+    hidden_act=config.hidden_act,
+    use_absolute_embeddings=config.use_absolute_embeddings,
+    layer_norm_eps=config.layer_norm_eps,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    drop_path_rate=0.0,
+    architectures=["SwinModel"],
+  )
+
+
+def write_hf_config(config: AnyConfig, folder: str) -> str:
+  """Writes config.json atomically (ctjax.storage): the text transformers'
+  ``save_pretrained`` writes (``to_json_string(use_diff=True)``), without its
+  non-atomic write. Returns the path."""
+  text = hf_config_for(config).to_json_string(use_diff=True)
+  return storage.write_bytes(text.encode(), os.path.join(folder, CONFIG_FILE))
 
 
 def export(
@@ -473,7 +763,8 @@ def export(
   """Writes a Hugging Face folder that ``ctjax.models.from_pretrained`` loads.
 
   Files: config.json, model.safetensors, preprocessor_config.json, and when
-  given head.safetensors and training_report.json.
+  given head.safetensors and training_report.json; each written atomically.
+  The encoder is a ViT, ResNet or Swin (`family_of`).
   """
   from safetensors.numpy import save
 
@@ -481,15 +772,16 @@ def export(
     data = save(tensors, metadata={"format": "pt"})
     storage.write_bytes(data, os.path.join(folder, name))
 
+  family = family_of(encoder.config)
   os.makedirs(folder, exist_ok=True)
-  hf_config(encoder.config).save_pretrained(folder)
+  write_hf_config(encoder.config, folder)
   write_tensors(to_hf_tensors(encoder), "model.safetensors")
   _write_json(
     os.path.join(folder, "preprocessor_config.json"),
     preprocessor_dict(encoder.config),
   )
   if head is not None:
-    write_tensors(head_tensors(head), HEAD_FILE)
+    write_tensors(head_tensors(head, family), HEAD_FILE)
   if report is not None:
     _write_json(os.path.join(folder, REPORT_FILE), report)
   return folder
@@ -502,57 +794,67 @@ def _write_json(path, obj):
 # ------------------------------------------------------------------ loading
 
 
-def asset_folder(dataset: str = "digits") -> str:
-  """The shipped folder of a data set's default encoder."""
-  if dataset not in DEFAULTS:
-    raise ValueError(
-      f"no default encoder for data set {dataset!r}; expected one of "
-      f"{tuple(DEFAULTS)}"
-    )
-  folder = os.path.join(ASSETS_DIR, f"vit-{dataset}")
+def _command(dataset: str, family: str, folder: str) -> str:
+  flag = "" if family == "vit" else f"--family {family} "
+  return (
+    f"python -m ctjax.audit.encoder_training {flag}--dataset {dataset} "
+    f"--out {folder}"
+  )
+
+
+def asset_folder(dataset: str = "digits", family: str = "vit") -> str:
+  """The shipped folder of a data set's encoder of one family
+  (assets/<family>-<dataset>)."""
+  default_config(dataset, family)  # checks both names
+  folder = os.path.join(ASSETS_DIR, f"{family}-{dataset}")
   if not os.path.exists(os.path.join(folder, "model.safetensors")):
     raise ValueError(
-      f"{folder} holds no model.safetensors; recreate it with `python -m "
-      f"ctjax.audit.encoder_training --dataset {dataset} --out {folder}`"
+      f"{folder} holds no model.safetensors; recreate it with "
+      f"`{_command(dataset, family, folder)}`"
     )
   return folder
 
 
-def default_encoder(dataset: str = "digits") -> Encoder:
-  """The shipped encoder trained on ``dataset``'s training split."""
-  return convert.from_pretrained(asset_folder(dataset))
+def default_encoder(dataset: str = "digits", family: str = "vit") -> Encoder:
+  """The shipped encoder of ``family`` ("vit": the audit's default,
+  "resnet", "swin") trained on ``dataset``'s training split."""
+  return convert.from_pretrained(asset_folder(dataset, family))
 
 
-def random_encoder(dataset: str = "digits", seed: int = 0) -> Encoder:
-  """The control: the default encoder's config with random weights."""
-  encoder = from_config(convert.read_config(asset_folder(dataset)), seed=seed)
-  return encoder
+def random_encoder(
+  dataset: str = "digits", seed: int = 0, family: str = "vit"
+) -> Encoder:
+  """The control: the shipped encoder's config with random weights."""
+  config = convert.read_config(asset_folder(dataset, family))
+  return from_config(config, seed=seed)
 
 
 def load_head(folder: str) -> Head:
-  """head.safetensors of a folder -> Head."""
+  """head.safetensors of a folder -> Head (any `HEAD_PREFIX` naming)."""
   from safetensors.numpy import load_file
 
   path = os.path.join(folder, HEAD_FILE)
   if not os.path.exists(path):
     raise ValueError(f"{folder} has no {HEAD_FILE}")
   t = load_file(path)
-  missing = {"classifier.weight", "classifier.bias"} - set(t)
-  if missing:
-    raise ValueError(f"{path} lacks {sorted(missing)}")
-  return Head(
-    jnp.asarray(t["classifier.weight"].T), jnp.asarray(t["classifier.bias"])
+  for prefix in sorted(set(HEAD_PREFIX.values())):
+    names = (f"{prefix}.weight", f"{prefix}.bias")
+    if all(n in t for n in names):
+      return Head(jnp.asarray(t[names[0]].T), jnp.asarray(t[names[1]]))
+  raise ValueError(
+    f"{path} lacks classifier.weight/classifier.bias (or classifier.1.*); "
+    f"it holds {sorted(t)}"
   )
 
 
-def default_head(dataset: str = "digits") -> Head:
-  """The shipped classifier of the default encoder."""
-  return load_head(asset_folder(dataset))
+def default_head(dataset: str = "digits", family: str = "vit") -> Head:
+  """The shipped classifier of a shipped encoder."""
+  return load_head(asset_folder(dataset, family))
 
 
-def training_report(dataset: str = "digits") -> dict:
+def training_report(dataset: str = "digits", family: str = "vit") -> dict:
   """The shipped training_report.json."""
-  with open(os.path.join(asset_folder(dataset), REPORT_FILE)) as f:
+  with open(os.path.join(asset_folder(dataset, family), REPORT_FILE)) as f:
     return json.load(f)
 
 
@@ -562,6 +864,7 @@ def training_report(dataset: str = "digits") -> dict:
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="digits", choices=tuple(DEFAULTS))
+  parser.add_argument("--family", default="vit", choices=FAMILIES)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument(
     "--steps", type=int, default=None, help="override the default step count"
@@ -570,11 +873,13 @@ def main(argv=None) -> dict:
     "--out", default=None, help="folder to write (default: print only)"
   )
   args = parser.parse_args(argv)
-  config = dataclasses.replace(DEFAULTS[args.dataset], seed=args.seed)
+  config = dataclasses.replace(
+    default_config(args.dataset, args.family), seed=args.seed
+  )
   if args.steps is not None:
     config = dataclasses.replace(config, steps=args.steps)
   data = ds.load(args.dataset)
-  print(f"training {args.dataset}: {config.encoder}")
+  print(f"training a {args.family} on {args.dataset}: {config.encoder}")
   print(
     f"  {config.steps} steps x {config.batch_size} images on {jax.devices()[0].platform}"
   )
@@ -592,6 +897,7 @@ def main(argv=None) -> dict:
   command = "python -m ctjax.audit.encoder_training " + " ".join(
     a
     for a in (
+      f"--family {args.family}" if args.family != "vit" else "",
       f"--dataset {args.dataset}",
       f"--seed {args.seed}",
       f"--steps {args.steps}" if args.steps is not None else "",
@@ -599,8 +905,26 @@ def main(argv=None) -> dict:
     )
     if a
   )
+  # What a test checks the shipped folder against, cheaply: the accuracy on
+  # the first 1000 test images and the logits of the first 8.
+  first = data.test_images[:1000]
+  pixels = pp.preprocess(first[:8], preprocess_config(config.encoder))
+  logits = logits_fn(
+    result.encoder.graphdef, result.encoder.params, result.head, pixels
+  )
   report = {
     "dataset": args.dataset,
+    "test_accuracy_first_1000": accuracy(
+      result.encoder, result.head, first, data.test_labels[:1000]
+    ),
+    "test_logits_first_8": np.asarray(logits, np.float64).round(6).tolist(),
+    "family": args.family,
+    "parameters": int(
+      sum(
+        np.size(x)
+        for x in jax.tree.leaves(split_stats(result.encoder.params)[0])
+      )
+    ),
     "seed": args.seed,
     "steps": config.steps,
     "batch_size": config.batch_size,

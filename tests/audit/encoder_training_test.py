@@ -1,5 +1,6 @@
 """The shipped default encoders, their training code and the Hugging Face exporter."""
 
+import dataclasses
 import json
 import os
 
@@ -87,12 +88,16 @@ def test_shipped_folder_loads_with_its_training_config(dataset):
 
 
 def test_shipped_package_is_small():
-  total = sum(
-    os.path.getsize(os.path.join(root, f))
-    for root, _, files in os.walk(et.ASSETS_DIR)
-    for f in files
-  )
-  assert total < 5 * 2**20
+  sizes = {
+    folder: sum(
+      os.path.getsize(os.path.join(et.ASSETS_DIR, folder, f))
+      for f in os.listdir(os.path.join(et.ASSETS_DIR, folder))
+    )
+    for folder in os.listdir(et.ASSETS_DIR)
+  }
+  assert all(size < 2 * 2**20 for size in sizes.values()), sizes
+  # Six folders: {vit, resnet, swin} x {digits, fashion_mnist}.
+  assert sum(sizes.values()) < 8 * 2**20, sizes
 
 
 def test_digits_accuracy_matches_training_report(digits, digits_encoder):
@@ -336,3 +341,261 @@ def test_preprocessor_config_describes_the_pipeline(digits, digits_encoder):
   np.testing.assert_allclose(
     ours, want.transpose(0, 2, 3, 1), atol=4 / 255 + 1e-6, rtol=0
   )
+
+
+# ------------------------------------------------------- ResNet and Swin
+
+FAMILY_SHIPPED = [
+  (f, d)
+  for f in ("resnet", "swin")
+  for d in et.DEFAULTS
+  if os.path.exists(
+    os.path.join(et.ASSETS_DIR, f"{f}-{d}", "model.safetensors")
+  )
+]
+
+
+def _tiny(family, image_size=16):
+  if family == "resnet":
+    return et._resnet(image_size, 8, (8, 16), (1, 1))
+  return et._swin(image_size, 4, 2, 8, (2,), (1,))
+
+
+def test_family_names_are_checked():
+  with pytest.raises(ValueError, match="convnext"):
+    et.default_config("digits", "convnext")
+  with pytest.raises(ValueError, match="cifar"):
+    et.default_config("cifar", "resnet")
+  assert et.default_config("digits") is et.DEFAULTS["digits"]
+  for family in ("resnet", "swin"):
+    cfg = et.default_config("fashion_mnist", family)
+    assert et.family_of(cfg.encoder) == family
+    # Trained the way the ViT is: same data, pixels, augmentation, optimiser.
+    vit = et.DEFAULTS["fashion_mnist"]
+    for field in ("batch_size", "learning_rate", "pad", "flip", "seed"):
+      assert getattr(cfg, field) == getattr(vit, field), field
+    assert cfg.encoder.image_size == vit.encoder.image_size
+
+
+@pytest.mark.parametrize("family", ["resnet", "swin"])
+def test_family_training_is_seeded_and_reproducible(family, digits):
+  config = et.TrainConfig(
+    dataset="digits",
+    encoder=_tiny(family),
+    steps=3,
+    batch_size=16,
+    learning_rate=1e-2,
+    warmup_steps=1,
+    label_smoothing=0.0,
+    train_subset=64,
+    pad=1,
+    seed=0,
+  )
+  a, b = (et.train(config, digits, log_every=0) for _ in range(2))
+  c = et.train(dataclasses.replace(config, seed=1), digits, log_every=0)
+  np.testing.assert_allclose(a.losses[0], np.log(10), rtol=1e-5)
+  np.testing.assert_array_equal(a.losses, b.losses)
+  assert a.encoder.weights_hash == b.encoder.weights_hash
+  assert c.encoder.weights_hash != a.encoder.weights_hash
+  assert a.encoder.weights_hash != cm.from_config(config.encoder).weights_hash
+  if family == "resnet":  # running statistics moved off their (0, 1) start
+    stats = et.split_stats(a.encoder.params)[1]
+    means = [np.asarray(x) for x in jax.tree.leaves(stats)]
+    assert means and not all(
+      np.allclose(m, 0) or np.allclose(m, 1) for m in means
+    )
+
+
+def test_train_mode_resnet_matches_torch_train_mode(tmp_path, rng):
+  """Training-mode logits and the running statistics after one forward
+  equal transformers' ResNetForImageClassification in train() mode."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  config = et._resnet(16, 8, (8, 16), (1, 1))
+  encoder = cm.from_config(config, seed=3)
+  params, stats = et.split_stats(encoder.params)
+  # Non-trivial running statistics and affine parameters.
+  stats = jax.tree.map(
+    lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), jnp.float32), stats
+  )
+  params = jax.tree.map(
+    lambda x: x + jnp.asarray(rng.normal(0, 0.1, x.shape), jnp.float32),
+    params,
+  )
+  encoder = cm.Encoder(config, encoder.graphdef, nnx.merge_state(params, stats))
+  head = et.Head(
+    jnp.asarray(rng.normal(size=(16, 10)), jnp.float32),
+    jnp.asarray(rng.normal(size=(10,)), jnp.float32),
+  )
+  folder = et.export(str(tmp_path / "r"), encoder, head)
+  hf = et.hf_config_for(config)
+  hf.architectures, hf.num_labels = ["ResNetForImageClassification"], 10
+  hf.save_pretrained(tmp_path / "clf")
+  from safetensors.numpy import load_file, save_file
+
+  tensors = {
+    f"resnet.{k}": v
+    for k, v in load_file(os.path.join(folder, "model.safetensors")).items()
+  }
+  tensors.update(load_file(os.path.join(folder, et.HEAD_FILE)))
+  save_file(tensors, str(tmp_path / "clf" / "model.safetensors"))
+  model = transformers.ResNetForImageClassification.from_pretrained(
+    tmp_path / "clf"
+  ).train()
+  pixels = rng.normal(size=(6, 16, 16, 3)).astype(np.float32)
+  with torch.no_grad():
+    want = model(torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())).logits
+  logits, new_stats = et.train_logits_fn(
+    encoder.graphdef, params, stats, head, jnp.asarray(pixels)
+  )
+  np.testing.assert_allclose(logits, want.numpy(), atol=1e-4, rtol=0)
+  updated = et.export(
+    str(tmp_path / "u"),
+    cm.Encoder(config, encoder.graphdef, nnx.merge_state(params, new_stats)),
+  )
+  ours = load_file(os.path.join(updated, "model.safetensors"))
+  theirs = {
+    k[len("resnet.") :]: v.numpy() for k, v in model.state_dict().items()
+  }
+  n = 0
+  for name, value in ours.items():
+    if "running_" in name:
+      np.testing.assert_allclose(
+        value, theirs[name], atol=1e-5, rtol=1e-5, err_msg=name
+      )
+      n += 1
+  assert n == 2 * 6  # stem, 2 + 2 convs, 1 shortcut
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet", "swin"])
+def test_export_writes_config_json_as_save_pretrained(
+  family, tmp_path, monkeypatch
+):
+  config = _tiny(family) if family != "vit" else et._vit(16, 4, 16, 1, 2, 24)
+  written = []
+  real = et.storage.write_bytes
+  monkeypatch.setattr(
+    et.storage,
+    "write_bytes",
+    lambda data, path: (
+      written.append(os.path.basename(path)) or real(data, path)
+    ),
+  )
+  folder = et.export(str(tmp_path / family), cm.from_config(config, seed=1))
+  assert "config.json" in written  # through the atomic writer
+  et.hf_config_for(config).save_pretrained(tmp_path / "ref")
+  with open(os.path.join(folder, "config.json")) as f:
+    ours = json.load(f)
+  with open(tmp_path / "ref" / "config.json") as f:
+    assert ours == json.load(f)
+  loaded = cm.from_pretrained(folder)
+  assert loaded.config == config
+  assert loaded.weights_hash == cm.from_config(config, seed=1).weights_hash
+
+
+def test_head_names_follow_the_transformers_classifiers(tmp_path):
+  head = et.Head(jnp.ones((4, 3)), jnp.arange(3.0))
+  assert set(et.head_tensors(head, "resnet")) == {
+    "classifier.1.weight",
+    "classifier.1.bias",
+  }
+  from safetensors.numpy import save_file
+
+  for family in ("vit", "resnet", "swin"):
+    save_file(et.head_tensors(head, family), str(tmp_path / et.HEAD_FILE))
+    back = et.load_head(str(tmp_path))
+    np.testing.assert_array_equal(back.kernel, head.kernel)
+    np.testing.assert_array_equal(back.bias, head.bias)
+  save_file({"w": np.ones(2, np.float32)}, str(tmp_path / et.HEAD_FILE))
+  with pytest.raises(ValueError, match="classifier"):
+    et.load_head(str(tmp_path))
+
+
+def test_resnet_and_swin_are_shipped_for_fashion_mnist():
+  assert ("resnet", "fashion_mnist") in FAMILY_SHIPPED
+  assert ("swin", "fashion_mnist") in FAMILY_SHIPPED
+
+
+@pytest.mark.parametrize(
+  "family,dataset", FAMILY_SHIPPED, ids=[f"{f}-{d}" for f, d in FAMILY_SHIPPED]
+)
+def test_shipped_family_folder_gives_its_recorded_logits(family, dataset):
+  folder = et.asset_folder(dataset, family)
+  size = sum(
+    os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+  )
+  assert size < 2 * 2**20
+  encoder = cm.from_pretrained(folder)
+  config = et.default_config(dataset, family)
+  assert encoder.config == config.encoder
+  report = et.training_report(dataset, family)
+  assert report["family"] == family and report["dataset"] == dataset
+  assert report["steps"] == config.steps
+  assert report["command"].startswith(
+    f"python -m ctjax.audit.encoder_training --family {family} "
+    f"--dataset {dataset}"
+  )
+  data = ds.load(dataset)
+  head = et.default_head(dataset, family)
+  pixels = pp.preprocess(
+    data.test_images[:8], et.preprocess_config(encoder.config)
+  )
+  logits = et.logits_fn(encoder.graphdef, encoder.params, head, pixels)
+  np.testing.assert_allclose(
+    logits, report["test_logits_first_8"], atol=1e-4, rtol=0
+  )
+  n = 1000 if dataset == "fashion_mnist" else len(data.test_images)
+  acc = et.accuracy(
+    encoder, head, data.test_images[:n], data.test_labels[:n], batch_size=200
+  )
+  want = report["test_accuracy_first_1000" if n == 1000 else "test_accuracy"]
+  assert acc == pytest.approx(want, abs=1 / n)
+  assert report["test_accuracy"] >= 0.8
+  control = et.random_encoder(dataset, seed=0, family=family)
+  assert control.config == encoder.config
+  assert control.weights_hash != encoder.weights_hash
+
+
+@pytest.mark.parametrize(
+  "family,cls",
+  [
+    ("resnet", "ResNetForImageClassification"),
+    ("swin", "SwinForImageClassification"),
+  ],
+)
+def test_shipped_digits_family_head_matches_transformers(family, cls, tmp_path):
+  if (family, "digits") not in FAMILY_SHIPPED:
+    pytest.skip(f"{family}-digits not shipped")
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from safetensors.numpy import load_file, save_file
+
+  folder = et.asset_folder("digits", family)
+  encoder = et.default_encoder("digits", family)
+  hf = et.hf_config_for(encoder.config)
+  hf.architectures, hf.num_labels = [cls], 10
+  hf.save_pretrained(tmp_path)
+  tensors = {
+    f"{family}.{k}": v
+    for k, v in load_file(os.path.join(folder, "model.safetensors")).items()
+  }
+  tensors.update(load_file(os.path.join(folder, et.HEAD_FILE)))
+  save_file(tensors, str(tmp_path / "model.safetensors"))
+  model, info = getattr(transformers, cls).from_pretrained(
+    tmp_path, output_loading_info=True
+  )
+  assert not info["unexpected_keys"], info
+  assert all("num_batches_tracked" in k for k in info["missing_keys"]), info
+  pixels = np.asarray(
+    pp.preprocess(
+      ds.load("digits").test_images[:16], et.preprocess_config(encoder.config)
+    )
+  )
+  with torch.no_grad():
+    want = model.eval()(
+      torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())
+    ).logits.numpy()
+  got = et.logits_fn(
+    encoder.graphdef, encoder.params, et.default_head("digits", family), pixels
+  )
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
