@@ -49,6 +49,8 @@ MODES = ("gen", "test", "gen+test")
 DEFAULT_CONFIDENCE = 0.95
 # Device bytes one chunk of replicates may use (sets ``batch_size``).
 CHUNK_BYTES = 64 << 20
+# Replicates per chunk at most (larger chunks were slower on a CPU).
+MAX_CHUNK = 64
 
 
 def check_args(n_bootstrap, confidence, mode) -> tuple[int, float, str]:
@@ -193,10 +195,48 @@ def _cell_sums(w, tu, cells, k, acc):
   return u2, seg(w, cells)[:k]
 
 
+def _n_bounds(m_pad: int, k: int) -> int:
+  """Bins of `_test_bins`: one more than its boundaries."""
+  return 3 * m_pad + k + 2
+
+
+def _test_bins(dist, cells, starts, lo, lt, le):
+  """One layer's test points binned by the positions the queries read.
+
+  The sorted positions any prefix sum is read at (``lo``, ``lt``, ``le``
+  ``[m]`` from `positions`, and ``starts [k + 1]``) are the boundaries
+  ``bnd`` (sorted, repeats kept). A test point of sorted position r goes to
+  bin #{t: bnd[t] ≤ r}; then for every boundary x, the points of position
+  < x are exactly those of bin ≤ j(x) = #{t: bnd[t] < x}, so the prefix sum
+  at x is the cumulative bin count at j(x). Per replicate that is one
+  integer segment sum of n multiplicities into ``3m + k + 2`` bins, not a
+  prefix sum over n.
+
+  Args:
+    dist, cells: ``[n]`` test distances and cells (the test set's order).
+    starts: ``[k + 1]``; lo, lt, le: ``[m]``.
+
+  Returns:
+    ``(bins [n], j_lo, j_lt, j_le [m], j_st [k + 1])`` int32.
+  """
+  n = dist.shape[0]
+  order = jnp.lexsort((dist, cells))  # sorted position -> test point
+  # Ties may sit in any order: boundaries fall between runs of equal keys.
+  rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+  bnd = jnp.sort(jnp.concatenate([lo, lt, le, starts]))
+  bins = jnp.searchsorted(bnd, rank, side="right").astype(jnp.int32)
+  j = [
+    jnp.searchsorted(bnd, x, side="left").astype(jnp.int32)
+    for x in (lo, lt, le, starts)
+  ]
+  return (bins, *j)
+
+
 def chunk_size(n_layers: int, n: int, m: int, mode: str) -> int:
-  """Replicates per vmapped chunk, so a chunk's buffers fit `CHUNK_BYTES`."""
-  per = 4 * n_layers * (4 * m + (3 * n if "test" in mode else 0)) + 4 * (m + n)
-  return int(max(1, min(1024, CHUNK_BYTES // per)))
+  """Replicates per vmapped chunk: at most `MAX_CHUNK`, and few enough that
+  a chunk's int32 buffers stay within `CHUNK_BYTES`."""
+  per = 4 * (n + m + n_layers * (8 * m + (n if "test" in mode else 0)))
+  return int(max(1, min(MAX_CHUNK, CHUNK_BYTES // per)))
 
 
 @functools.partial(
@@ -236,9 +276,9 @@ def replicates(
   n_test0 = test.counts.astype(jnp.int32)
   tu0 = (lt - lo) + (le - lo)
   if "test" in mode:
-    # sorted position i holds test point order[l, i] (ties in any order:
-    # only prefix sums at run boundaries are read).
-    order = jax.vmap(lambda d, c: jnp.lexsort((d, c)))(test.dist, test.cells)
+    bins, j_lo, j_lt, j_le, j_st = jax.vmap(_test_bins)(
+      test.dist, test.cells, test.starts, lo, lt, le
+    )
 
   def gen_weights(key):
     if "gen" in mode:
@@ -251,13 +291,17 @@ def replicates(
     if "test" in mode:
       v = counts(draw(kt, n), n)
 
-      def layer(order, starts, lo, lt, le):
-        p = jnp.concatenate(
-          [jnp.zeros(1, jnp.int32), jnp.cumsum(v[order], dtype=jnp.int32)]
+      def layer(bins, j_lo, j_lt, j_le, j_st):
+        # prefix[j]: resampled test points of sorted position below the
+        # j-th boundary (an exact integer).
+        hist = jax.ops.segment_sum(v, bins, num_segments=_n_bounds(m_pad, k))
+        prefix = jnp.cumsum(hist, dtype=jnp.int32)
+        return (
+          prefix[j_lt] + prefix[j_le] - 2 * prefix[j_lo],
+          prefix[j_st[1:]] - prefix[j_st[:-1]],
         )
-        return p[lt] + p[le] - 2 * p[lo], p[starts[1:]] - p[starts[:-1]]
 
-      tu, n_test = jax.vmap(layer)(order, test.starts, lo, lt, le)
+      tu, n_test = jax.vmap(layer)(bins, j_lo, j_lt, j_le, j_st)
     else:
       tu, n_test = tu0, n_test0
     u2, n_gen = jax.vmap(lambda t, c: _cell_sums(w, t, c, k, acc))(tu, q_cells)
