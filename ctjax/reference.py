@@ -1341,12 +1341,22 @@ def _sums_on_device(n_test: int, m: int) -> bool:
 def ct_curve(train, test, gen, **kwargs) -> ct_lib.CTResult:
   """`CTReference.fit(train, test, **fit_kwargs).score(gen, **score_kwargs)`.
 
-  Keyword arguments ``tau`` and ``return_neighbors`` go to `score`, the rest to
-  `fit`. Shapes: train ``[L, N, D]``, test ``[L, n, D]``, gen ``[L, m, D]``
-  (or the list form, L arrays ``[N, D_l]``, ``[n, D_l]``, ``[m, D_l]``).
+  Keyword arguments ``tau``, ``return_neighbors``, ``n_bootstrap``,
+  ``bootstrap`` and ``confidence`` go to `score` (``seed`` is the fit's), the
+  rest to `fit`. Shapes: train ``[L, N, D]``, test ``[L, n, D]``, gen
+  ``[L, m, D]`` (or the list form, L arrays ``[N, D_l]``, ``[n, D_l]``,
+  ``[m, D_l]``).
   """
   score_kw = {
-    k: kwargs.pop(k) for k in ("tau", "return_neighbors") if k in kwargs
+    k: kwargs.pop(k)
+    for k in (
+      "tau",
+      "return_neighbors",
+      "n_bootstrap",
+      "bootstrap",
+      "confidence",
+    )
+    if k in kwargs
   }
   return CTReference.fit(train, test, **kwargs).score(gen, **score_kw)
 

@@ -177,3 +177,13 @@ def test_coverage_of_resampling_generated_points():
   sd = ref.score_many(many[:200]).ct.std(axis=0)
   ratio = np.mean(widths, axis=0) / (2 * 1.645 * sd)
   assert np.all((0.7 < ratio) & (ratio < 1.3)), ratio
+
+
+def test_ct_curve_passes_bootstrap_to_score(case):
+  ref, train, test, gen = case
+  res = ctjax.ct_curve(
+    train, test, gen, n_bootstrap=3, bootstrap="test", confidence=0.8, **FIT
+  )
+  want = ref.score(gen, n_bootstrap=3, bootstrap="test", confidence=0.8)
+  np.testing.assert_array_equal(res.ct_boot, want.ct_boot)
+  assert res.confidence == 0.8 and res.bootstrap == "test"
