@@ -233,10 +233,12 @@ def _test_bins(dist, cells, starts, lo, lt, le):
 
 
 def chunk_size(n_layers: int, n: int, m: int, mode: str) -> int:
-  """Replicates per vmapped chunk: at most `MAX_CHUNK`, and few enough that
-  a chunk's int32 buffers stay within `CHUNK_BYTES`."""
+  """Replicates per vmapped chunk: at most `MAX_CHUNK` on a CPU (1024 on an
+  accelerator), and few enough that a chunk's int32 buffers stay within
+  `CHUNK_BYTES`."""
   per = 4 * (n + m + n_layers * (8 * m + (n if "test" in mode else 0)))
-  return int(max(1, min(MAX_CHUNK, CHUNK_BYTES // per)))
+  most = MAX_CHUNK if jax.default_backend() == "cpu" else 1024
+  return int(max(1, min(most, CHUNK_BYTES // per)))
 
 
 @functools.partial(
