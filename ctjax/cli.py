@@ -577,12 +577,12 @@ def score(
   headers = ["layer", "C_T"]
   headers += ["ct_low", "ct_high"] if bootstrap else []
   headers += ["cells used", "verdict"]
+  echo(report.format_table(rows, headers))
   if bootstrap:
     echo(
-      f"C_T with {confidence:.0%} bootstrap intervals ({bootstrap} "
+      f"ct_low/ct_high: {confidence:.0%} bootstrap intervals ({bootstrap} "
       f"replicates resampling {bootstrap_mode}; cells and distances fixed)"
     )
-  echo(report.format_table(rows, headers))
   report.write_table_csv(rows, headers, os.path.join(out, "ct_curve.csv"))
   summary = dict(
     layers=names,

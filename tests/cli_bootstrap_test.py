@@ -75,7 +75,8 @@ def test_score_writes_bounds(files, tmp_path):
   np.testing.assert_allclose(summary["ct_high"], want.ct_high)
   assert summary["confidence"] == 0.9 and summary["n_bootstrap"] == 300
   assert summary["bootstrap"] == "gen" and summary["bootstrap_seed"] == 5
-  assert any("90% bootstrap intervals" in line for line in lines)
+  assert any("90% bootstrap intervals" in line for line in lines[1:])
+  assert "ct_low" in lines[0]  # the table comes first
   # no bootstrap: no columns, no keys
   cli.score(
     gen=d / "gen.npz",
