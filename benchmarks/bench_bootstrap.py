@@ -10,7 +10,8 @@ float32. In one process, after compiling each call once:
     the bootstrap's overhead (the goal: B = 1000 adds at most one warm
     score's time).
 
-The timings are medians of --reps calls. The fit (k-means restarts
+The timings are medians of --reps calls, the calls interleaved so that a
+change of machine load hits each alike. The fit (k-means restarts
 --n-init, default 2: the fit is not what is measured) is timed once.
 Usage:
 
@@ -45,15 +46,6 @@ def synthetic(rng, n_layers, n_train, n_test, m, dim, n_clusters=30):
     k = m // 10
     gen[l, :k] = train[l, :k] + 0.05 * rng.standard_normal((k, dim))
   return train, test, gen
-
-
-def median_time(f, reps):
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(f())
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
 
 
 def main():
@@ -96,11 +88,18 @@ def main():
   calls = [("score", plain)] + [
     (f"score + bootstrap {mode}", boot(mode)) for mode in bootstrap_lib.MODES
   ]
-  for name, f in tqdm(calls, desc="timing"):
+  for name, f in calls:  # compile
     t = time.perf_counter()
     jax.block_until_ready(f())
-    first = time.perf_counter() - t
-    rows[name] = dict(first_s=first, warm_s=median_time(f, a.reps))
+    rows[name] = dict(first_s=time.perf_counter() - t, times=[])
+  # Interleaved repetitions, so a change of machine load hits every call.
+  for _ in tqdm(range(a.reps), desc="timing"):
+    for name, f in calls:
+      t = time.perf_counter()
+      jax.block_until_ready(f())
+      rows[name]["times"].append(time.perf_counter() - t)
+  for r in rows.values():
+    r["warm_s"] = float(np.median(r["times"]))
   base = rows["score"]["warm_s"]
   print(f"\n{'call':<28} {'first (s)':>10} {'warm (s)':>9} {'overhead':>9}")
   for name, r in rows.items():
