@@ -836,7 +836,9 @@ class CTReference:
         ``ct_low``/``ct_high [L]`` and the replicates ``ct_boot [B, L]``.
         The fitted cells and every nearest-neighbour distance stay fixed; a
         replicate reweights the points (`ctjax.stats.bootstrap`): no new
-        search runs, so B = 1000 costs about one warm score.
+        search runs. At B = 1000 resampling the generated points adds a
+        fraction of one warm score, the test points a few
+        (benchmarks/bench_bootstrap.py).
       bootstrap: what is resampled: "gen" (the generated points), "test"
         (the test points) or "gen+test" (both, independently).
       confidence: the intervals' nominal level, in (0, 1).
