@@ -31,6 +31,7 @@ from absl import logging
 METRICS = ("l2", "cosine")
 SIMILARITIES = ("paper", "cosine", "l2")
 AGGREGATES = ("nearest", "centroid")
+BOOTSTRAP_MODES = ("gen", "test", "gen+test")
 RULES = (
   "paper",
   "cosine",
@@ -69,7 +70,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("n_cells", 10, "k-means cells per layer.")
 flags.DEFINE_float("tau", None, "Generated-share threshold (default 20/m).")
-flags.DEFINE_integer("seed", 0, "Seed of k-means (and of the demo).")
+flags.DEFINE_integer(
+  "seed", 0, "Seed of k-means (and of the demo, and of score's bootstrap)."
+)
 flags.DEFINE_integer("embed_batch_size", 64, "Images per encoder call.")
 flags.DEFINE_string(
   "cache_dir", ".ctjax_cache", "Embedding cache folder ('' disables the cache)."
@@ -80,6 +83,20 @@ flags.DEFINE_integer(
   "Layer of the copy gallery (default: most negative C_T).",
 )
 flags.DEFINE_integer("gallery_size", 16, "Pairs shown in the copy gallery.")
+flags.DEFINE_integer(
+  "bootstrap",
+  1000,
+  "score: bootstrap replicates for C_T intervals (0: none).",
+)
+flags.DEFINE_float(
+  "confidence", 0.95, "score: nominal level of the bootstrap intervals."
+)
+flags.DEFINE_enum(
+  "bootstrap_mode",
+  "gen",
+  list(BOOTSTRAP_MODES),
+  "score: points the bootstrap resamples (cells and distances stay fixed).",
+)
 flags.DEFINE_string("library", None, "Fingerprint library (.json).")
 flags.DEFINE_string("label", None, "Generator label to enrol.")
 flags.DEFINE_multi_string("query", [], "LABEL=PATH query set (evaluate).")
@@ -162,6 +179,9 @@ def _run(command):
       seed=given("seed"),
       gallery_layer=f.gallery_layer,
       gallery_size=f.gallery_size,
+      bootstrap=f.bootstrap,
+      confidence=f.confidence,
+      bootstrap_mode=f.bootstrap_mode,
       **common,
     )
   if command == "select":

@@ -17,10 +17,18 @@ from ctjax import embedding_files
 from ctjax import report
 from ctjax import storage
 from ctjax.reference import CTReference
+from ctjax.stats import bootstrap as bootstrap_lib
 
 
 class UserError(ValueError):
   """Bad input named in one line (a missing path, a mismatched reference)."""
+
+
+# Bootstrap replicates of `score` unless told otherwise: resampling the
+# generated points costs well under one warm score at B = 1000
+# (benchmarks/bench_bootstrap.py), and 1000 replicates put about 25 in each
+# tail of a 95% interval, so its ends move little from seed to seed.
+DEFAULT_BOOTSTRAP = 1000
 
 
 # What reading a damaged or foreign file raises (NumPy, zipfile, JSON).
@@ -410,6 +418,9 @@ def score(
   gallery_layer=None,
   gallery_size=16,
   band=report.DEFAULT_BAND,
+  bootstrap=DEFAULT_BOOTSTRAP,
+  confidence=bootstrap_lib.DEFAULT_CONFIDENCE,
+  bootstrap_mode="gen",
   echo=print,
 ):
   """C_T of a generated set on every layer, with files in ``out``.
@@ -417,6 +428,12 @@ def score(
   Writes ct_curve.json, ct_curve.csv, ct_curve.png, reference.npz (unless
   ``reference`` names another path), copy_gallery.png and copy_gallery.csv
   (no gallery when the chosen layer's C_T is not finite).
+
+  With ``bootstrap`` = B > 0 replicates (default `DEFAULT_BOOTSTRAP`), every
+  layer's C_T gets a ``confidence`` percentile interval resampling
+  ``bootstrap_mode`` ("gen", "test" or "gen+test"; `CTReference.score`):
+  columns ct_low/ct_high in the CSV, the bounds in the JSON, a band in the
+  plot. The resampling seed is ``seed`` (0 when not given).
 
   The fit settings ``metric``, ``n_cells``, ``n_components`` and ``seed``
   default (None) to cosine, 10, auto and 0. A reference already in ``out``
@@ -437,6 +454,13 @@ def score(
   if seed is not None:
     check_positive_int(seed, "seed", -(2**63))
   tau = check_tau_flag(tau)
+  bootstrap = check_positive_int(bootstrap, "bootstrap", 0)
+  try:
+    _, confidence, bootstrap_mode = bootstrap_lib.check_args(
+      bootstrap, confidence, bootstrap_mode
+    )
+  except ValueError as e:
+    raise UserError(f"--confidence/--bootstrap_mode: {e}") from None
   for flag, path in (("train", train), ("test", test), ("gen", gen)):
     if path is not None and not os.path.exists(path):
       raise UserError(f"--{flag}: no such file or folder: {path}")
@@ -526,21 +550,42 @@ def score(
       f"({ref.n_layers} layers, D={ref.dim}): "
       f"mismatched reference {ref_path}"
     )
-  res = ref.score(ge, tau=tau, return_neighbors=True)
+  res = ref.score(
+    ge,
+    tau=tau,
+    return_neighbors=True,
+    n_bootstrap=bootstrap,
+    bootstrap=bootstrap_mode,
+    confidence=confidence,
+    seed=0 if seed is None else seed,
+  )
   if fitted:
     ref.save(ref_path)
   names = ref.layer_names
+  bounds = (
+    [(res.ct_low[l], res.ct_high[l]) for l in range(ref.n_layers)]
+    if bootstrap
+    else [()] * ref.n_layers
+  )
   rows = [
     (
       names[l],
       res.ct[l],
+      *bounds[l],
       int(res.included[l].sum()),
       report.verdict(res.ct[l], band),
     )
     for l in range(ref.n_layers)
   ]
-  headers = ["layer", "C_T", "cells used", "verdict"]
+  headers = ["layer", "C_T"]
+  headers += ["ct_low", "ct_high"] if bootstrap else []
+  headers += ["cells used", "verdict"]
   echo(report.format_table(rows, headers))
+  if bootstrap:
+    echo(
+      f"ct_low/ct_high: {confidence:.0%} bootstrap intervals ({bootstrap} "
+      f"replicates resampling {bootstrap_mode}; cells and distances fixed)"
+    )
   report.write_table_csv(rows, headers, os.path.join(out, "ct_curve.csv"))
   summary = dict(
     layers=names,
@@ -557,13 +602,25 @@ def score(
     reference_path=os.fspath(ref_path),
     reference_fitted_now=fitted,
   )
+  if bootstrap:
+    summary.update(
+      ct_low=res.ct_low,
+      ct_high=res.ct_high,
+      confidence=confidence,
+      n_bootstrap=bootstrap,
+      bootstrap=bootstrap_mode,
+      bootstrap_seed=0 if seed is None else seed,
+    )
   report.write_json(summary, os.path.join(out, "ct_curve.json"))
+  label = os.path.basename(os.fspath(gen)) or "gen"
   report.plot_curves(
-    {os.path.basename(os.fspath(gen)) or "gen": res.ct},
+    {label: res.ct},
     os.path.join(out, "ct_curve.png"),
     layers=np.arange(ref.n_layers),
     band=band,
-    title="C_T per layer (negative: copying)",
+    title="C_T per layer (negative: copying)"
+    + (f"; {confidence:.0%} bootstrap band" if bootstrap else ""),
+    intervals={label: (res.ct_low, res.ct_high)} if bootstrap else None,
   )
   gallery_files = [
     os.path.join(out, n) for n in ("copy_gallery.csv", "copy_gallery.png")

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctjax import sharding
+from ctjax.stats import bootstrap as bootstrap_lib
 from ctjax.stats import ct as ct_lib
 from ctjax.stats import fitted as fitted_lib
 from ctjax.stats import mannwhitney
@@ -281,10 +282,22 @@ def _merge_results(results, groups, axis: int) -> ct_lib.CTResult:
         for f in dataclasses.fields(ct_lib.Neighbors)
       }
     )
+  boot = {}
+  if results[0].ct_boot is not None:  # `score` only: the layer axis is 0
+    boot = dict(
+      ct_low=cat([r.ct_low for r in results]),
+      ct_high=cat([r.ct_high for r in results]),
+      ct_boot=np.take(
+        np.concatenate([r.ct_boot for r in results], axis + 1), inv, axis + 1
+      ),
+      confidence=results[0].confidence,
+      bootstrap=results[0].bootstrap,
+    )
   return ct_lib.CTResult(
     **{k: cat([getattr(r, k) for r in results]) for k in _RESULT_FIELDS},
     tau=results[0].tau,
     neighbors=nbrs,
+    **boot,
   )
 
 
@@ -799,6 +812,10 @@ class CTReference:
     return_neighbors: bool = False,
     search: str | None = None,
     mesh=None,
+    n_bootstrap: int = 0,
+    bootstrap: str = "gen",
+    confidence: float = bootstrap_lib.DEFAULT_CONFIDENCE,
+    seed: int = 0,
   ) -> ct_lib.CTResult:
     """C_T of a generated batch on every layer.
 
@@ -814,12 +831,42 @@ class CTReference:
         ``"data"`` axis: the projected training points are sharded over the
         mesh (dealt out once per mesh and cached) and the nearest neighbours
         reduced across devices (`ctjax.sharding`); the result is the same.
+      n_bootstrap: bootstrap replicates B; 0 (the default) computes none.
+        With B > 0 the result carries per-layer percentile intervals
+        ``ct_low``/``ct_high [L]`` and the replicates ``ct_boot [B, L]``.
+        The fitted cells and every nearest-neighbour distance stay fixed; a
+        replicate reweights the points (`ctjax.stats.bootstrap`): no new
+        search runs. At B = 1000 resampling the generated points adds a
+        fraction of one warm score, the test points a few
+        (benchmarks/bench_bootstrap.py).
+      bootstrap: what is resampled: "gen" (the generated points), "test"
+        (the test points) or "gen+test" (both, independently).
+      confidence: the intervals' nominal level, in (0, 1).
+      seed: seed of the resampling; replicate b uses the indices
+        ``ctjax.stats.bootstrap.resample_indices(seed, B, m, n)[.][b]``.
 
     Returns:
       A `CTResult`: ``ct [L]``, ``z``/``included``/``test_frac``/
-      ``gen_frac``/``u``/``n_test``/``n_gen [L, k]``.
+      ``gen_frac``/``u``/``n_test``/``n_gen [L, k]`` (and the bootstrap
+      fields when ``n_bootstrap > 0``).
+
+    Raises:
+      ValueError: bad shapes, τ, NaN/Inf in ``gen``, or bad bootstrap
+        arguments (``n_bootstrap`` not an integer ≥ 0, ``confidence``
+        outside (0, 1), an unknown ``bootstrap``).
     """
+    n_bootstrap, confidence, bootstrap = bootstrap_lib.check_args(
+      n_bootstrap, confidence, bootstrap
+    )
+    boot_kw = dict(
+      n_bootstrap=n_bootstrap,
+      bootstrap=bootstrap,
+      confidence=confidence,
+      seed=seed,
+    )
     if self.groups:
+      # Each width group draws the same indices (same seed, m and n), so the
+      # merged replicates are whole curves.
       gen = self._gen_list(gen)
       return _merge_results(
         [
@@ -829,6 +876,7 @@ class CTReference:
             return_neighbors=return_neighbors,
             search=search,
             mesh=mesh,
+            **boot_kw,
           )
           for g, sub in self._parts()
         ],
@@ -850,6 +898,8 @@ class CTReference:
     f = self.fitted
     tiles = self._tiles(search)
     on_device = _sums_on_device(self.n_test, m_pad)
+    if n_bootstrap:
+      bootstrap_lib.check_sizes(self.n_test, m)  # before the search
     u2 = n_gen = None
     if mesh is None and on_device:
       scores, cells, dist, idx = score_lib.score_detailed(
@@ -885,6 +935,10 @@ class CTReference:
       degenerate=np.asarray(f.degenerate),
       layer_names=list(self.layer_names),
     )
+    if n_bootstrap:
+      res = _with_bootstrap(
+        res, f, dist[:, :m], cells, tau=tau, degenerate=f.degenerate, **boot_kw
+      )
     if return_neighbors:
       res = dataclasses.replace(
         res,
@@ -1236,6 +1290,47 @@ class CTReference:
     )
 
 
+def _with_bootstrap(
+  res,
+  f,
+  dist,
+  cells,
+  *,
+  tau,
+  degenerate,
+  n_bootstrap,
+  bootstrap,
+  confidence,
+  seed,
+) -> ct_lib.CTResult:
+  """``res`` with bootstrap intervals from the scored batch's L(q)
+  ``dist [L, m]`` and ``cells [L, m]`` (`ctjax.stats.bootstrap`)."""
+  n_layers, m = cells.shape
+  u2, n_gen, n_test = bootstrap_lib.replicates(
+    f.test,
+    jnp.asarray(dist),
+    jnp.asarray(cells, jnp.int32),
+    jax.random.PRNGKey(seed),
+    n_boot=n_bootstrap,
+    m=m,
+    mode=bootstrap,
+    batch_size=bootstrap_lib.chunk_size(n_layers, f.n_test, m, bootstrap),
+  )
+  boot = bootstrap_lib.finish(
+    u2, n_test, n_gen, tau, degenerate=np.asarray(degenerate, bool)
+  )
+  low, high = bootstrap_lib.percentile_interval(boot, confidence)
+  bad = ~np.isfinite(res.ct)
+  return dataclasses.replace(
+    res,
+    ct_low=np.where(bad, np.nan, low),
+    ct_high=np.where(bad, np.nan, high),
+    ct_boot=boot,
+    confidence=confidence,
+    bootstrap=bootstrap,
+  )
+
+
 def _sums_on_device(n_test: int, m: int) -> bool:
   """Whether per-cell 2·U sums are exact on device (`stats.scoring.u2_dtype`)."""
   try:
@@ -1248,12 +1343,22 @@ def _sums_on_device(n_test: int, m: int) -> bool:
 def ct_curve(train, test, gen, **kwargs) -> ct_lib.CTResult:
   """`CTReference.fit(train, test, **fit_kwargs).score(gen, **score_kwargs)`.
 
-  Keyword arguments ``tau`` and ``return_neighbors`` go to `score`, the rest to
-  `fit`. Shapes: train ``[L, N, D]``, test ``[L, n, D]``, gen ``[L, m, D]``
-  (or the list form, L arrays ``[N, D_l]``, ``[n, D_l]``, ``[m, D_l]``).
+  Keyword arguments ``tau``, ``return_neighbors``, ``n_bootstrap``,
+  ``bootstrap`` and ``confidence`` go to `score` (``seed`` is the fit's), the
+  rest to `fit`. Shapes: train ``[L, N, D]``, test ``[L, n, D]``, gen
+  ``[L, m, D]`` (or the list form, L arrays ``[N, D_l]``, ``[n, D_l]``,
+  ``[m, D_l]``).
   """
   score_kw = {
-    k: kwargs.pop(k) for k in ("tau", "return_neighbors") if k in kwargs
+    k: kwargs.pop(k)
+    for k in (
+      "tau",
+      "return_neighbors",
+      "n_bootstrap",
+      "bootstrap",
+      "confidence",
+    )
+    if k in kwargs
   }
   return CTReference.fit(train, test, **kwargs).score(gen, **score_kw)
 

@@ -135,10 +135,16 @@ def plot_curves(
   title: str = "C_T per layer",
   ylabel: str = "C_T",
   band: float = DEFAULT_BAND,
+  intervals: Mapping[str, Any] | None = None,
 ) -> str:
   """Writes `curves_figure` as a PNG to ``path``; returns the path."""
   fig = curves_figure(
-    curves, layers=layers, title=title, ylabel=ylabel, band=band
+    curves,
+    layers=layers,
+    title=title,
+    ylabel=ylabel,
+    band=band,
+    intervals=intervals,
   )
   return _save(fig, path)
 
@@ -150,6 +156,7 @@ def curves_figure(
   title: str = "C_T per layer",
   ylabel: str = "C_T",
   band: float = DEFAULT_BAND,
+  intervals: Mapping[str, Any] | None = None,
 ):
   """C_T against layer, one colour per label, as a matplotlib Figure.
 
@@ -158,10 +165,14 @@ def curves_figure(
     layers: ``[L]`` x-axis values (default 0..L-1).
     title, ylabel: text.
     band: C_T below -band is shaded as copying, above +band as under-fitting.
+    intervals: label -> ``(low [L], high [L])``, e.g. bootstrap bounds
+      (`CTResult.ct_low`/``ct_high``), drawn as a shaded band in the
+      label's colour (NaN = gap).
 
   Returns:
     the Figure: one axes whose data lines are the curves, in the order given
-    (a label's curves in row order), after one horizontal line at 0.
+    (a label's curves in row order), after one horizontal line at 0; the
+    interval bands are its ``collections``, in the order of the curves.
   """
   if not curves:
     raise ValueError("plot_curves needs at least one curve")
@@ -183,10 +194,23 @@ def curves_figure(
     raise ValueError(
       f"layers has shape {x.shape}, curves have {n_layers} layers"
     )
+  bounds = {}
+  for label, lh in (intervals or {}).items():
+    if str(label) not in arrays:
+      raise ValueError(f"intervals for {label!r}, which has no curve")
+    lh = np.asarray(lh, dtype=np.float64)
+    if lh.shape != (2, n_layers):
+      raise ValueError(
+        f"intervals for {label!r} must be (low [L], high [L]) with "
+        f"L={n_layers}, got shape {lh.shape}"
+      )
+    bounds[str(label)] = lh
 
   fig = _figure(8.0, 4.2)
   ax = fig.add_subplot()
-  finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()])
+  finite = np.concatenate(
+    [a[np.isfinite(a)] for a in [*arrays.values(), *bounds.values()]]
+  )
   lo = min(finite.min(), -band) if finite.size else -band
   hi = max(finite.max(), band) if finite.size else band
   pad = 0.08 * (hi - lo)
@@ -210,6 +234,10 @@ def curves_figure(
   ax.axhline(0.0, color="black", lw=0.8)
   colours = _colours(len(arrays))
   for (label, a), colour in zip(arrays.items(), colours):
+    if label in bounds:
+      ax.fill_between(
+        x, bounds[label][0], bounds[label][1], color=colour, alpha=0.25, lw=0
+      )
     for j, c in enumerate(a):
       ax.plot(
         x,

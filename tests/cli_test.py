@@ -57,6 +57,7 @@ def test_score_with_embeddings(emb_files, tmp_path):
     gen=d / "genA.npz",
     out=str(out),
     n_cells=4,
+    bootstrap=0,  # the intervals: tests/cli_bootstrap_test.py
     echo=lines.append,
   )
   want = ctjax.ct_curve(files["train"], files["test"], files["genA"], n_cells=4)

@@ -58,6 +58,16 @@ class CTResult:
     n_gen: ``[L, k]`` generated points per cell.
     tau: the threshold used.
     neighbors: a `Neighbors`, when asked for.
+    ct_low: ``[L]`` lower end of C_T's bootstrap interval, or None when no
+      bootstrap was asked for (``n_bootstrap=0``).
+    ct_high: ``[L]`` its upper end, or None.
+    ct_boot: ``[B, L]`` the B bootstrap replicates of C_T (NaN where a
+      replicate has no cell above τ), or None.
+    confidence: the intervals' nominal level (e.g. 0.95), or None.
+    bootstrap: what was resampled ("gen", "test" or "gen+test"), or None.
+    The interval is the percentile interval of the replicates, with the
+    fitted cells and every nearest-neighbour distance held fixed
+    (`ctjax.stats.bootstrap`, docs/method.md).
   """
 
   ct: np.ndarray
@@ -70,6 +80,11 @@ class CTResult:
   n_gen: np.ndarray
   tau: float
   neighbors: Neighbors | None = None
+  ct_low: np.ndarray | None = None
+  ct_high: np.ndarray | None = None
+  ct_boot: np.ndarray | None = None
+  confidence: float | None = None
+  bootstrap: str | None = None
 
   def squeeze(self) -> "CTResult":
     """Drops a leading layer axis of size 1 (``ct`` becomes a float)."""
@@ -80,9 +95,14 @@ class CTResult:
     fields = {
       f.name: sq(getattr(self, f.name))
       for f in dataclasses.fields(self)
-      if f.name != "neighbors"
+      if f.name not in ("neighbors", "ct_boot")
     }
     fields["ct"] = float(self.ct.reshape(-1)[0])
+    if self.ct_low is not None:
+      fields["ct_low"] = float(np.reshape(self.ct_low, -1)[0])
+      fields["ct_high"] = float(np.reshape(self.ct_high, -1)[0])
+    if self.ct_boot is not None:
+      fields["ct_boot"] = np.asarray(self.ct_boot)[:, 0]
     nbrs = self.neighbors
     if nbrs is not None:
       nbrs = Neighbors(
