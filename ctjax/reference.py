@@ -81,17 +81,22 @@ _query_parts = jax.jit(score_lib.query_parts, static_argnames=_STATIC)
 _cell_scores = jax.jit(score_lib.cell_scores)
 
 
-@functools.partial(
-  jax.jit, static_argnames=_STATIC + ("on_device", "vectorize")
-)
-def _score_chunk(fitted, gens, valid, tau, *, on_device, vectorize, **kw):
-  """``gens [c, L, m, D]``, ``valid [c, m]``: finite flags ``[c, L]`` and,
-  per batch, `Scores` (``on_device``) or per-query ``(tu, cells)``.
+@functools.partial(jax.jit, static_argnames=_STATIC + ("on_device", "mode"))
+def _score_chunk(fitted, gens, valid, tau, *, on_device, mode, **kw):
+  """Scores a chunk of c batches. Returns finite flags ``[c, L]`` and `Scores`
+  with a leading c axis (``on_device``) or per-query ``(tu, cells)``, each
+  ``[c, L, m]``.
 
-  ``vectorize`` scores the c batches at once (`jax.vmap`); otherwise one
-  after another (`lax.map`), which suits a CPU: the vmapped tiled search runs
-  every batch's loop to the longest one's length.
+  ``mode``: "merge" searches the c batches' queries of a layer together
+  (`stats.scoring.merged_parts`; ``gens [L, c, m, D]``, layer-major);
+  "vmap" scores the batches at once, "map" one after another (both with
+  ``gens [c, L, m, D]``). ``valid [c, m]``.
   """
+  if mode == "merge":
+    finite = jnp.all(jnp.isfinite(gens), axis=(2, 3)).T
+    if on_device:
+      return finite, score_lib.score_merged(fitted, gens, valid, tau=tau, **kw)
+    return finite, score_lib.merged_parts(fitted, gens, valid, **kw)
   finite = jnp.all(jnp.isfinite(gens), axis=(2, 3))
 
   def one(g, v):
@@ -99,7 +104,7 @@ def _score_chunk(fitted, gens, valid, tau, *, on_device, vectorize, **kw):
       return score_lib.score_detailed(fitted, g, tau=tau, valid=v, **kw)[0]
     return score_lib.query_parts(fitted, g, v, **kw)[:2]
 
-  if vectorize:
+  if mode == "vmap":
     return finite, jax.vmap(one)(gens, valid)
   return finite, jax.lax.map(lambda a: one(*a), (gens, valid))
 
@@ -922,8 +927,10 @@ class CTReference:
       memory_budget: device bytes for one chunk (default 1 GiB).
       batch_size: batches per chunk (overrides ``memory_budget``).
       search: as in `score`.
-      vectorize: score a chunk's batches at once (`jax.vmap`) rather than one
-        after another (`lax.map`); ``None``: at once except on a CPU.
+      vectorize: ``None`` (default) searches the queries of a chunk's
+        batches together, one search per layer (the fastest on any
+        backend); ``True`` scores the batches with `jax.vmap`, ``False``
+        one after another (`lax.map`). The result is the same.
 
     Returns:
       A `CTResult` whose fields have a leading batch axis: ``ct [B, L]``,
@@ -968,8 +975,7 @@ class CTReference:
     m_pad = _pad_rows(m)
     on_device = _sums_on_device(self.n_test, m_pad)
     tiles = self._tiles(search)
-    if vectorize is None:
-      vectorize = jax.default_backend() != "cpu"
+    mode = {None: "merge", True: "vmap", False: "map"}[vectorize]
     if batch_size is None:
       per = score_lib.batch_bytes(
         self.fitted,
@@ -986,8 +992,12 @@ class CTReference:
     for start in range(0, n_batches, chunk):
       part = gens[start : start + chunk]
       b = part.shape[0]
-      buf = np.zeros((chunk, self.n_layers, m_pad, self.dim), gens.dtype)
-      buf[:b, :, :m] = part
+      if mode == "merge":  # layer-major [L, c, m, D]
+        buf = np.zeros((self.n_layers, chunk, m_pad, self.dim), gens.dtype)
+        buf[:, :b, :m] = part.transpose(1, 0, 2, 3)
+      else:
+        buf = np.zeros((chunk, self.n_layers, m_pad, self.dim), gens.dtype)
+        buf[:b, :, :m] = part
       valid = np.zeros((chunk, m_pad), bool)
       valid[:b, :m] = True
       finite, out = _score_chunk(
@@ -996,7 +1006,7 @@ class CTReference:
         jax.device_put(valid),
         tau,
         on_device=on_device,
-        vectorize=vectorize,
+        mode=mode,
         **tiles,
       )
       finite = np.asarray(finite)[:b]
