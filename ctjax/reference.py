@@ -401,8 +401,8 @@ class CTReference:
     n_init: int = 10,
     meta: dict | None = None,
     layer_names=None,
-    tile_queries: int | None = fitted_lib.TILE_QUERIES,
-    tile_train: int = fitted_lib.TILE_TRAIN,
+    tile_queries: int | None = nb.TILE_QUERIES,
+    tile_train: int = nb.TILE_TRAIN,
     search: str = "auto",
     mesh=None,
   ) -> "CTReference":
@@ -596,7 +596,8 @@ class CTReference:
       chunk_size: rows per chunk when ``train`` is an array.
       memory_budget: bytes for one nearest-neighbour tile's working set; sets
         ``tile_queries``/``tile_train`` (`streaming.tiles_for_budget`);
-        ``None`` uses 64 queries x `stats.fitted.STREAMING_TILE_TRAIN` rows.
+        ``None`` uses 64 queries x `stats.neighbors.STREAMING_TILE_TRAIN`
+        rows.
       mesh: as in `fit`.
       Other arguments: as in `fit`.
     """
@@ -614,8 +615,8 @@ class CTReference:
       n_init=n_init,
       metric=metric,
       seed=seed,
-      tile_queries=fitted_lib.TILE_QUERIES,
-      tile_train=fitted_lib.STREAMING_TILE_TRAIN,
+      tile_queries=nb.TILE_QUERIES,
+      tile_train=nb.STREAMING_TILE_TRAIN,
       search=search,
     )
     source = streaming.ChunkSource(train, chunk_size)
@@ -1211,8 +1212,8 @@ class CTReference:
       n_init=int(cfg["n_init"]),
       metric=cfg["metric"],
       seed=int(cfg["seed"]),
-      tile_queries=cfg.get("tile_queries", fitted_lib.TILE_QUERIES),
-      tile_train=int(cfg.get("tile_train", fitted_lib.TILE_TRAIN)),
+      tile_queries=cfg.get("tile_queries", nb.TILE_QUERIES),
+      tile_train=int(cfg.get("tile_train", nb.TILE_TRAIN)),
       search=cfg.get("search", "auto"),
       kmeans_sample=cfg.get("kmeans_sample"),
     )

@@ -41,8 +41,13 @@ from ctjax.stats import distances
 
 METRICS = ("l2", "cosine")
 SEARCHES = ("tiled", "dense")
+# The one place for the default tile sizes (FitConfig, CTReference and the
+# score use these): queries per tile, training rows per step, and the smaller
+# step of a streamed fit, which keeps a larger T at d dimensions beside one
+# tile's working set.
 TILE_QUERIES = 64
-TILE_TRAIN = 2048
+TILE_TRAIN = 4096
+STREAMING_TILE_TRAIN = 2048
 # Largest score block (bytes) that "auto" lets the dense search hold at once.
 DENSE_BYTES = 1 << 30
 
@@ -200,6 +205,7 @@ def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep, admissible):
   query is scored once more at the end (g rows) to find the row. Returns
   (score ``[b]``, sorted row ``[b]``; ``inf`` where nothing is admissible).
   """
+  t, t_aux = jnp.asarray(t), jnp.asarray(t_aux)  # may come from NumPy
   n = t.shape[0]
   b = q.shape[0]
   big, small, g = _steps(tile_train)
@@ -303,7 +309,7 @@ def _dense(metric, t, t_aux, index, queries, q_cells, tile_train):
     return fresh[:, None] & (take(index.cells)[:, None] == q_cells[None, :])
 
   def admissible(rows):
-    return index.cells[rows] == q_cells[:, None]
+    return jnp.asarray(index.cells)[rows] == q_cells[:, None]
 
   return _scan_rows(
     metric,

@@ -31,6 +31,7 @@ import numpy as np
 from ctjax.stats import fitted as fitted_lib
 from ctjax.stats import kmeans as km
 from ctjax.stats import mannwhitney
+from ctjax.stats import neighbors as nb
 from ctjax.stats import pca as pca_lib
 
 # τ = PAPER_TAU_COUNT / m: a cell counts when it holds more than this many
@@ -183,8 +184,8 @@ def query_parts(
   gen,
   valid,
   *,
-  tile_queries=fitted_lib.TILE_QUERIES,
-  tile_train=fitted_lib.TILE_TRAIN,
+  tile_queries=nb.TILE_QUERIES,
+  tile_train=nb.TILE_TRAIN,
   search="auto",
   layers=None,
   rank=None,
@@ -272,8 +273,8 @@ def score_detailed(
   *,
   tau=None,
   valid=None,
-  tile_queries=fitted_lib.TILE_QUERIES,
-  tile_train=fitted_lib.TILE_TRAIN,
+  tile_queries=nb.TILE_QUERIES,
+  tile_train=nb.TILE_TRAIN,
   search="auto",
   layers=None,
   rank=None,
@@ -305,8 +306,8 @@ def score(
   *,
   tau=None,
   valid=None,
-  tile_queries: int | None = fitted_lib.TILE_QUERIES,
-  tile_train: int = fitted_lib.TILE_TRAIN,
+  tile_queries: int | None = nb.TILE_QUERIES,
+  tile_train: int = nb.TILE_TRAIN,
   search: str = "auto",
   layers: str | None = None,
   rank: str | None = None,
@@ -384,8 +385,8 @@ def score_merged(
   valid,
   *,
   tau=None,
-  tile_queries=fitted_lib.TILE_QUERIES,
-  tile_train=fitted_lib.TILE_TRAIN,
+  tile_queries=nb.TILE_QUERIES,
+  tile_train=nb.TILE_TRAIN,
   search="auto",
   layers=None,
   rank=None,
