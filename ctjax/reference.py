@@ -133,8 +133,10 @@ def _stack_layers(name, x, n_layers=None):
   return x
 
 
-def _check_finite(name, x, layer_names):
-  ok = np.asarray(_finite_per_layer(x))
+def _check_finite(name, x, layer_names, ok=None):
+  """Raises naming the layers of ``x`` with NaN/Inf (``ok [L]``: the finite
+  flags, when already computed)."""
+  ok = np.asarray(_finite_per_layer(x) if ok is None else ok)
   if not ok.all():
     bad = [layer_names[i] for i in np.flatnonzero(~ok)]
     raise ValueError(
@@ -167,11 +169,24 @@ def _lapack_one_thread():
     yield
 
 
+@functools.partial(jax.jit, static_argnames=("seed", "n_layers"))
 def _layer_keys(seed, n_layers):
-  """k-means key of every layer: ``fold_in(PRNGKey(seed), l)``; ``[L, 2]``."""
+  """k-means key of every layer: ``fold_in(PRNGKey(seed), l)``; ``[L, 2]``
+  (one compiled call rather than a handful of eager ones)."""
   return jax.vmap(lambda l: jax.random.fold_in(jax.random.PRNGKey(seed), l))(
     jnp.arange(n_layers)
   )
+
+
+@functools.partial(jax.jit, static_argnames=("m_pad",))
+def _pad_batch(gen, m_pad):
+  """``gen [L, m, D]`` padded with zero rows to ``[L, m_pad, D]``, the valid
+  rows ``[m_pad]`` and the finite flags ``[L]``, in one compiled call."""
+  n_layers, m, dim = gen.shape
+  finite = jnp.all(jnp.isfinite(gen), axis=(1, 2))
+  pad = jnp.zeros((n_layers, m_pad - m, dim), gen.dtype)
+  valid = jnp.arange(m_pad) < m
+  return jnp.concatenate([gen, pad], axis=1), valid, finite
 
 
 def _layer_name_list(layer_names, n_layers):
@@ -844,15 +859,9 @@ class CTReference:
     gen = _stack_layers("gen", gen, self.n_layers)
     m = self._check_gen(gen)
     tau = ct_lib.default_tau(m) if tau is None else ct_lib.check_tau(tau, m)
-    gen = _to_device(gen)
-    _check_finite("gen", gen, self.layer_names)
     m_pad = _pad_rows(m)
-    if m_pad != m:
-      gen = jnp.concatenate(
-        [gen, jnp.zeros((gen.shape[0], m_pad - m, gen.shape[2]), gen.dtype)],
-        axis=1,
-      )
-    valid = jnp.arange(m_pad) < m
+    gen, valid, finite = _pad_batch(_to_device(gen), m_pad=m_pad)
+    _check_finite("gen", gen, self.layer_names, ok=finite)
     f = self.fitted
     tiles = self._tiles(search)
     on_device = _sums_on_device(self.n_test, m_pad)
