@@ -82,17 +82,22 @@ _query_parts = jax.jit(score_lib.query_parts, static_argnames=_STATIC)
 _cell_scores = jax.jit(score_lib.cell_scores)
 
 
-@functools.partial(
-  jax.jit, static_argnames=_STATIC + ("on_device", "vectorize")
-)
-def _score_chunk(fitted, gens, valid, tau, *, on_device, vectorize, **kw):
-  """``gens [c, L, m, D]``, ``valid [c, m]``: finite flags ``[c, L]`` and,
-  per batch, `Scores` (``on_device``) or per-query ``(tu, cells)``.
+@functools.partial(jax.jit, static_argnames=_STATIC + ("on_device", "mode"))
+def _score_chunk(fitted, gens, valid, tau, *, on_device, mode, **kw):
+  """Scores a chunk of c batches. Returns finite flags ``[c, L]`` and `Scores`
+  with a leading c axis (``on_device``) or per-query ``(tu, cells)``, each
+  ``[c, L, m]``.
 
-  ``vectorize`` scores the c batches at once (`jax.vmap`); otherwise one
-  after another (`lax.map`), which suits a CPU: the vmapped tiled search runs
-  every batch's loop to the longest one's length.
+  ``mode``: "merge" searches the c batches' queries of a layer together
+  (`stats.scoring.merged_parts`; ``gens [L, c, m, D]``, layer-major);
+  "vmap" scores the batches at once, "map" one after another (both with
+  ``gens [c, L, m, D]``). ``valid [c, m]``.
   """
+  if mode == "merge":
+    finite = jnp.all(jnp.isfinite(gens), axis=(2, 3)).T
+    if on_device:
+      return finite, score_lib.score_merged(fitted, gens, valid, tau=tau, **kw)
+    return finite, score_lib.merged_parts(fitted, gens, valid, **kw)
   finite = jnp.all(jnp.isfinite(gens), axis=(2, 3))
 
   def one(g, v):
@@ -100,7 +105,7 @@ def _score_chunk(fitted, gens, valid, tau, *, on_device, vectorize, **kw):
       return score_lib.score_detailed(fitted, g, tau=tau, valid=v, **kw)[0]
     return score_lib.query_parts(fitted, g, v, **kw)[:2]
 
-  if vectorize:
+  if mode == "vmap":
     return finite, jax.vmap(one)(gens, valid)
   return finite, jax.lax.map(lambda a: one(*a), (gens, valid))
 
@@ -129,8 +134,10 @@ def _stack_layers(name, x, n_layers=None):
   return x
 
 
-def _check_finite(name, x, layer_names):
-  ok = np.asarray(_finite_per_layer(x))
+def _check_finite(name, x, layer_names, ok=None):
+  """Raises naming the layers of ``x`` with NaN/Inf (``ok [L]``: the finite
+  flags, when already computed)."""
+  ok = np.asarray(_finite_per_layer(x) if ok is None else ok)
   if not ok.all():
     bad = [layer_names[i] for i in np.flatnonzero(~ok)]
     raise ValueError(
@@ -163,11 +170,24 @@ def _lapack_one_thread():
     yield
 
 
+@functools.partial(jax.jit, static_argnames=("seed", "n_layers"))
 def _layer_keys(seed, n_layers):
-  """k-means key of every layer: ``fold_in(PRNGKey(seed), l)``; ``[L, 2]``."""
+  """k-means key of every layer: ``fold_in(PRNGKey(seed), l)``; ``[L, 2]``
+  (one compiled call rather than a handful of eager ones)."""
   return jax.vmap(lambda l: jax.random.fold_in(jax.random.PRNGKey(seed), l))(
     jnp.arange(n_layers)
   )
+
+
+@functools.partial(jax.jit, static_argnames=("m_pad",))
+def _pad_batch(gen, m_pad):
+  """``gen [L, m, D]`` padded with zero rows to ``[L, m_pad, D]``, the valid
+  rows ``[m_pad]`` and the finite flags ``[L]``, in one compiled call."""
+  n_layers, m, dim = gen.shape
+  finite = jnp.all(jnp.isfinite(gen), axis=(1, 2))
+  pad = jnp.zeros((n_layers, m_pad - m, dim), gen.dtype)
+  valid = jnp.arange(m_pad) < m
+  return jnp.concatenate([gen, pad], axis=1), valid, finite
 
 
 def _layer_name_list(layer_names, n_layers):
@@ -409,8 +429,8 @@ class CTReference:
     n_init: int = 10,
     meta: dict | None = None,
     layer_names=None,
-    tile_queries: int | None = fitted_lib.TILE_QUERIES,
-    tile_train: int = fitted_lib.TILE_TRAIN,
+    tile_queries: int | None = nb.TILE_QUERIES,
+    tile_train: int = nb.TILE_TRAIN,
     search: str = "auto",
     mesh=None,
   ) -> "CTReference":
@@ -604,7 +624,8 @@ class CTReference:
       chunk_size: rows per chunk when ``train`` is an array.
       memory_budget: bytes for one nearest-neighbour tile's working set; sets
         ``tile_queries``/``tile_train`` (`streaming.tiles_for_budget`);
-        ``None`` uses 64 queries x `stats.fitted.STREAMING_TILE_TRAIN` rows.
+        ``None`` uses 64 queries x `stats.neighbors.STREAMING_TILE_TRAIN`
+        rows.
       mesh: as in `fit`.
       Other arguments: as in `fit`.
     """
@@ -622,8 +643,8 @@ class CTReference:
       n_init=n_init,
       metric=metric,
       seed=seed,
-      tile_queries=fitted_lib.TILE_QUERIES,
-      tile_train=fitted_lib.STREAMING_TILE_TRAIN,
+      tile_queries=nb.TILE_QUERIES,
+      tile_train=nb.STREAMING_TILE_TRAIN,
       search=search,
     )
     source = streaming.ChunkSource(train, chunk_size)
@@ -886,15 +907,9 @@ class CTReference:
     gen = _stack_layers("gen", gen, self.n_layers)
     m = self._check_gen(gen)
     tau = ct_lib.default_tau(m) if tau is None else ct_lib.check_tau(tau, m)
-    gen = _to_device(gen)
-    _check_finite("gen", gen, self.layer_names)
     m_pad = _pad_rows(m)
-    if m_pad != m:
-      gen = jnp.concatenate(
-        [gen, jnp.zeros((gen.shape[0], m_pad - m, gen.shape[2]), gen.dtype)],
-        axis=1,
-      )
-    valid = jnp.arange(m_pad) < m
+    gen, valid, finite = _pad_batch(_to_device(gen), m_pad=m_pad)
+    _check_finite("gen", gen, self.layer_names, ok=finite)
     f = self.fitted
     tiles = self._tiles(search)
     on_device = _sums_on_device(self.n_test, m_pad)
@@ -976,8 +991,10 @@ class CTReference:
       memory_budget: device bytes for one chunk (default 1 GiB).
       batch_size: batches per chunk (overrides ``memory_budget``).
       search: as in `score`.
-      vectorize: score a chunk's batches at once (`jax.vmap`) rather than one
-        after another (`lax.map`); ``None``: at once except on a CPU.
+      vectorize: ``None`` (default) searches the queries of a chunk's
+        batches together, one search per layer (the fastest on any
+        backend); ``True`` scores the batches with `jax.vmap`, ``False``
+        one after another (`lax.map`). The result is the same.
 
     Returns:
       A `CTResult` whose fields have a leading batch axis: ``ct [B, L]``,
@@ -1022,8 +1039,7 @@ class CTReference:
     m_pad = _pad_rows(m)
     on_device = _sums_on_device(self.n_test, m_pad)
     tiles = self._tiles(search)
-    if vectorize is None:
-      vectorize = jax.default_backend() != "cpu"
+    mode = {None: "merge", True: "vmap", False: "map"}[vectorize]
     if batch_size is None:
       per = score_lib.batch_bytes(
         self.fitted,
@@ -1040,8 +1056,12 @@ class CTReference:
     for start in range(0, n_batches, chunk):
       part = gens[start : start + chunk]
       b = part.shape[0]
-      buf = np.zeros((chunk, self.n_layers, m_pad, self.dim), gens.dtype)
-      buf[:b, :, :m] = part
+      if mode == "merge":  # layer-major [L, c, m, D]
+        buf = np.zeros((self.n_layers, chunk, m_pad, self.dim), gens.dtype)
+        buf[:, :b, :m] = part.transpose(1, 0, 2, 3)
+      else:
+        buf = np.zeros((chunk, self.n_layers, m_pad, self.dim), gens.dtype)
+        buf[:b, :, :m] = part
       valid = np.zeros((chunk, m_pad), bool)
       valid[:b, :m] = True
       finite, out = _score_chunk(
@@ -1050,7 +1070,7 @@ class CTReference:
         jax.device_put(valid),
         tau,
         on_device=on_device,
-        vectorize=vectorize,
+        mode=mode,
         **tiles,
       )
       finite = np.asarray(finite)[:b]
@@ -1255,8 +1275,8 @@ class CTReference:
       n_init=int(cfg["n_init"]),
       metric=cfg["metric"],
       seed=int(cfg["seed"]),
-      tile_queries=cfg.get("tile_queries", fitted_lib.TILE_QUERIES),
-      tile_train=int(cfg.get("tile_train", fitted_lib.TILE_TRAIN)),
+      tile_queries=cfg.get("tile_queries", nb.TILE_QUERIES),
+      tile_train=int(cfg.get("tile_train", nb.TILE_TRAIN)),
       search=cfg.get("search", "auto"),
       kmeans_sample=cfg.get("kmeans_sample"),
     )

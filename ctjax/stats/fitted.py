@@ -8,8 +8,8 @@ and mapped over the layer axis with `jax.lax.map` (sequential over layers, so
 memory is one layer's working set); the result is a `Fitted` whose every leaf
 has a leading layer axis L.
 
-`FitConfig` holds the settings, and is the one place for the default
-nearest-neighbour tile sizes.
+`FitConfig` holds the settings; the default nearest-neighbour tile sizes are
+`neighbors.TILE_QUERIES` and `neighbors.TILE_TRAIN`.
 """
 
 import dataclasses
@@ -26,12 +26,6 @@ from ctjax.stats import pca as pca_lib
 
 # PCA dimension when none is asked for: min(DEFAULT_COMPONENTS, N, D).
 DEFAULT_COMPONENTS = 64
-# Nearest-neighbour tiles (queries per tile, training rows per step). A
-# streamed fit keeps a larger T at d dimensions and scans it in smaller steps
-# so one tile's working set stays small beside it.
-TILE_QUERIES = 64
-TILE_TRAIN = 4096
-STREAMING_TILE_TRAIN = 2048
 # A layer whose total variance is below this fraction of its squared mean norm
 # is constant up to rounding (e.g. a ViT's layer-0 CLS token): C_T is NaN there.
 DEGENERATE_RTOL = 1e-10
@@ -63,8 +57,8 @@ class FitConfig:
   n_init: int = 10
   metric: str = "cosine"
   seed: int = 0
-  tile_queries: int | None = TILE_QUERIES
-  tile_train: int = TILE_TRAIN
+  tile_queries: int | None = nb.TILE_QUERIES
+  tile_train: int = nb.TILE_TRAIN
   search: str = "auto"
   kmeans_sample: int | None = None
 

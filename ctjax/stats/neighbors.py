@@ -32,6 +32,7 @@ original training index (cells are sorted stably and scanned in order).
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +41,13 @@ from ctjax.stats import distances
 
 METRICS = ("l2", "cosine")
 SEARCHES = ("tiled", "dense")
+# The one place for the default tile sizes (FitConfig, CTReference and the
+# score use these): queries per tile, training rows per step, and the smaller
+# step of a streamed fit, which keeps a larger T at d dimensions beside one
+# tile's working set.
 TILE_QUERIES = 64
-TILE_TRAIN = 2048
+TILE_TRAIN = 4096
+STREAMING_TILE_TRAIN = 2048
 # Largest score block (bytes) that "auto" lets the dense search hold at once.
 DENSE_BYTES = 1 << 30
 
@@ -170,29 +176,84 @@ def _first_min(sc, rows):
   return best, arg
 
 
-def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep):
+# Rows per block of the block-min argmin (a divisor of the scan steps).
+GROUP = 32
+
+
+def _steps(tile_train: int) -> tuple[int, int, int]:
+  """(big step, remainder step, block) in rows for a scan of ``tile_train``.
+
+  A cell's rows are scanned in big steps while a whole one fits, then in
+  steps 8 times smaller, so a cell of N_c rows costs at most N_c plus one
+  small step rather than up to a whole big step more. The block (rows whose
+  minimum is kept per step) divides both.
+  """
+  small = tile_train // 8 if tile_train % 8 == 0 else tile_train
+  return tile_train, small, math.gcd(tile_train, small, GROUP)
+
+
+def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep, admissible):
   """Best row of ``t [N, d]`` in ``[r0, r1)`` for each query of ``q [b, d]``.
 
-  ``keep(rows)`` gives a ``[tile_train, b]`` (or broadcastable) mask of the
-  admissible pairs. Returns (score ``[b]``, sorted row ``[b]``)."""
+  ``keep(take, fresh)`` gives the ``[rows, b]`` (or broadcastable) mask of
+  the admissible pairs of a step (``take`` slices a per-row array to the
+  step, ``fresh [rows]`` marks rows not scanned before); ``admissible(rows)``
+  the ``[b, g]`` mask of admissible rows ``rows [b, g]``.
+
+  Each step keeps, per query, only the minimum of every block of g rows and
+  the first block attaining it (a small argmin); the winning block of each
+  query is scored once more at the end (g rows) to find the row. Returns
+  (score ``[b]``, sorted row ``[b]``; ``inf`` where nothing is admissible).
+  """
+  t, t_aux = jnp.asarray(t), jnp.asarray(t_aux)  # may come from NumPy
   n = t.shape[0]
   b = q.shape[0]
+  big, small, g = _steps(tile_train)
 
-  def body(state):
-    j, best, arg = state
-    s = jnp.minimum(j, n - tile_train)  # keep the slice in bounds
-    rows = s + jnp.arange(tile_train, dtype=jnp.int32)
-    take = lambda a: jax.lax.dynamic_slice_in_dim(a, s, tile_train)
-    sc = _rank(metric, take(t), take(t_aux), q)
-    fresh = (rows >= j) & (rows < r1)  # rows before j were already scanned
-    sc = jnp.where(keep(take, fresh), sc, jnp.inf)
-    v, k = _first_min(sc, rows)
-    better = v < best
-    return j + tile_train, jnp.where(better, v, best), jnp.where(better, k, arg)
+  def step(size, clamp):
+    def body(state):
+      j, best, start = state
+      s = jnp.minimum(j, n - size) if clamp else j  # keep the slice in bounds
+      take = lambda a: jax.lax.dynamic_slice_in_dim(a, s, size)
+      sc = _rank(metric, take(t), take(t_aux), q)
+      if clamp:  # rows before j were already scanned; rows >= r1 are not ours
+        rows = s + jnp.arange(size, dtype=jnp.int32)
+        fresh = (rows >= j) & (rows < r1)
+      else:
+        fresh = jnp.ones((size,), bool)
+      sc = jnp.where(keep(take, fresh), sc, jnp.inf)
+      blocks = jnp.min(sc.reshape(size // g, g, b), axis=1)  # [size / g, b]
+      k = jnp.argmin(blocks, axis=0).astype(jnp.int32)
+      v = jnp.take_along_axis(blocks, k[None], axis=0)[0]
+      better = v < best
+      best = jnp.where(better, v, best)
+      start = jnp.where(better, s + k * g, start)
+      return j + size, best, start
 
-  init = (r0, jnp.full((b,), jnp.inf, q.dtype), jnp.zeros((b,), jnp.int32))
-  _, best, arg = jax.lax.while_loop(lambda s: s[0] < r1, body, init)
-  return best, arg
+    return body
+
+  state = (r0, jnp.full((b,), jnp.inf, q.dtype), jnp.zeros((b,), jnp.int32))
+  state = jax.lax.while_loop(
+    lambda st: st[0] + big <= r1, step(big, False), state
+  )
+  if small < big:
+    state = jax.lax.while_loop(lambda st: st[0] < r1, step(small, True), state)
+  else:  # one big step at most remains
+    state = jax.lax.cond(state[0] < r1, step(big, True), lambda st: st, state)
+  _, best, start = state
+
+  # The winning block of each query, scored again: its first best row
+  # (skipped when nothing was found, e.g. an unused tile).
+  def recompute(start):
+    rows = start[:, None] + jnp.arange(g, dtype=jnp.int32)[None, :]  # [b, g]
+    dots = jnp.einsum("bgd,bd->bg", t[rows], q, precision=distances.HIGHEST)
+    sc = t_aux[rows] - 2.0 * dots if metric == "l2" else -jnp.abs(dots)
+    sc = jnp.where(admissible(rows), sc, jnp.inf)
+    w = jnp.argmin(sc, axis=1)
+    return jnp.take_along_axis(rows, w[:, None], axis=1)[:, 0]
+
+  found = jnp.any(jnp.isfinite(best))
+  return best, jax.lax.cond(found, recompute, lambda s: s, start)
 
 
 def _tiled(metric, t, t_aux, index, queries, q_cells, tile, tile_train):
@@ -226,7 +287,8 @@ def _tiled(metric, t, t_aux, index, queries, q_cells, tile, tile_train):
     r0 = index.starts[cell]
     r1 = jnp.where(cell < n_cells, index.starts[cell + 1], r0)
     keep = lambda take, fresh: fresh[:, None]
-    return _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep)
+    admissible = lambda rows: (rows >= r0) & (rows < r1)
+    return _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep, admissible)
 
   best, arg = jax.lax.map(one_tile, (qt.reshape(n_tiles, tile, d), tile_cell))
   best, arg = best.reshape(-1), arg.reshape(-1)
@@ -246,8 +308,19 @@ def _dense(metric, t, t_aux, index, queries, q_cells, tile_train):
   def keep(take, fresh):
     return fresh[:, None] & (take(index.cells)[:, None] == q_cells[None, :])
 
+  def admissible(rows):
+    return jnp.asarray(index.cells)[rows] == q_cells[:, None]
+
   return _scan_rows(
-    metric, t, t_aux, queries, jnp.int32(0), jnp.int32(n), tile_train, keep
+    metric,
+    t,
+    t_aux,
+    queries,
+    jnp.int32(0),
+    jnp.int32(n),
+    tile_train,
+    keep,
+    admissible,
   )
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from ctjax.stats import fitted as fitted_lib
 from ctjax.stats import kmeans as km
 from ctjax.stats import mannwhitney
+from ctjax.stats import neighbors as nb
 from ctjax.stats import pca as pca_lib
 
 # τ = PAPER_TAU_COUNT / m: a cell counts when it holds more than this many
@@ -92,7 +93,45 @@ def u2_dtype(n_test: int, n_gen: int):
   )
 
 
-def _query_one_layer(f, gen, valid, *, tile_queries, tile_train, search):
+RANKS = ("search", "merge")
+
+
+def over_layers(f, xs, *, layers=None):
+  """``f`` applied to every layer of the pytree ``xs`` (leading axis L).
+
+  ``layers``: "map" (`jax.lax.map`: one layer after another, one layer's
+  working set; right for a CPU), "vmap" (`jax.vmap`: every layer at once, a
+  few large kernels; right for a GPU/TPU) or ``None`` (by backend).
+  """
+  if layers is None:
+    layers = "map" if jax.default_backend() == "cpu" else "vmap"
+  if layers == "vmap":
+    return jax.vmap(f)(xs)
+  if layers != "map":
+    raise ValueError(f"layers must be 'map', 'vmap' or None, got {layers!r}")
+  return jax.lax.map(f, xs)
+
+
+def resolve_rank(rank: str | None) -> str:
+  """``rank``: "search" (binary search per query, `mannwhitney.twice_u`),
+  "merge" (one sort-merge, `mannwhitney.twice_u_merge`) or ``None`` (by
+  backend: "search" on a CPU)."""
+  if rank is None:
+    return "search" if jax.default_backend() == "cpu" else "merge"
+  if rank not in RANKS:
+    raise ValueError(f"rank must be one of {RANKS} or None, got {rank!r}")
+  return rank
+
+
+def _twice_u(rank, *a):
+  if resolve_rank(rank) == "merge":
+    return mannwhitney.twice_u_merge(*a)
+  return mannwhitney.twice_u(*a)
+
+
+def _query_one_layer(
+  f, gen, valid, *, tile_queries, tile_train, search, rank=None
+):
   """One layer: 2·U part ``[m]``, cell ``[m]`` (k for padding), L(q) and
   nearest training index ``[m]`` of each generated point ``gen [m, D]``."""
   k = f.centers.shape[0]
@@ -106,7 +145,7 @@ def _query_one_layer(f, gen, valid, *, tile_queries, tile_train, search):
     tile_train=tile_train,
     search=search,
   )
-  tu = mannwhitney.twice_u(f.test.sorted_dist, f.test.starts, dist, cells)
+  tu = _twice_u(rank, f.test.sorted_dist, f.test.starts, dist, cells)
   return tu, cells, dist, idx
 
 
@@ -130,11 +169,12 @@ def project_layers(fitted: fitted_lib.Fitted, gen, valid):
   return jax.lax.map(one, (fitted, gen))
 
 
-def twice_u_layers(fitted: fitted_lib.Fitted, dist, cells):
+def twice_u_layers(fitted: fitted_lib.Fitted, dist, cells, *, rank=None):
   """Per-query 2·U parts ``[L, m]`` (int32) from L(q) ``dist [L, m]`` and
-  ``cells [L, m]`` (k marks padding, which contributes 0)."""
+  ``cells [L, m]`` (k marks padding, which contributes 0); ``rank`` as in
+  `resolve_rank`."""
   return jax.lax.map(
-    lambda a: mannwhitney.twice_u(*a),
+    lambda a: _twice_u(rank, *a),
     (fitted.test.sorted_dist, fitted.test.starts, dist, cells),
   )
 
@@ -144,9 +184,11 @@ def query_parts(
   gen,
   valid,
   *,
-  tile_queries=fitted_lib.TILE_QUERIES,
-  tile_train=fitted_lib.TILE_TRAIN,
+  tile_queries=nb.TILE_QUERIES,
+  tile_train=nb.TILE_TRAIN,
   search="auto",
+  layers=None,
+  rank=None,
 ):
   """The per-query half of `score`, every layer.
 
@@ -155,13 +197,15 @@ def query_parts(
     gen: ``[L, m, D]`` generated embeddings.
     valid: ``[m]`` bool, rows to score.
     tile_queries, tile_train, search: the nearest-neighbour search.
+    layers: how layers are mapped (`over_layers`).
+    rank: how 2·U parts are counted (`resolve_rank`).
 
   Returns:
     ``(tu [L, m] int32, cells [L, m], dist [L, m], idx [L, m])``: 2·U parts,
     cells (k for padding), L(q) and the nearest training point's original
     index (``inf``/``-1`` for padding).
   """
-  return jax.lax.map(
+  return over_layers(
     lambda a: _query_one_layer(
       a[0],
       a[1],
@@ -169,8 +213,10 @@ def query_parts(
       tile_queries=tile_queries,
       tile_train=tile_train,
       search=search,
+      rank=rank,
     ),
     (fitted, gen),
+    layers=layers,
   )
 
 
@@ -217,18 +263,21 @@ def cell_scores(fitted: fitted_lib.Fitted, tu, cells, *, tau=None) -> Scores:
   return Scores(ct=ct, z=z, included=included, u2=u2, n_gen=n_gen)
 
 
-@functools.partial(
-  jax.jit, static_argnames=("tile_queries", "tile_train", "search")
-)
+_STATIC = ("tile_queries", "tile_train", "search", "layers", "rank")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def score_detailed(
   fitted: fitted_lib.Fitted,
   gen,
   *,
   tau=None,
   valid=None,
-  tile_queries=fitted_lib.TILE_QUERIES,
-  tile_train=fitted_lib.TILE_TRAIN,
+  tile_queries=nb.TILE_QUERIES,
+  tile_train=nb.TILE_TRAIN,
   search="auto",
+  layers=None,
+  rank=None,
 ):
   """`score` and the per-query parts behind it.
 
@@ -244,22 +293,24 @@ def score_detailed(
     tile_queries=tile_queries,
     tile_train=tile_train,
     search=search,
+    layers=layers,
+    rank=rank,
   )
   return cell_scores(fitted, tu, cells, tau=tau), cells, dist, idx
 
 
-@functools.partial(
-  jax.jit, static_argnames=("tile_queries", "tile_train", "search")
-)
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def score(
   fitted: fitted_lib.Fitted,
   gen,
   *,
   tau=None,
   valid=None,
-  tile_queries: int | None = fitted_lib.TILE_QUERIES,
-  tile_train: int = fitted_lib.TILE_TRAIN,
+  tile_queries: int | None = nb.TILE_QUERIES,
+  tile_train: int = nb.TILE_TRAIN,
   search: str = "auto",
+  layers: str | None = None,
+  rank: str | None = None,
 ) -> Scores:
   """C_T of a generated batch on every layer, on device.
 
@@ -277,6 +328,10 @@ def score(
     valid: ``[m]`` bool; False marks padding rows, which count nowhere.
     tile_queries, tile_train, search: the nearest-neighbour search (the
       result does not depend on them).
+    layers: "map" (one layer after another, a CPU's choice), "vmap" (all
+      layers at once, an accelerator's) or ``None`` (by backend).
+    rank: "search" (binary search per query, a CPU's choice), "merge" (one
+      sort-merge per layer, an accelerator's) or ``None`` (by backend).
 
   Returns:
     `Scores`: ``ct [L]``, ``z``/``included``/``u2``/``n_gen [L, k]``.
@@ -293,7 +348,63 @@ def score(
     tile_queries=tile_queries,
     tile_train=tile_train,
     search=search,
+    layers=layers,
+    rank=rank,
   )[0]
+
+
+def merged_parts(fitted: fitted_lib.Fitted, gens, valid, **kw):
+  """Per-query parts of c batches by one search over their c·m queries.
+
+  A query's nearest neighbour and its 2·U part do not depend on the other
+  queries, so the c batches of a layer are searched together: cell-pure
+  tiles fill up and products grow, while each batch keeps its own sums.
+
+  Args:
+    fitted: the reference.
+    gens: ``[L, c, m, D]`` generated embeddings (layer-major: the host lays
+      the batches out so, and no device transpose is needed).
+    valid: ``[c, m]`` bool, rows to score.
+    **kw: as `query_parts`.
+
+  Returns:
+    ``(tu, cells)``, each ``[c, L, m]`` (k marks padding).
+  """
+  n_layers, c, m, dim = gens.shape
+  tu, cells, _, _ = query_parts(
+    fitted, gens.reshape(n_layers, c * m, dim), valid.reshape(c * m), **kw
+  )
+  back = lambda x: jnp.swapaxes(x.reshape(n_layers, c, m), 0, 1)
+  return back(tu), back(cells)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def score_merged(
+  fitted: fitted_lib.Fitted,
+  gens,
+  valid,
+  *,
+  tau=None,
+  tile_queries=nb.TILE_QUERIES,
+  tile_train=nb.TILE_TRAIN,
+  search="auto",
+  layers=None,
+  rank=None,
+) -> Scores:
+  """`score` of c batches ``gens [L, c, m, D]`` (layer-major, ``valid
+  [c, m]``) by one search per layer (`merged_parts`); fields ``[c, L, ...]``
+  equal to ``score(gens[:, b], valid=valid[b])`` of each batch b."""
+  tu, cells = merged_parts(
+    fitted,
+    gens,
+    valid,
+    tile_queries=tile_queries,
+    tile_train=tile_train,
+    search=search,
+    layers=layers,
+    rank=rank,
+  )
+  return jax.vmap(lambda t, c: cell_scores(fitted, t, c, tau=tau))(tu, cells)
 
 
 def batch_bytes(fitted: fitted_lib.Fitted, m: int, *, tile_queries, tile_train):

@@ -32,6 +32,10 @@ def test_u_per_cell_matches_scipy(p, q, k, data):
   tu = mannwhitney.twice_u(
     sorted_d, starts, jnp.asarray(pad(q, 0.0)), jnp.asarray(pad(qc, k))
   )
+  merged = mannwhitney.twice_u_merge(
+    sorted_d, starts, jnp.asarray(pad(q, 0.0)), jnp.asarray(pad(qc, k))
+  )
+  np.testing.assert_array_equal(np.asarray(merged), np.asarray(tu))
   u = mannwhitney.cell_sums(np.asarray(tu), pad(qc, k), k) / 2
   for c in range(k):
     pi, qi = p[pc == c], q[qc == c]
@@ -47,6 +51,20 @@ def test_padding_rows_count_nothing():
     sorted_d, starts, jnp.array([5.0, 5.0]), jnp.array([0, 1])
   )  # cell 1 = sentinel
   np.testing.assert_array_equal(np.asarray(tu), [4, 0])
+
+
+def test_merge_equals_search_with_inf_and_empty_cells():
+  """Infinite distances (a cell without training points), empty test cells,
+  padding and ties: the sort-merge counts equal the binary search's."""
+  p = jnp.array([0.5, np.inf, 1.0, 1.0, np.inf, 0.2], jnp.float32)
+  pc = jnp.array([0, 0, 0, 2, 2, 2])  # cell 1 has no test point
+  sorted_d, starts = mannwhitney.sort_by_cell(p, pc, 4)
+  q = jnp.array([1.0, np.inf, 0.0, 7.0, 1.0, np.inf, 0.5], jnp.float32)
+  qc = jnp.array([0, 0, 1, 2, 2, 2, 4])  # 4: padding
+  want = mannwhitney.twice_u(sorted_d, starts, q, qc)
+  got = mannwhitney.twice_u_merge(sorted_d, starts, q, qc)
+  np.testing.assert_array_equal(np.asarray(want), [3, 5, 0, 4, 3, 5, 0])
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_cell_sums_int64_exact():

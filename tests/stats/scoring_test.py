@@ -102,7 +102,9 @@ def test_valid_mask_drops_padding_rows(case):
   _assert_scores_equal(got, ref.score(gens[1], tau=0.1))
 
 
-@pytest.mark.parametrize("batch_size, vectorize", [(None, None), (2, True)])
+@pytest.mark.parametrize(
+  "batch_size, vectorize", [(None, None), (2, True), (2, None), (4, False)]
+)
 def test_score_many_equals_score(case, batch_size, vectorize):
   ref, gens = case
   got = ref.score_many(gens, batch_size=batch_size, vectorize=vectorize)
@@ -118,13 +120,13 @@ def test_score_many_equals_score(case, batch_size, vectorize):
 def test_score_many_compiles_once_per_chunk_shape(case, monkeypatch):
   ref, gens = case
   traces = []
-  inner = scoring.score_detailed
+  inner = scoring.score_merged  # the default: batches searched together
 
   def counting(*a, **k):
     traces.append(1)
     return inner(*a, **k)
 
-  monkeypatch.setattr(scoring, "score_detailed", counting)
+  monkeypatch.setattr(scoring, "score_merged", counting)
   ref.score_many(gens[:, :, :130], batch_size=4)  # 2 chunks of 4
   assert len(traces) == 1
   ref.score_many(gens[:4, :, :130], batch_size=4)  # 1 chunk
@@ -212,6 +214,29 @@ def test_every_search_gives_the_same_scores(case):
   np.testing.assert_array_equal(host.ct, ref.score(gens[0], search="tiled").ct)
 
 
+@pytest.mark.parametrize("search", ["tiled", "dense"])
+def test_accelerator_layout_equals_cpu_layout(case, search):
+  """Layers at once (vmap) with the sort-merge rank equal layers one after
+  another (lax.map) with the binary search, and the materialised search."""
+  ref, gens = case
+  want = stats.score(ref.fitted, gens[2], tile_queries=None)
+  for layers, rank in (("map", "search"), ("vmap", "merge"), ("map", "merge")):
+    got = stats.score(
+      ref.fitted,
+      gens[2],
+      search=search,
+      tile_train=96,
+      layers=layers,
+      rank=rank,
+    )
+    for name in ("u2", "n_gen", "included", "ct"):
+      np.testing.assert_array_equal(
+        getattr(got, name), getattr(want, name), err_msg=(layers, rank)
+      )
+  with pytest.raises(ValueError, match="rank must be"):
+    stats.score(ref.fitted, gens[0], rank="bisect")
+
+
 def test_reference_sums_on_host_beyond_int32():
   """2U itself ≥ 2^31 (int32 would wrap) without x64: the pure score
   refuses, `CTReference.score` sums in int64 on the host, as scipy."""
@@ -232,3 +257,4 @@ def test_reference_sums_on_host_beyond_int32():
     nbrs.gen_dist[0].astype(np.float64), nbrs.test_dist[0].astype(np.float64)
   )
   assert res.u[0, 0] == want.statistic and 2 * res.u[0, 0] >= 2**31
+  assert ref.score_many(gen[None]).u[0, 0, 0] == want.statistic
