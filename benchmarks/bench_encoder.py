@@ -9,9 +9,11 @@ and bfloat16 (and PyTorch's on the same GPU).
 
   python benchmarks/bench_encoder.py [--batch 8] [--seconds 20] [--gpu]
 
-With ``--families resnet50,convnext_t,swin_t,clip_b16`` it instead prints one
-row per family (random weights saved by transformers and loaded with
-ctjax.models.from_pretrained, 224x224, every hidden state of both): ctjax
+With ``--families resnet50,convnext_t,swin_t,clip_b16,inception_v3`` it
+instead prints one row per family (random weights saved by transformers and
+loaded with ctjax.models.from_pretrained, 224x224, every hidden state of
+both; Inception-v3: 299x299, random weights in pytorch-fid's names against
+``torch_inception``, a plain torch.nn model of the same layers): ctjax
 and PyTorch images/s, their ratio, the largest difference over all hidden
 states (relative to each layer's largest magnitude) and ctjax's
 compile time, for each ``--dtypes`` entry (bfloat16:
@@ -282,7 +284,10 @@ def family_rows(args):
   torch_device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
   print(
     f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch "
-    f"{torch.__version__} on {torch_device}, {torch.get_num_threads()} threads"
+    f"{torch.__version__} on {torch_device}, {torch.get_num_threads()} threads;"
+    f" XLA:CPU runs one thread per core of this process's affinity mask "
+    f"({len(os.sched_getaffinity(0))} cores; pin both with taskset); load "
+    f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
   )
   fwd = jax.jit(encoder_lib.forward, static_argnums=(0, 3))
   rows = []
@@ -340,6 +345,7 @@ def family_rows(args):
     "| max rel diff | ctjax compile s |"
   )
   print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  print(f"load average at the end: {os.getloadavg()[0]:.1f}")
   for name, dtype, n, j, p, diff, compile_s in rows:
     print(
       f"| {name} | {dtype} | {n} | {j:.2f} | {p:.2f} | {j / p:.2f}x "
@@ -353,7 +359,8 @@ def main():
   parser.add_argument(
     "--families",
     default="",
-    help=f"comma-separated, any of {sorted(FAMILIES)}: per-family table",
+    help=f"comma-separated, any of {sorted(FAMILIES) + ['inception_v3']}: "
+    "per-family table",
   )
   parser.add_argument("--dtypes", default="float32")
   parser.add_argument("--seconds", type=float, default=20.0)
