@@ -9,9 +9,11 @@ and bfloat16 (and PyTorch's on the same GPU).
 
   python benchmarks/bench_encoder.py [--batch 8] [--seconds 20] [--gpu]
 
-With ``--families resnet50,convnext_t,swin_t,clip_b16`` it instead prints one
-row per family (random weights saved by transformers and loaded with
-ctjax.models.from_pretrained, 224x224, every hidden state of both): ctjax
+With ``--families resnet50,convnext_t,swin_t,clip_b16,inception_v3`` it
+instead prints one row per family (random weights saved by transformers and
+loaded with ctjax.models.from_pretrained, 224x224, every hidden state of
+both; Inception-v3: 299x299, random weights in pytorch-fid's names against
+``torch_inception``, a plain torch.nn model of the same layers): ctjax
 and PyTorch images/s, their ratio, the largest difference over all hidden
 states (relative to each layer's largest magnitude) and ctjax's
 compile time, for each ``--dtypes`` entry (bfloat16:
@@ -96,6 +98,142 @@ FAMILIES = {
 }
 
 
+def torch_inception(state):
+  """A plain torch.nn Inception-v3 (FID variant) holding ``state``.
+
+  Written here from ctjax's table of layer shapes (inception.STEM and
+  inception.block_convs): the same convolutions, BatchNorm (eps 0.001) and
+  ReLU, pools that skip the padding and a max pool in Mixed_7c, as
+  pytorch-fid's network (which needs torchvision, which does not load
+  here). ``state``: a state dict in torchvision's names. Its forward takes
+  ``[B, 3, H, W]`` and returns the 12 hidden states (stem, Mixed_5b ... 7c).
+  """
+  import torch
+  import torch.nn.functional as F
+
+  from ctjax.models import inception
+  from ctjax.models.config import INCEPTION_BLOCKS
+
+  class BasicConv(torch.nn.Module):
+    def __init__(self, c_in, c_out, kernel, stride, padding):
+      super().__init__()
+      self.conv = torch.nn.Conv2d(
+        c_in, c_out, kernel, stride, padding, bias=False
+      )
+      self.bn = torch.nn.BatchNorm2d(c_out, eps=1e-3)
+
+    def forward(self, x):
+      return F.relu(self.bn(self.conv(x)))
+
+  class Block(torch.nn.Module):
+    def __init__(self, kind, c_in, arg, last):
+      super().__init__()
+      self.kind, self.last = kind, last
+      for name, *spec in inception.block_convs(kind, c_in, arg):
+        self.add_module(name, BasicConv(*spec))
+
+    def run(self, names, x):
+      for name in names:
+        x = getattr(self, name)(x)
+      return x
+
+    def pool(self, x):
+      if self.last:
+        return F.max_pool2d(x, 3, 1, 1)
+      return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+    def forward(self, x):
+      k = self.kind
+      if k == "A":
+        outs = [
+          self.branch1x1(x),
+          self.run(("branch5x5_1", "branch5x5_2"), x),
+          self.run(("branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"), x),
+          self.branch_pool(self.pool(x)),
+        ]
+      elif k == "B":
+        outs = [
+          self.branch3x3(x),
+          self.run(("branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"), x),
+          F.max_pool2d(x, 3, 2),
+        ]
+      elif k == "C":
+        outs = [
+          self.branch1x1(x),
+          self.run([f"branch7x7_{i}" for i in range(1, 4)], x),
+          self.run([f"branch7x7dbl_{i}" for i in range(1, 6)], x),
+          self.branch_pool(self.pool(x)),
+        ]
+      elif k == "D":
+        outs = [
+          self.run(("branch3x3_1", "branch3x3_2"), x),
+          self.run([f"branch7x7x3_{i}" for i in range(1, 5)], x),
+          F.max_pool2d(x, 3, 2),
+        ]
+      else:
+        h = self.branch3x3_1(x)
+        g = self.run(("branch3x3dbl_1", "branch3x3dbl_2"), x)
+        outs = [
+          self.branch1x1(x),
+          self.branch3x3_2a(h),
+          self.branch3x3_2b(h),
+          self.branch3x3dbl_3a(g),
+          self.branch3x3dbl_3b(g),
+          self.branch_pool(self.pool(x)),
+        ]
+      return torch.cat(outs, 1)
+
+  class Inception(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      for name, *spec in inception.STEM:
+        self.add_module(name, BasicConv(*spec))
+      for name in INCEPTION_BLOCKS:
+        last = name == INCEPTION_BLOCKS[-1]
+        self.add_module(name, Block(*inception.BLOCKS[name], last))
+
+    def forward(self, x):
+      for i, (name, *_) in enumerate(inception.STEM):
+        x = getattr(self, name)(x)
+        if i in (2, 4):
+          x = F.max_pool2d(x, 3, 2)
+      states = [x]
+      for name in INCEPTION_BLOCKS:
+        x = getattr(self, name)(x)
+        states.append(x)
+      return tuple(states)
+
+  model = Inception().eval()
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+  return model
+
+
+def build_inception(folder):
+  """(torch Inception-v3, ctjax Encoder) with the same random weights."""
+  from safetensors.numpy import save_file
+
+  from ctjax import models
+  from ctjax.models import convert
+  from ctjax.models.config import InceptionConfig
+
+  rng = np.random.default_rng(0)
+  state = {}
+  for name, shape, _ in convert.checkpoint_rules(InceptionConfig()).values():
+    if name.endswith("running_var"):
+      state[name] = rng.uniform(0.5, 1.5, shape)
+    elif name.endswith("running_mean") or name.endswith("bn.bias"):
+      state[name] = 0.1 * rng.standard_normal(shape)
+    elif name.endswith("bn.weight"):
+      state[name] = rng.uniform(0.5, 1.5, shape)
+    else:  # He-scaled kernels: activations stay O(1) through 94 layers
+      fan_in = np.prod(shape[1:])
+      state[name] = rng.normal(0, (2 / fan_in) ** 0.5, shape)
+  state = {k: v.astype(np.float32) for k, v in state.items()}
+  path = os.path.join(folder, "pt_inception-random.safetensors")
+  save_file(state, path)
+  return torch_inception(state), models.from_pretrained(path)
+
+
 def build_family(name, folder, torch_device="cpu"):
   """(torch model, ctjax Encoder) with the same random weights."""
   import torch
@@ -103,6 +241,9 @@ def build_family(name, folder, torch_device="cpu"):
 
   from ctjax import models
 
+  if name == "inception_v3":
+    model, enc = build_inception(folder)
+    return model.to(torch_device), enc
   model_cls, config_cls, kwargs = FAMILIES[name]
   torch.manual_seed(0)
   model = getattr(tf, model_cls)(getattr(tf, config_cls)(**kwargs)).eval()
@@ -124,7 +265,10 @@ def _torch_states(model, x, autocast):
     torch.no_grad(),
     torch.autocast(x.device.type, torch.bfloat16, enabled=autocast),
   ):
-    out = model(x, output_hidden_states=True).hidden_states
+    if hasattr(model, "config"):  # transformers
+      out = model(x, output_hidden_states=True).hidden_states
+    else:  # torch_inception
+      out = model(x)
   if x.device.type == "cuda":
     torch.cuda.synchronize()
   return out
@@ -140,19 +284,23 @@ def family_rows(args):
   torch_device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
   print(
     f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch "
-    f"{torch.__version__} on {torch_device}, {torch.get_num_threads()} threads"
-  )
-  rng = np.random.default_rng(0)
-  pixels = rng.normal(size=(args.batch, 224, 224, 3)).astype(np.float32)
-  x_jax = jnp.asarray(pixels)
-  x_torch = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(
-    torch_device
+    f"{torch.__version__} on {torch_device}, {torch.get_num_threads()} threads;"
+    f" XLA:CPU runs one thread per core of this process's affinity mask "
+    f"({len(os.sched_getaffinity(0))} cores; pin both with taskset); load "
+    f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
   )
   fwd = jax.jit(encoder_lib.forward, static_argnums=(0, 3))
   rows = []
   with tempfile.TemporaryDirectory() as folder:
     for name in args.families.split(","):
       model, enc = build_family(name, folder, torch_device)
+      size = enc.image_size  # 224; 299 for Inception-v3
+      rng = np.random.default_rng(0)
+      pixels = rng.normal(size=(args.batch, size, size, 3)).astype(np.float32)
+      x_jax = jnp.asarray(pixels)
+      x_torch = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(
+        torch_device
+      )
       for dtype in args.dtypes.split(","):
         dt = jnp.dtype(dtype)
         t = time.perf_counter()
@@ -197,6 +345,7 @@ def family_rows(args):
     "| max rel diff | ctjax compile s |"
   )
   print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  print(f"load average at the end: {os.getloadavg()[0]:.1f}")
   for name, dtype, n, j, p, diff, compile_s in rows:
     print(
       f"| {name} | {dtype} | {n} | {j:.2f} | {p:.2f} | {j / p:.2f}x "
@@ -210,7 +359,8 @@ def main():
   parser.add_argument(
     "--families",
     default="",
-    help=f"comma-separated, any of {sorted(FAMILIES)}: per-family table",
+    help=f"comma-separated, any of {sorted(FAMILIES) + ['inception_v3']}: "
+    "per-family table",
   )
   parser.add_argument("--dtypes", default="float32")
   parser.add_argument("--seconds", type=float, default=20.0)

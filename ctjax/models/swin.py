@@ -15,7 +15,6 @@ learned table ``[(2w-1)^2, H]`` gives each head's relative position bias.
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -84,17 +83,15 @@ class WindowAttention(nnx.Module):
     Returns ``[N, w*w, D]``. Logits and softmax in float32.
     """
     q, k, v = self.query(x), self.key(x), self.value(x)  # [N, T, H, K]
-    logits = jnp.einsum("nqhk,nthk->nhqt", q, k).astype(jnp.float32)
     index = relative_position_index(self.window)
     bias = self.bias_table[...].astype(jnp.float32)[index]  # [T, T, H]
-    logits = logits * self.scale + bias.transpose(2, 0, 1)[None]
+    bias = bias.transpose(2, 0, 1)[None]  # [1, H, T, T]
     if mask is not None:
-      n, h, t, _ = logits.shape
+      n, t, h = x.shape[0], x.shape[1], bias.shape[1]
       nw = mask.shape[0]
-      logits = logits.reshape(n // nw, nw, h, t, t) + mask[None, :, None]
-      logits = logits.reshape(n, h, t, t)
-    probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-    return self.out(jnp.einsum("nhqt,nthk->nqhk", probs, v))
+      bias = (bias + mask[:, None]).reshape(1, nw, h, t, t)  # [1, nW, H, T, T]
+      bias = jnp.broadcast_to(bias, (n // nw, nw, h, t, t)).reshape(n, h, t, t)
+    return self.out(layers.attention(q, k, v, self.scale, bias))
 
 
 def _partition(x, window: int):

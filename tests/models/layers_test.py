@@ -1,0 +1,67 @@
+"""The CPU fast paths of layers.conv2d and layers.attention against XLA's own
+grouped convolution and jax.nn.dot_product_attention."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctjax.models import layers
+
+
+def _lax_conv(x, kernel, stride, padding, groups):
+  (ph, pw) = padding
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    (stride, stride),
+    ((ph, ph), (pw, pw)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups,
+  )
+
+
+@pytest.mark.parametrize(
+  "c_in,c_out,kernel,stride,padding,groups",
+  [
+    (6, 6, (7, 7), 1, (3, 3), 6),  # ConvNeXt's depthwise 7x7
+    (6, 6, (3, 5), 2, (1, 2), 6),  # strided, non-square depthwise
+    (5, 7, (1, 1), 1, (0, 0), 1),  # 1x1 as a matmul
+    (5, 7, (1, 1), 2, (0, 0), 1),  # ResNet's strided 1x1 shortcut
+    (4, 6, (3, 3), 2, (1, 1), 2),  # grouped, not depthwise: XLA's conv
+  ],
+)
+def test_conv2d_matches_lax(c_in, c_out, kernel, stride, padding, groups):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 11, 9, c_in)).astype(np.float32)
+  w = rng.normal(size=kernel + (c_in // groups, c_out)).astype(np.float32)
+  b = rng.normal(size=(c_out,)).astype(np.float32)
+  got = jax.jit(
+    lambda x, w, b: layers.conv2d(x, w, b, stride, padding, groups)
+  )(x, w, b)
+  want = _lax_conv(x, w, stride, padding, groups) + b
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_depthwise_sums_every_tap():
+  # A kernel with one non-zero tap shifts the map: a dropped or misplaced
+  # tap would leave zeros or the wrong neighbour.
+  x = jnp.arange(2 * 5 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 5, 3)
+  for i in range(3):
+    for j in range(3):
+      k = jnp.zeros((3, 3, 3)).at[i, j].set(1.0)
+      y = layers.depthwise_conv2d(x, k, 1, (1, 1))
+      xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+      np.testing.assert_array_equal(y, xp[:, i : i + 5, j : j + 5])
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_attention_matches_dot_product_attention(with_bias):
+  rng = np.random.default_rng(1)
+  q, k, v = (rng.normal(size=(2, 7, 3, 4)).astype(np.float32) for _ in range(3))
+  bias = rng.normal(size=(2, 3, 7, 7)).astype(np.float32) if with_bias else None
+  got = layers.attention(q, k, v, 0.3, bias)
+  want = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=0.3)
+  assert got.shape == (2, 7, 3, 4)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
