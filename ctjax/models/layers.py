@@ -9,6 +9,7 @@ PyTorch's ``[out, in]`` and ``[C_out, C_in / groups, kh, kw]``.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _init = nnx.initializers.truncated_normal(stddev=0.02)
@@ -337,7 +338,7 @@ def max_pool(x, window: int, stride: int, padding: int):
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   return jax.lax.reduce_window(
     x,
-    jnp.array(-jnp.inf, x.dtype),
+    np.array(-np.inf, x.dtype),  # a constant: differentiable under jit
     jax.lax.max,
     (1, window, window, 1),
     (1, stride, stride, 1),

@@ -65,3 +65,19 @@ def test_attention_matches_dot_product_attention(with_bias):
   want = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=0.3)
   assert got.shape == (2, 7, 3, 4)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_max_pool_is_differentiable_under_jit():
+  # The gradient of sum(max_pool(x)) counts, per input pixel, the windows
+  # whose maximum it is; counted here by brute force over the windows.
+  x = np.random.default_rng(0).normal(size=(1, 5, 5, 2)).astype(np.float32)
+  grad = jax.jit(jax.grad(lambda a: layers.max_pool(a, 3, 2, 1).sum()))(x)
+  want = np.zeros_like(x)
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  for i in range(0, 5, 2):
+    for j in range(0, 5, 2):
+      for c in range(2):
+        win = padded[0, i : i + 3, j : j + 3, c]
+        r, s = np.unravel_index(np.argmax(win), win.shape)
+        want[0, i + r - 1, j + s - 1, c] += 1
+  np.testing.assert_array_equal(np.asarray(grad), want)
