@@ -354,6 +354,64 @@ def selection_figure(selection, *, title: str | None = None):
   )
 
 
+def plot_selection_effect(selection, path, *, title: str | None = None) -> str:
+  """Writes `selection_effect_figure` as a PNG to ``path``; returns it."""
+  return _save(selection_effect_figure(selection, title=title), path)
+
+
+def selection_effect_figure(selection, *, title: str | None = None):
+  """Heat map of |Cohen's d|, kind x layer (a `ctjax.selection.Selection`):
+  unlike the AUC, it does not saturate once probe and null batches part.
+
+  Returns:
+    the Figure; its first axes shows ``|selection.effect|`` ``[K, L]``.
+  """
+  return _matrix_figure(
+    np.abs(np.asarray(selection.effect, np.float64)),
+    list(selection.kinds),
+    col_labels=list(selection.layer_names),
+    title=title or "Detection power per layer (|Cohen's d|, probe vs null)",
+    cbar_label="|d|",
+    cmap="viridis",
+    fmt=".1f",
+    xlabel="layer",
+    ylabel="memorisation kind",
+  )
+
+
+def plot_method_table(
+  values, rows: Sequence[str], columns: Sequence[str], path, *, title: str
+) -> str:
+  """Writes `method_table_figure` as a PNG to ``path``; returns the path."""
+  return _save(method_table_figure(values, rows, columns, title=title), path)
+
+
+def method_table_figure(
+  values, rows: Sequence[str], columns: Sequence[str], *, title: str
+):
+  """Heat map of accuracies ``[n_rows, n_cols]`` in [0, 1], e.g. methods x
+  transforms, annotated in percent.
+
+  Returns:
+    the Figure; its first axes shows ``100 * values`` as an image.
+  """
+  v = np.asarray(values, np.float64)
+  if v.ndim != 2 or v.shape != (len(rows), len(columns)):
+    raise ValueError(
+      f"values have shape {v.shape}, rows x columns give "
+      f"({len(rows)}, {len(columns)})"
+    )
+  return _matrix_figure(
+    100.0 * v,
+    list(rows),
+    col_labels=list(columns),
+    title=title,
+    cbar_label="accuracy (%)",
+    cmap="viridis",
+    fmt=".0f",
+  )
+
+
 def plot_confusion(
   confusion, labels: Sequence[str], path, *, title: str = "Confusion matrix"
 ) -> str:
