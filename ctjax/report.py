@@ -395,21 +395,36 @@ def method_table_figure(
   Returns:
     the Figure; its first axes shows ``100 * values`` as an image.
   """
-  v = np.asarray(values, np.float64)
+  v = 100.0 * np.asarray(values, np.float64)
   if v.ndim != 2 or v.shape != (len(rows), len(columns)):
     raise ValueError(
       f"values have shape {v.shape}, rows x columns give "
       f"({len(rows)}, {len(columns)})"
     )
-  return _matrix_figure(
-    100.0 * v,
-    list(rows),
-    col_labels=list(columns),
-    title=title,
-    cbar_label="accuracy (%)",
-    cmap="viridis",
-    fmt=".0f",
+  label_width = 0.075 * max([len(str(r)) for r in rows] + [10])
+  fig = _figure(2.2 + label_width + 0.9 * v.shape[1], 1.4 + 0.3 * v.shape[0])
+  ax = fig.add_subplot()
+  im = ax.imshow(
+    v, cmap="viridis", vmin=0, vmax=100, aspect="auto", interpolation="nearest"
   )
+  fig.colorbar(im, ax=ax, label="accuracy (%)", shrink=0.85)
+  ax.set_xticks(range(v.shape[1]), [str(c) for c in columns], fontsize=8)
+  ax.set_yticks(range(v.shape[0]), [str(r) for r in rows], fontsize=8)
+  ax.xaxis.tick_top()
+  ax.set_title(title)
+  for i in range(v.shape[0]):
+    for j in range(v.shape[1]):
+      if np.isfinite(v[i, j]):
+        ax.text(
+          j,
+          i,
+          f"{v[i, j]:.0f}",
+          ha="center",
+          va="center",
+          fontsize=7,
+          color="black" if v[i, j] > 60 else "white",
+        )
+  return fig
 
 
 def plot_confusion(

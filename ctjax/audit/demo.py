@@ -730,7 +730,7 @@ def write_report(
     pngs[f"selection_{enc_name}"] = report.plot_selection_effect(
       sel,
       os.path.join(out, f"selection_{enc_name}.png"),
-      title=f"Detection power per layer, |Cohen's d| ({enc_name} encoder)",
+      title=f"|Cohen's d| per layer ({enc_name} encoder)",
     )
   pngs["transforms"] = report.plot_method_table(
     [
