@@ -382,6 +382,79 @@ def selection_figure(selection, *, title: str | None = None):
   )
 
 
+def plot_selection_effect(selection, path, *, title: str | None = None) -> str:
+  """Writes `selection_effect_figure` as a PNG to ``path``; returns it."""
+  return _save(selection_effect_figure(selection, title=title), path)
+
+
+def selection_effect_figure(selection, *, title: str | None = None):
+  """Heat map of |Cohen's d|, kind x layer (a `ctjax.selection.Selection`):
+  unlike the AUC, it does not saturate once probe and null batches part.
+
+  Returns:
+    the Figure; its first axes shows ``|selection.effect|`` ``[K, L]``.
+  """
+  return _matrix_figure(
+    np.abs(np.asarray(selection.effect, np.float64)),
+    list(selection.kinds),
+    col_labels=list(selection.layer_names),
+    title=title or "Detection power per layer (|Cohen's d|, probe vs null)",
+    cbar_label="|d|",
+    cmap="viridis",
+    fmt=".1f",
+    xlabel="layer",
+    ylabel="memorisation kind",
+  )
+
+
+def plot_method_table(
+  values, rows: Sequence[str], columns: Sequence[str], path, *, title: str
+) -> str:
+  """Writes `method_table_figure` as a PNG to ``path``; returns the path."""
+  return _save(method_table_figure(values, rows, columns, title=title), path)
+
+
+def method_table_figure(
+  values, rows: Sequence[str], columns: Sequence[str], *, title: str
+):
+  """Heat map of accuracies ``[n_rows, n_cols]`` in [0, 1], e.g. methods x
+  transforms, annotated in percent.
+
+  Returns:
+    the Figure; its first axes shows ``100 * values`` as an image.
+  """
+  v = 100.0 * np.asarray(values, np.float64)
+  if v.ndim != 2 or v.shape != (len(rows), len(columns)):
+    raise ValueError(
+      f"values have shape {v.shape}, rows x columns give "
+      f"({len(rows)}, {len(columns)})"
+    )
+  label_width = 0.075 * max([len(str(r)) for r in rows] + [10])
+  fig = _figure(2.2 + label_width + 0.9 * v.shape[1], 1.4 + 0.3 * v.shape[0])
+  ax = fig.add_subplot()
+  im = ax.imshow(
+    v, cmap="viridis", vmin=0, vmax=100, aspect="auto", interpolation="nearest"
+  )
+  fig.colorbar(im, ax=ax, label="accuracy (%)", shrink=0.85)
+  ax.set_xticks(range(v.shape[1]), [str(c) for c in columns], fontsize=8)
+  ax.set_yticks(range(v.shape[0]), [str(r) for r in rows], fontsize=8)
+  ax.xaxis.tick_top()
+  ax.set_title(title)
+  for i in range(v.shape[0]):
+    for j in range(v.shape[1]):
+      if np.isfinite(v[i, j]):
+        ax.text(
+          j,
+          i,
+          f"{v[i, j]:.0f}",
+          ha="center",
+          va="center",
+          fontsize=7,
+          color="black" if v[i, j] > 60 else "white",
+        )
+  return fig
+
+
 def plot_confusion(
   confusion, labels: Sequence[str], path, *, title: str = "Confusion matrix"
 ) -> str:

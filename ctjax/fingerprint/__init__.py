@@ -6,6 +6,7 @@ Modules:
   calibration  the open-set threshold from leave-one-out scores
   evaluation   accuracy and confusion of a library on labelled queries
   curve_files  the authors' published curve files
+  features     richer fingerprints: per-cell Z, cell shares, distance quantiles
 """
 
 from ctjax.fingerprint.calibration import Calibration
@@ -15,6 +16,13 @@ from ctjax.fingerprint.curve_files import (
   read_curve_file,
 )
 from ctjax.fingerprint.evaluation import Evaluation, evaluate
+from ctjax.fingerprint.features import (
+  FEATURES,
+  QUANTILES,
+  batch_features,
+  distance_quantiles,
+  result_features,
+)
 from ctjax.fingerprint.library import (
   UNKNOWN,
   FingerprintLibrary,

@@ -1,6 +1,7 @@
 """Probes against PIL references and the relations they are meant to have."""
 
 import collections
+import fractions
 import io
 
 import numpy as np
@@ -318,6 +319,56 @@ def test_match_histograms_follows_the_reference(rng):
       # One source value, one output value.
       for val in np.unique(v)[:10]:
         assert len(np.unique(o[v == val])) == 1
+
+
+def _brute_force_match(src, ref):
+  """Histogram matching of one channel, pixel by pixel in exact rationals.
+
+  A source value v sits at F = #{src <= v} / |src|; it goes to the reference
+  quantile at F, read off the reference's CDF G over its distinct levels
+  r_0 < r_1 < ... by linear interpolation between the two levels whose G
+  brackets F (r_0 when F <= G(r_0)), rounded half to even. Returns the
+  exact targets (Fractions) and the rounded uint8 image.
+  """
+  src, ref = src.ravel().tolist(), sorted(ref.ravel().tolist())
+  levels = sorted(set(ref))
+  g = [fractions.Fraction(sum(r <= lv for r in ref), len(ref)) for lv in levels]
+  exact = []
+  for v in src:
+    f = fractions.Fraction(sum(s <= v for s in src), len(src))
+    if f <= g[0]:
+      exact.append(fractions.Fraction(levels[0]))
+      continue
+    j = next(i for i in range(1, len(g)) if g[i - 1] < f <= g[i])
+    t = (f - g[j - 1]) / (g[j] - g[j - 1])
+    exact.append(levels[j - 1] + t * (levels[j] - levels[j - 1]))
+  return exact, np.array([round(e) for e in exact])
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_match_histograms_equals_brute_force_quantile_mapping(rng, channels):
+  shape = (3, 9, 7) if channels is None else (2, 6, 5, channels)
+  x = rng.integers(20, 90, size=shape).astype(np.uint8)
+  ref = rng.beta(2, 5, size=(4, 6, 6) + shape[3:]) * 255
+  ref = ref.astype(np.uint8)
+  out = probes.match_histograms(x, ref)
+  pooled = probes.match_histograms(x, ref, per_image=False)
+  xc = x.reshape(x.shape[:3] + (-1,))
+  rc = ref.reshape(ref.shape[:3] + (-1,))
+  oc = out.reshape(xc.shape)
+  pc = pooled.reshape(xc.shape)
+  for c in range(xc.shape[-1]):
+    groups = [(xc[i : i + 1], oc[i : i + 1]) for i in range(len(x))]
+    for src, got in groups + [(xc, pc)]:
+      exact, want = _brute_force_match(src[..., c], rc[..., c])
+      got = got[..., c].ravel().astype(int)
+      # Equal, except that a target exactly halfway between two levels may
+      # round either way in floating point.
+      tie = np.array(
+        [e - np.floor(e) == fractions.Fraction(1, 2) for e in exact]
+      )
+      np.testing.assert_array_equal(got[~tie], want[~tie])
+      assert np.all(np.abs(got[tie] - want[tie]) <= 1)
 
 
 def test_match_histograms_exact_cases(rng):
