@@ -28,7 +28,11 @@ Stages (each timed, each with a progress bar where it is slow):
                pixel mean/std, Fréchet distance of final-layer embeddings, a
                CNN with a majority vote) enrolled on clean batches and queried
                with clean and post-processed ones; per-batch predictions kept;
- 11. report    report.md, results.json and PNG plots in the output folder.
+ 11. encoder families  the paper's Figure 3 in miniature (`depth`): the
+               shipped ViT, ResNet and Swin, C_T of the probes and the
+               generator samples against relative depth, with a verdict on
+               "C_T rises with depth" per family;
+ 12. report    report.md, results.json and PNG plots in the output folder.
 """
 
 import dataclasses
@@ -78,6 +82,9 @@ class DemoConfig:
     features: fingerprint feature kinds (`fingerprint.FEATURES`, "ct" first).
     select_batches: probe and null batches per kind of the layer selection.
     select_bootstrap: bootstrap resamples of its intervals.
+    compare_families: also run the paper's Figure 3 in miniature
+      (`ctjax.audit.depth`): the shipped ViT, ResNet and Swin, C_T of the
+      probes and generator samples against depth, side by side.
   """
 
   n_fresh: int
@@ -91,6 +98,7 @@ class DemoConfig:
   features: tuple = fingerprint.FEATURES
   select_batches: int = 20
   select_bootstrap: int = 1000
+  compare_families: bool = True
 
 
 PRESETS = {
@@ -402,6 +410,25 @@ def run(
     for name in baseline_methods(cfg)
   }
 
+  depth_res = None
+  if cfg.compare_families:
+    from ctjax.audit import depth  # pylint: disable=g-import-not-at-top
+
+    with stage("encoder families"):
+      depth_res = depth.compare_families(
+        dataset,
+        train,
+        test,
+        fresh,
+        probe_size=cfg.probe_size,
+        n_cells=cfg.n_cells,
+        seed=seed,
+        out=out,
+        cache_dir=emb_cache,
+        samples={f: samples[f] for f in families},
+        echo=echo,
+      )
+
   with stage("report"):
     results = write_report(
       out,
@@ -422,6 +449,7 @@ def run(
       n_train=len(train),
       n_test=len(test),
       n_fresh=len(fresh),
+      depth=depth_res,
     )
   total = sum(stage.seconds.values())
   echo("\n" + report.format_table(*transforms_rows(table, best_only=True)))
@@ -685,8 +713,12 @@ def write_report(
   n_train,
   n_test,
   n_fresh,
+  depth=None,
 ):
-  """Writes report.md, results.json and the PNG plots; returns the results."""
+  """Writes report.md, results.json and the PNG plots; returns the results.
+
+  ``depth`` is `ctjax.audit.depth.compare_families`'s dict (or None).
+  """
   pngs = {}
   for enc_name, pc in probe_curves.items():
     pngs[f"probes_{enc_name}"] = report.plot_curves(
@@ -763,6 +795,10 @@ def write_report(
     generator_seconds=gen_seconds,
     plots={k: os.path.basename(v) for k, v in pngs.items()},
   )
+  if depth is not None:
+    results["encoder_families"] = depth["results"]
+    if depth.get("plot"):
+      results["plots"]["depth"] = os.path.basename(depth["plot"])
   report.write_json(results, os.path.join(out, "results.json"))
   lines = [
     f"# ctjax demo: {dataset}",
@@ -812,6 +848,8 @@ def write_report(
     "",
   ]
   lines += transforms_lines(table, cfg)
+  if depth is not None:
+    lines += [depth["markdown"].rstrip(), ""]
   lines += [
     "## Wall time per stage (s)",
     "",

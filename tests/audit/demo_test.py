@@ -58,6 +58,7 @@ def test_demo_small(tmp_path):
     select_batches=4,
     select_bootstrap=50,
     transforms=("clean", "jpeg50", "histogram"),
+    compare_families=False,  # tests/audit/depth_test.py runs it end to end
   )
   out = tmp_path / "report"
   lines = []
