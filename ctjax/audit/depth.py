@@ -202,7 +202,7 @@ def _family_summary(name: str, trends: Mapping[str, Trend]) -> str:
   if "test" in trends:
     t = trends["test"]
     text += (
-      f". The null probe (fresh test images) is {t.verdict} (Δ = {t.rise:+.1f})"
+      f". The null probe (fresh test images): {t.verdict} (Δ = {t.rise:+.1f})"
     )
   gens = [p for p in trends if p not in probes.PROBES]
   if gens:
@@ -292,7 +292,7 @@ def depth_figure(results: dict):
 
   fams = list(results["families"])
   fig = Figure(
-    figsize=(4.2 * len(fams) + 1.6, 4.0), dpi=100, layout="constrained"
+    figsize=(4.2 * len(fams) + 1.6, 5.6), dpi=100, layout="constrained"
   )
   FigureCanvasAgg(fig)
   axes = fig.subplots(1, len(fams), sharey=True, squeeze=False)[0]
@@ -325,7 +325,14 @@ def depth_figure(results: dict):
     ax.set_xticks(r["depth"])
     ax.set_xticklabels([f"{d:.2f}" for d in r["depth"]], fontsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    # Below the panel, so no curve is hidden (the verdicts are in the labels).
+    ax.legend(
+      fontsize=7,
+      frameon=False,
+      ncol=3,
+      loc="upper center",
+      bbox_to_anchor=(0.5, -0.16),
+    )
   axes[0].set_ylabel("C_T")
   fig.suptitle(f"C_T against depth, {results['dataset']}")
   return fig
