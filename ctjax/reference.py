@@ -9,7 +9,6 @@ a mesh, and save/load. `CTReference.score` takes the device's exact per-cell
 (`ct.z_and_ct`), so its results do not depend on the device's float width.
 """
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -22,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctjax import sharding
+from ctjax import sharding, threads
 from ctjax.stats import bootstrap as bootstrap_lib
 from ctjax.stats import ct as ct_lib
 from ctjax.stats import fitted as fitted_lib
@@ -149,25 +148,6 @@ def _to_device(x):
   """One copy onto the default device (``jnp.asarray`` of a NumPy array
   briefly holds two on the CPU: 4 GB more instead of 2 for CIFAR-scale T)."""
   return x if isinstance(x, jax.Array) else jax.device_put(x)
-
-
-@contextlib.contextmanager
-def _lapack_one_thread():
-  """Runs the block with one BLAS/LAPACK thread.
-
-  On the CPU, XLA's eigh calls the OpenBLAS LAPACK that SciPy ships; its
-  spinning worker threads slow down by orders of magnitude when the cores are
-  shared with other work. For these small D x D matrices one thread costs
-  next to nothing. XLA's own matrix products do not use OpenBLAS and are
-  unaffected.
-  """
-  try:
-    from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    yield
-    return
-  with threadpool_limits(limits=1, user_api="blas"):
-    yield
 
 
 @functools.partial(jax.jit, static_argnames=("seed", "n_layers"))
@@ -494,7 +474,7 @@ class CTReference:
     _check_finite("test", test, names)
     sharded = None
     if mesh is None:
-      with _lapack_one_thread():
+      with threads.one_blas_thread():
         fitted = jax.block_until_ready(
           fitted_lib.fit_layers(train, test, keys, config)
         )

@@ -14,7 +14,6 @@ label -> list of batches) and labels a query batch with ``predict(batch)``:
   vote of its images.
 """
 
-import contextlib
 import dataclasses
 import functools
 
@@ -24,6 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ctjax import threads
 from ctjax.audit.generators import common
 
 
@@ -126,19 +126,6 @@ def gaussian_stats(x):
   return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
 
 
-@contextlib.contextmanager
-def _one_blas_thread():
-  """One BLAS/LAPACK thread for the block: OpenBLAS's spinning workers make
-  these small D x D eigendecompositions ~20x slower on shared cores."""
-  try:
-    from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    yield
-    return
-  with threadpool_limits(limits=1, user_api="blas"):
-    yield
-
-
 def _psd_sqrt(cov):
   w, v = np.linalg.eigh((cov + cov.T) / 2)
   return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
@@ -177,7 +164,7 @@ class FrechetBaseline:
   def fit(self, enrolled):
     """``enrolled``: label -> list of ``[m, D]`` embedding batches (pooled)."""
     _check_enrolled(enrolled, (2,), "[m, D] embeddings")
-    with _one_blas_thread():
+    with threads.one_blas_thread():
       self.stats_ = {
         label: gaussian_stats(np.concatenate(batches))
         for label, batches in enrolled.items()
@@ -186,7 +173,7 @@ class FrechetBaseline:
 
   def distances(self, batch):
     """Frechet distance from ``batch`` ``[m, D]`` to every enrolled label."""
-    with _one_blas_thread():
+    with threads.one_blas_thread():
       mu, cov = gaussian_stats(batch)
       return {
         label: frechet_distance(mu, cov, m, c)
