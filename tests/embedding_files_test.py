@@ -1,18 +1,14 @@
 """Embedding files in both layouts, through run.py, against the library."""
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 
 from ctjax import embedding_files as ef
 from ctjax.reference import CTReference
+from tests.cli_faults_test import main as _main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import run  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 WIDTHS = (3, 5, 4)  # three layers of different widths
 NAMES = ["stem", "stage1", "stage2"]
@@ -34,18 +30,6 @@ def _sets(rng):
     gen = np.concatenate([tr[:20] + 0.01, draw(20)])
     out["gen"].append(gen.astype(np.float32))
   return out
-
-
-def _main(argv, capsys):
-  run.FLAGS.unparse_flags()
-  args = run.FLAGS(["run.py", *map(str, argv)])
-  code = 0
-  try:
-    run.main(args)
-  except SystemExit as e:
-    code = e.code
-  captured = capsys.readouterr()
-  return code, captured.out, captured.err
 
 
 def test_save_load_round_trip(tmp_path, rng):
