@@ -1064,10 +1064,6 @@ class CTReference:
       batch_size = max(1, int(budget) // max(per, 1))
     chunk = min(int(batch_size), 1 << (n_batches - 1).bit_length())
     chunk = 1 << (max(chunk, 1).bit_length() - 1)  # a power of two
-    if mode == "merge":
-      tiles["tile_queries"] = nb.merged_tile_queries(
-        tiles["tile_queries"], chunk
-      )
     u2s, n_gens = [], []
     k = self.n_cells
     for start in range(0, n_batches, chunk):

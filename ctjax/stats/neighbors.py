@@ -48,9 +48,6 @@ SEARCHES = ("tiled", "dense")
 TILE_QUERIES = 64
 TILE_TRAIN = 4096
 STREAMING_TILE_TRAIN = 2048
-# Largest query tile when c batches' queries are searched together (about
-# c times more queries per cell: larger products, same waste per cell).
-TILE_QUERIES_MERGED = 256
 # Largest score block (bytes) that "auto" lets the dense search hold at once.
 DENSE_BYTES = 1 << 30
 
@@ -80,16 +77,6 @@ class CellIndex:
   starts: jax.Array
   order: jax.Array
   metric: str
-
-
-def merged_tile_queries(tile_queries: int | None, c: int) -> int | None:
-  """Query tile for a search of c batches' queries at once: ``tile_queries``
-  times c, capped at `TILE_QUERIES_MERGED` (never below ``tile_queries``;
-  ``None``, the materialised search, stays ``None``). The result does not
-  depend on the tile."""
-  if tile_queries is None:
-    return None
-  return max(tile_queries, min(TILE_QUERIES_MERGED, tile_queries * c))
 
 
 def check_metric(metric: str) -> str:

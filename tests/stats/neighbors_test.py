@@ -164,11 +164,3 @@ def test_resolve_search():
 def test_bad_metric():
   with pytest.raises(ValueError, match="metric must be one of"):
     nb.build_index(jnp.zeros((3, 2)), jnp.zeros(3, jnp.int32), 1, "l1")
-
-
-def test_merged_tile_queries():
-  assert nb.merged_tile_queries(64, 1) == 64
-  assert nb.merged_tile_queries(64, 2) == 128
-  assert nb.merged_tile_queries(64, 16) == nb.TILE_QUERIES_MERGED
-  assert nb.merged_tile_queries(300, 4) == 300  # never below the fit's
-  assert nb.merged_tile_queries(None, 8) is None
