@@ -24,12 +24,22 @@ Usage:
 
 The streamed fit (`CTReference.fit_streaming`, one layer unless
 --stream-layers) is timed from its first call, compilation included.
+
+The warm batch is also timed in a subprocess that splits the host into two
+XLA devices (XLA_FLAGS=--xla_force_host_platform_device_count=2, which a
+user must set before JAX starts; --no-two-devices skips it): ``score`` on
+one device and ``score(mesh="all")`` on both, each against a (b) timed in
+that subprocess.
 """
 
 import argparse
 import json
 import os
+import pickle
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -235,6 +245,103 @@ def warm_parts(ref, gen, reps=5):
   return out
 
 
+TWO_DEVICES = "--xla_force_host_platform_device_count=2"
+
+
+def warm_two_devices(ref, fits, gen, gen2, reps):
+  """The warm batch with this host split into 2 XLA devices, in a subprocess
+  (the flag must be set before JAX starts): `score` on one device and
+  ``score(mesh="all")`` (training rows dealt over both devices, so both
+  cores search), each against (b) timed in that same subprocess. Returns
+  its dict of medians, or None when the child fails."""
+  with tempfile.TemporaryDirectory() as tmp:
+    ref.save(os.path.join(tmp, "ref.npz"))
+    np.save(os.path.join(tmp, "gen.npy"), gen)
+    np.save(os.path.join(tmp, "gen2.npy"), gen2)
+    with open(os.path.join(tmp, "fits.pkl"), "wb") as f:
+      pickle.dump(fits, f)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + TWO_DEVICES).strip()
+    out = os.path.join(tmp, "out.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--two-devices-child"]
+    r = subprocess.run(cmd + [tmp, str(reps)], env=env)
+    if r.returncode or not os.path.exists(out):
+      print(f"2-device subprocess failed (exit {r.returncode})", flush=True)
+      return None
+    with open(out) as f:
+      return json.load(f)
+
+
+def layers_split(ref):
+  """``gen -> Scores`` with the layers split between the first two devices:
+  each device holds its half of ``ref.fitted`` and scores its half of the
+  layers with the pure `ctjax.stats.score` (the two calls run at once)."""
+  from ctjax import stats
+
+  devs = jax.devices()[:2]
+  n_layers = ref.n_layers
+  h = -(-n_layers // len(devs))
+  parts = [(slice(i * h, (i + 1) * h), d) for i, d in enumerate(devs)]
+  fitted = [
+    jax.device_put(jax.tree_util.tree_map(lambda x, s=s: x[s], ref.fitted), d)
+    for s, d in parts
+  ]
+
+  def run(g):
+    m = g.shape[1]
+    m_pad = -(-m // 128) * 128
+    buf = np.zeros((n_layers, m_pad, g.shape[2]), np.float32)
+    buf[:, :m] = g
+    valid = np.arange(m_pad) < m
+    outs = [
+      stats.score(f, jax.device_put(buf[s], d), valid=jax.device_put(valid, d))
+      for (s, d), f in zip(parts, fitted)
+    ]
+    return jax.tree_util.tree_map(
+      lambda *x: np.concatenate([np.asarray(v) for v in x]), *outs
+    )
+
+  return run
+
+
+def two_devices_child(tmp, reps):
+  """Body of `warm_two_devices` (run with the 2-device flag)."""
+  ref = ctjax.CTReference.load(os.path.join(tmp, "ref.npz"))
+  gen = np.load(os.path.join(tmp, "gen.npy"))
+  gen2 = np.load(os.path.join(tmp, "gen2.npy"))
+  with open(os.path.join(tmp, "fits.pkl"), "rb") as f:
+    fits = pickle.load(f)
+  n_dev = len(jax.devices())
+  one = lambda g: ref.score(g)
+  two = lambda g: ref.score(g, mesh="all")
+  split = layers_split(ref)
+  same = np.array_equal(one(gen).ct, two(gen).ct, equal_nan=True)
+  # `score` finishes Z and C_T in float64 on the host, `stats.score` in
+  # float32 on the device: 2U must be equal, C_T within rounding.
+  r1, r2 = one(gen), split(gen)
+  same_split = np.array_equal(2 * r1.u, r2.u2) and np.allclose(
+    r1.ct, r2.ct, rtol=1e-5, atol=1e-5, equal_nan=True
+  )
+  times = {"b": [], "one_device": [], "two_devices": [], "layers_split": []}
+  for i in range(reps):  # interleaved
+    g = gen2 if i % 2 else gen
+    t = time.perf_counter()
+    for l in range(len(fits)):
+      score_numpy(fits[l], g[l])
+    times["b"].append(time.perf_counter() - t)
+    for name, fn in (
+      ("one_device", one),
+      ("two_devices", two),
+      ("layers_split", split),
+    ):
+      _, t = timed(fn, g)
+      times[name].append(t)
+  out = {k: float(np.median(v)) for k, v in times.items()}
+  out.update(devices=n_dev, same_ct=bool(same), same_ct_split=bool(same_split))
+  with open(os.path.join(tmp, "out.json"), "w") as f:
+    json.dump(out, f)
+
+
 def streamed_fit(train, test, n_total, chunk=8192):
   """Times `CTReference.fit_streaming` on |T| = n_total rows per layer, made
   chunk by chunk from ``train [L, N, D]`` (rows reused, shifted by a fixed
@@ -254,6 +361,8 @@ def streamed_fit(train, test, n_total, chunk=8192):
 
 
 def main():
+  if len(sys.argv) == 4 and sys.argv[1] == "--two-devices-child":
+    return two_devices_child(sys.argv[2], int(sys.argv[3]))
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", "--small", action="store_true", dest="quick")
   ap.add_argument(
@@ -273,6 +382,11 @@ def main():
     "--tile-train",
     type=int,
     help="training rows per search step passed to fit (default: ctjax's)",
+  )
+  ap.add_argument(
+    "--no-two-devices",
+    action="store_true",
+    help="skip the warm batch on 2 host devices (a subprocess)",
   )
   ap.add_argument("--json", help="write the measured numbers here")
   args = ap.parse_args()
@@ -364,6 +478,10 @@ def main():
   ct_b = np.array([score_numpy(fits[l], gen[l]) for l in range(L)])
   t_b = time.perf_counter() - t
 
+  two = None
+  if not args.no_two_devices:
+    two = warm_two_devices(ref, fits, gen, gen2, args.warm_reps)
+
   cold = t_fit + t_score
   cold_c = t_fit_c + t_score_c
   rows = [
@@ -377,6 +495,14 @@ def main():
     rows.append(
       (f"ctjax score_many, per batch (B={args.batches})", t_many / args.batches)
     )
+  if two is not None:
+    # Its own (b), from the same subprocess: the ratio column is against it.
+    rows.append(("(b) in the 2-device subprocess", two["b"]))
+    rows.append(("ctjax warm, 1 of 2 host devices", two["one_device"]))
+    rows.append(("ctjax warm, 2 host devices (mesh='all')", two["two_devices"]))
+    rows.append(
+      ("ctjax warm, 2 host devices (layers split)", two["layers_split"])
+    )
   rows.append(("same-cell FLOP bound at GEMM peak", t_bound))
   print(
     f"\n| {'pipeline':44s} | {'seconds':>8s} | {'vs (a)':>7s} | {'vs (b)':>7s} |"
@@ -386,13 +512,25 @@ def main():
     if sec is None:
       continue
     ra = f"{t_a / sec:6.1f}x" if t_a else "      -"
-    print(f"| {name:44s} | {sec:8.4f} | {ra} | {t_b / sec:6.1f}x |")
+    # The 2-device rows are against the (b) of their own subprocess.
+    b = two["b"] if two is not None and "device" in name else t_b
+    print(f"| {name:44s} | {sec:8.4f} | {ra} | {b / sec:6.1f}x |")
   print(
     f"\nsame-cell FLOP bound of a warm batch: {bound_flops / 1e9:.2f} GFLOP "
     f"= {t_bound * 1e3:.1f} ms at the {peak:.0f} GFLOP/s peak; warm batch is "
     f"{t_warm / t_bound:.1f}x the bound"
   )
   print(f"warm vs (b): {t_b / t_warm:.1f}x   (goal >= 5x)")
+  if two is not None:
+    print(
+      f"warm on {two['devices']} host devices (XLA_FLAGS={TWO_DEVICES}, "
+      f"score(mesh='all'), same C_T: {two['same_ct']}): "
+      f"{two['b'] / two['two_devices']:.1f}x its (b), "
+      f"{two['one_device'] / two['two_devices']:.2f}x one device; layers "
+      f"split (same 2U, C_T within 1e-5: {two['same_ct_split']}): "
+      f"{two['b'] / two['layers_split']:.1f}x its (b), "
+      f"{two['one_device'] / two['layers_split']:.2f}x one device"
+    )
   if t_many is not None:
     print(
       f"score_many vs (b), per batch: {t_b * args.batches / t_many:.1f}x "
@@ -440,6 +578,7 @@ def main():
     fit_s=t_fit,
     warm_s=t_warm,
     score_many_per_batch_s=None if t_many is None else t_many / args.batches,
+    two_devices=two,
     bound_gflop=bound_flops / 1e9,
     bound_s=t_bound,
     covariance_s=t_cov,

@@ -170,6 +170,29 @@ def _pad_batch(gen, m_pad):
   return jnp.concatenate([gen, pad], axis=1), valid, finite
 
 
+def _host_padded(gen, m_pad):
+  """``gen [L, m, D]`` (NumPy) zero-padded to ``[L, m_pad, D]`` with at most
+  one host copy, into a fresh (page-aligned) buffer that the CPU device can
+  take without copying it again; ``gen`` itself when no padding is needed.
+  The device's copy and pad of `_pad_batch` cost as much again."""
+  n_layers, m, dim = gen.shape
+  if m == m_pad:
+    return gen
+  buf = np.zeros((n_layers, m_pad, dim), gen.dtype)
+  buf[:, :m] = gen
+  return buf
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _score_finite(fitted, gen, valid, tau, **kw):
+  """`stats.scoring.score_detailed` and the finite flags ``[L]`` of ``gen``
+  in one compiled call (the check reads ``gen`` beside the projection)."""
+  finite = jnp.all(jnp.isfinite(gen), axis=(1, 2))
+  return finite, score_lib.score_detailed(
+    fitted, gen, tau=tau, valid=valid, **kw
+  )
+
+
 def _layer_name_list(layer_names, n_layers):
   names = [
     str(x)
@@ -888,21 +911,31 @@ class CTReference:
     m = self._check_gen(gen)
     tau = ct_lib.default_tau(m) if tau is None else ct_lib.check_tau(tau, m)
     m_pad = _pad_rows(m)
-    gen, valid, finite = _pad_batch(_to_device(gen), m_pad=m_pad)
-    _check_finite("gen", gen, self.layer_names, ok=finite)
     f = self.fitted
     tiles = self._tiles(search)
     on_device = _sums_on_device(self.n_test, m_pad)
     if n_bootstrap:
       bootstrap_lib.check_sizes(self.n_test, m)  # before the search
     u2 = n_gen = None
-    if mesh is None and on_device:
-      scores, cells, dist, idx = score_lib.score_detailed(
-        f, gen, tau=tau, valid=valid, **tiles
+    if mesh is None and on_device and not isinstance(gen, jax.Array):
+      # The common case: one host copy (padding), the finite check fused
+      # into the score (a bad batch raises once it is scored).
+      gen = jax.device_put(_host_padded(gen, m_pad))
+      valid = jax.device_put(np.arange(m_pad) < m)
+      finite, (scores, cells, dist, idx) = _score_finite(
+        f, gen, valid, tau, **tiles
       )
+      _check_finite("gen", gen, self.layer_names, ok=finite)
       u2, n_gen = scores.u2, scores.n_gen
     else:
-      if mesh is None:
+      gen, valid, finite = _pad_batch(_to_device(gen), m_pad=m_pad)
+      _check_finite("gen", gen, self.layer_names, ok=finite)
+      if mesh is None and on_device:
+        scores, cells, dist, idx = score_lib.score_detailed(
+          f, gen, tau=tau, valid=valid, **tiles
+        )
+        u2, n_gen = scores.u2, scores.n_gen
+      elif mesh is None:
         tu, cells, dist, idx = _query_parts(f, gen, valid, **tiles)
       else:
         pg, cells = _project_layers(f, gen, valid)
@@ -914,7 +947,7 @@ class CTReference:
           tile_train=self.config.tile_train,
         )
         tu = _twice_u_layers(f, dist, cells)
-      if on_device:
+      if on_device and u2 is None:
         scores = _cell_scores(f, tu, cells)
         u2, n_gen = scores.u2, scores.n_gen
     cells = np.asarray(cells)[:, :m]

@@ -148,6 +148,13 @@ class TestErrors:
     with pytest.raises(ValueError, match=r"gen has NaN.*layer\(s\) 1"):
       ref.score(gen)
 
+  def test_nan_in_device_gen(self, fitted):
+    ref, _, _, gen = fitted
+    gen = gen.copy()
+    gen[2, 3, 1] = np.inf
+    with pytest.raises(ValueError, match=r"gen has NaN.*layer\(s\) 2"):
+      ref.score(jax.device_put(gen))
+
   def test_layers_and_dims_mismatch(self, fitted):
     ref, train, test, gen = fitted
     with pytest.raises(ValueError, match="same number of layers"):
@@ -285,3 +292,17 @@ def test_fit_config_and_typed_fields(fitted):
   assert (f.n_layers, f.n_train, f.n_test, f.dim, f.n_cells) == (L, N, n, D, 5)
   assert f.metric == "cosine" and f.test.counts.shape == (L, 5)
   assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(f))
+
+
+@pytest.mark.parametrize("rows", [m, 128])  # padded on the host / not padded
+def test_host_and_device_gen_give_the_same_result(fitted, rows):
+  """A NumPy batch (padded on the host, the finite check fused into the
+  score) and a device batch (padded on the device) score alike."""
+  ref, _, _, gen = fitted
+  host = ref.score(gen[:, :rows], return_neighbors=True)
+  dev = ref.score(jax.device_put(gen[:, :rows]), return_neighbors=True)
+  for name in ("ct", "z", "u", "n_gen", "included"):
+    np.testing.assert_array_equal(getattr(host, name), getattr(dev, name))
+  np.testing.assert_array_equal(
+    host.neighbors.gen_index, dev.neighbors.gen_index
+  )
