@@ -18,10 +18,19 @@ and PyTorch images/s, their ratio, the largest difference over all hidden
 states (relative to each layer's largest magnitude) and ctjax's
 compile time, for each ``--dtypes`` entry (bfloat16:
 ctjax computes in bfloat16, PyTorch under bfloat16 autocast).
+
+With ``--xla_flags 'default=;eigen=--xla_cpu_experimental_ynn_fusion_type='``
+(``NAME=FLAGS`` entries separated by ``;``) and ``--families`` it runs the
+family table once per setting and round in a subprocess whose ``XLA_FLAGS``
+is that setting (XLA reads it only when jax starts its backend), settings
+alternating over ``--rounds``, PyTorch timed in every subprocess as its
+baseline, and prints one row per family and setting.
 """
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -329,10 +338,29 @@ def family_rows(args):
 
         jax_ips, torch_ips = [], []
         for _ in range(3):  # interleaved rounds; best of each
-          torch_ips.append(throughput(run_torch, args.batch, args.seconds / 3))
-          jax_ips.append(throughput(run_jax, args.batch, args.seconds / 3))
+          per = args.seconds / 3
+          torch_ips.append(
+            throughput(run_torch, args.batch, per, args.min_iters)
+          )
+          jax_ips.append(throughput(run_jax, args.batch, per, args.min_iters))
         j, p = max(jax_ips), max(torch_ips)
         rows.append((name, dtype, len(theirs), j, p, diff, compile_s))
+        if args.json:
+          print(
+            "JSON "
+            + json.dumps(
+              dict(
+                family=name,
+                dtype=dtype,
+                ctjax=j,
+                torch=p,
+                diff=diff,
+                compile_s=compile_s,
+                load=os.getloadavg()[0],
+              )
+            ),
+            flush=True,
+          )
         print(
           f"{name} {dtype}: ctjax {j:.2f} img/s, torch {p:.2f} img/s, "
           f"ratio {j / p:.2f}x, max diff {diff:.1e}, compile {compile_s:.1f} s",
@@ -353,6 +381,96 @@ def family_rows(args):
     )
 
 
+def parse_settings(text):
+  """``'name=FLAGS;name2=FLAGS2'`` -> [(name, FLAGS)]; ``default=`` is allowed."""
+  settings = []
+  for item in filter(None, (t.strip() for t in text.split(";"))):
+    name, sep, flags = item.partition("=")
+    if not sep or not name:
+      raise ValueError(
+        f"--xla_flags entry {item!r} is not NAME=FLAGS (FLAGS may be empty)"
+      )
+    settings.append((name.strip(), flags.strip()))
+  if len({n for n, _ in settings}) != len(settings):
+    raise ValueError(f"--xla_flags names repeat: {[n for n, _ in settings]}")
+  return settings
+
+
+def flag_rows(args):
+  """One row per (family, XLA flag setting), each setting in a subprocess.
+
+  XLA reads ``XLA_FLAGS`` once, when jax initialises its CPU backend, so
+  every setting runs in its own process (the inherited ``XLA_FLAGS`` is
+  replaced); settings alternate over ``--rounds`` rounds so that a change
+  of background load hits them alike. PyTorch is timed in every process as
+  that process's baseline; a row keeps the best round of each side.
+  """
+  settings = parse_settings(args.xla_flags)
+  results = {}  # (family, setting) -> list of per-round dicts
+  failed = {}  # setting -> its error's last line
+  for r in range(args.rounds):
+    order = settings if r % 2 == 0 else settings[::-1]
+    for name, flags in order:
+      env = dict(os.environ, XLA_FLAGS=flags)
+      cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--families",
+        args.families,
+        "--batch",
+        str(args.batch),
+        "--seconds",
+        str(args.seconds),
+        "--dtypes",
+        args.dtypes,
+        "--json",
+        "--min_iters",
+        "1",
+      ]
+      out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+      for line in out.stdout.splitlines():
+        if line.startswith("JSON "):
+          row = json.loads(line[5:])
+          results.setdefault((row["family"], row["dtype"], name), []).append(
+            row
+          )
+          print(
+            f"round {r + 1} {name}: {row['family']} {row['dtype']} ctjax "
+            f"{row['ctjax']:.2f} torch {row['torch']:.2f} img/s ratio "
+            f"{row['ctjax'] / row['torch']:.2f}x diff {row['diff']:.1e} "
+            f"load {row['load']:.1f}",
+            flush=True,
+          )
+      if out.returncode:  # e.g. an experimental fusion that fails to compile
+        tail = out.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
+        print(
+          f"round {r + 1} {name}: failed (exit {out.returncode}): {tail[0]}",
+          flush=True,
+        )
+        failed.setdefault(name, tail[0])
+  print()
+  print(f"XLA flag settings ({args.rounds} alternating rounds, best of each):")
+  for name, flags in settings:
+    print(f"- {name}: XLA_FLAGS={flags!r}")
+  print()
+  print(
+    "| encoder | dtype | setting | ctjax img/s | PyTorch img/s | ratio "
+    "| ratio per round | max rel diff | compile s |"
+  )
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  for name, error in failed.items():
+    print(f"| (families after the failure) | | {name} | failed: {error} |")
+  for (family, dtype, name), rows in results.items():
+    j = max(x["ctjax"] for x in rows)
+    p = max(x["torch"] for x in rows)
+    per = ", ".join(f"{x['ctjax'] / x['torch']:.2f}" for x in rows)
+    print(
+      f"| {family} | {dtype} | {name} | {j:.2f} | {p:.2f} | {j / p:.2f}x "
+      f"| {per} | {max(x['diff'] for x in rows):.1e} "
+      f"| {min(x['compile_s'] for x in rows):.1f} |"
+    )
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=8)
@@ -367,7 +485,26 @@ def main():
   parser.add_argument(
     "--gpu", action="store_true", help="also batch 256 f32/bf16 on the GPU"
   )
+  parser.add_argument(
+    "--xla_flags",
+    default="",
+    help="with --families: 'NAME=FLAGS;NAME=FLAGS...' (e.g. 'default=;"
+    "eigen=--xla_cpu_experimental_ynn_fusion_type='), one subprocess "
+    "per setting and round, one row per family and setting",
+  )
+  parser.add_argument(
+    "--rounds", type=int, default=2, help="alternating rounds of --xla_flags"
+  )
+  parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument(
+    "--min_iters", type=int, default=3, help=argparse.SUPPRESS
+  )
   args = parser.parse_args()
+  if args.xla_flags:
+    if not args.families:
+      parser.error("--xla_flags needs --families")
+    flag_rows(args)
+    return
   if args.families:
     family_rows(args)
     return
