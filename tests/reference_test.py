@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ctjax
+from ctjax import reference
 from ctjax.stats import pca as pca_lib
 from tests.stats import oracle
 
@@ -139,6 +140,27 @@ class TestErrors:
     with pytest.raises(
       ValueError, match=r"train has NaN or Inf .*layer\(s\) 2"
     ):
+      ctjax.CTReference.fit(train, test, n_cells=5)
+
+  def test_nan_in_test_names_layer(self, rng):
+    train, test, _ = _layers(rng)
+    test[1, 7, 3] = np.nan
+    train[0, 2, 2] = -np.inf
+    with pytest.raises(
+      ValueError, match=r"train has NaN or Inf .*layer\(s\) 0$"
+    ):
+      ctjax.CTReference.fit(train, test, n_cells=5)
+    train[0, 2, 2] = 0.0
+    with pytest.raises(
+      ValueError, match=r"test has NaN or Inf .*layer\(s\) 1$"
+    ):
+      ctjax.CTReference.fit(train, test, n_cells=5)
+
+  def test_overflowing_sums_named(self, rng):
+    # Finite values whose float32 sums overflow: not reported as NaN/Inf.
+    train, test, _ = _layers(rng)
+    train[1] *= 1e37
+    with pytest.raises(ValueError, match=r"overflow\) in layer\(s\) 1;"):
       ctjax.CTReference.fit(train, test, n_cells=5)
 
   def test_nan_in_gen(self, fitted):
@@ -285,3 +307,23 @@ def test_fit_config_and_typed_fields(fitted):
   assert (f.n_layers, f.n_train, f.n_test, f.dim, f.n_cells) == (L, N, n, D, 5)
   assert f.metric == "cosine" and f.test.counts.shape == (L, 5)
   assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(f))
+
+
+@pytest.mark.parametrize("offset", [0, 8, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_to_device_one_copy_at_most(offset, dtype):
+  itemsize = np.dtype(dtype).itemsize
+  base = np.empty(30 * itemsize + 128, np.uint8)
+  skip = (-base.ctypes.data % 64) + offset
+  x = base[skip : skip + 30 * itemsize].view(dtype).reshape(6, 5)
+  x[...] = np.arange(30).reshape(6, 5) - 7
+  got = reference._to_device(x)
+  want = np.int32 if dtype == np.int32 else np.float32
+  assert got.dtype == want
+  np.testing.assert_array_equal(np.asarray(got), x.astype(want))
+  ptr = got.unsafe_buffer_pointer()
+  assert ptr % 64 == 0
+  # An aligned array of the device's dtype is used in place; any other is
+  # copied once, into an aligned buffer.
+  in_place = offset == 0 and dtype != np.float64
+  assert (ptr == x.ctypes.data) == in_place
