@@ -327,3 +327,21 @@ def test_to_device_one_copy_at_most(offset, dtype):
   # copied once, into an aligned buffer.
   in_place = offset == 0 and dtype != np.float64
   assert (ptr == x.ctypes.data) == in_place
+
+
+def test_numpy_fit_by_layer_equals_device_fit(rng):
+  # NumPy input is fitted layer by layer through one reused host buffer;
+  # device arrays in one call over all layers: the same reference.
+  train, test, _ = _layers(rng)
+  before = train.copy()
+  by_layer = ctjax.CTReference.fit(train, test, n_cells=5, n_components=8)
+  np.testing.assert_array_equal(train, before)  # the buffer is a copy
+  whole = ctjax.CTReference.fit(
+    jax.device_put(train), jax.device_put(test), n_cells=5, n_components=8
+  )
+  a, b = by_layer.fitted, whole.fitted
+  np.testing.assert_array_equal(a.test.cells, b.test.cells)
+  np.testing.assert_array_equal(a.index.order, b.index.order)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  assert by_layer.n_layers == len(train)
