@@ -270,7 +270,7 @@ def cold_parts(train, test, reps=3):
   with threads.one_blas_thread():
     stage("eigh", jit(jnp.linalg.eigh), scatter / (n - 1))
   pca = jit(lambda x: pca_lib.fit_pca(x, cfg.n_components))(x)
-  pt = stage("projection of T", jit(pca_lib.transform_uncentred), pca, x)
+  pt = stage("projection of T", jit(pca_lib.transform), pca, x)
   fit = stage(
     "k-means",
     jit(lambda p, k: km.kmeans(p, cfg.n_cells, k, n_init=cfg.n_init)),
