@@ -258,9 +258,7 @@ def _fit_one_layer(
   """One layer's `Fitted` parts and whether its T and P were finite (a pair
   of bools, read off results the fit computes anyway; see `fit_layers`)."""
   pca = pca_lib.fit_pca(train, n_components)
-  # T's projection skips the centred copy (a pass over T); the test and
-  # generated points keep `transform`.
-  pt = pca_lib.transform_uncentred(pca, train)
+  pt = pca_lib.transform(pca, train)
   fit = km.kmeans(pt, n_cells, key, n_init=n_init)
   index, pp, test_cells = index_one_layer(
     pca, fit, pt, test, n_cells=n_cells, metric=metric
@@ -341,7 +339,7 @@ def pca_kmeans_layers(train, keys, *, n_components, n_cells, n_init):
 
   def one(a):
     pca = pca_lib.fit_pca(a[0], n_components)
-    pt = pca_lib.transform_uncentred(pca, a[0])
+    pt = pca_lib.transform(pca, a[0])
     return pca, km.kmeans(pt, n_cells, a[1], n_init=n_init), pt
 
   return jax.lax.map(one, (train, keys))

@@ -148,12 +148,3 @@ def transform(
   xs = jnp.concatenate([x, jnp.zeros((pad, d), x.dtype)]) if pad else x
   out = jax.lax.map(project, xs.reshape(n_chunks, chunk, d))
   return out.reshape(n_chunks * chunk, -1)[:n]
-
-
-def transform_uncentred(pca: PCA, x: jax.Array) -> jax.Array:
-  """`transform` as x·W − mean·W: one product over all rows, no centred copy
-  of ``x [n, D]`` (a pass over x less). Rounding differs from `transform` by
-  ~eps·‖x‖ per coordinate instead of eps·‖x − mean‖: the same where the
-  mean is not large against the spread. Returns ``[n, k]``."""
-  shift = jnp.matmul(pca.mean, pca.components, precision=_HI)
-  return jnp.matmul(x, pca.components, precision=_HI) - shift
