@@ -144,10 +144,80 @@ def _check_finite(name, x, layer_names, ok=None):
     )
 
 
+# Byte alignment at which the CPU backend uses a NumPy array's memory as is.
+_ALIGN = 64
+
+
+def _aligned_copy(x: np.ndarray, dtype) -> np.ndarray:
+  """A C-contiguous copy of ``x`` as ``dtype`` whose data starts at a multiple
+  of `_ALIGN` bytes."""
+  dtype = np.dtype(dtype)
+  buf = np.empty(x.size * dtype.itemsize + _ALIGN, np.uint8)
+  skip = -buf.ctypes.data % _ALIGN
+  out = buf[skip : skip + x.size * dtype.itemsize].view(dtype).reshape(x.shape)
+  np.copyto(out, x, casting="unsafe")
+  return out
+
+
 def _to_device(x):
   """One copy onto the default device (``jnp.asarray`` of a NumPy array
   briefly holds two on the CPU: 4 GB more instead of 2 for CIFAR-scale T)."""
   return x if isinstance(x, jax.Array) else jax.device_put(x)
+
+
+def _fit_by_layer(train, test, keys, config):
+  """`stats.fitted.fit_layers` (``with_finite``) of NumPy ``train [L, N, D]``
+  and ``test [L, n, D]``, one layer at a time.
+
+  Each layer is copied into one aligned host buffer that the CPU device uses
+  in place, reused for every layer: T is copied once, mostly into memory
+  already paged in, where a fresh 2 GB device copy of CIFAR-scale T costs
+  ~1 s per GB of page faults on these VMs; only one layer is held twice.
+  The per-layer results (leading layer axis 1) are concatenated.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  dtype = jax.dtypes.canonicalize_dtype(train.dtype)
+  bufs = [_aligned_copy(a[:1], dtype) for a in (train, test)]
+  parts = []
+  n_layers = train.shape[0]
+  for l in tqdm(
+    range(n_layers),
+    desc="fit",
+    unit="layer",
+    disable=n_layers < 4,
+    leave=False,
+  ):
+    if l:
+      np.copyto(bufs[0][0], train[l], casting="unsafe")
+      np.copyto(bufs[1][0], test[l], casting="unsafe")
+    tr, te = (jax.device_put(b) for b in bufs)
+    # Wait for the layer before its buffers are overwritten.
+    parts.append(
+      jax.block_until_ready(
+        fitted_lib.fit_layers(tr, te, keys[l : l + 1], config, with_finite=True)
+      )
+    )
+    del tr, te
+  if n_layers == 1:
+    return parts[0]
+  return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
+def _check_fit_finite(train, test, names, finite):
+  """Raises for NaN/Inf in T or P, given the fit's ``finite [L, 2]`` flags
+  (`stats.fitted.fit_layers`); the exact per-layer check runs only when a
+  flag is down, to name the layers (or the overflow behind a false flag)."""
+  finite = np.asarray(finite)
+  if finite.all():
+    return
+  _check_finite("train", train, names)
+  _check_finite("test", test, names)
+  bad = [names[l] for l in np.flatnonzero(~finite.all(axis=1))]
+  raise ValueError(
+    f"train or test values too large for {train.dtype} sums (overflow) in "
+    f"layer(s) {', '.join(map(str, bad))}; rescale the embeddings"
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("seed", "n_layers"))
@@ -491,17 +561,29 @@ class CTReference:
   @classmethod
   def _fit_arrays(cls, train, test, keys, config, names, meta, mesh):
     """`fit` of checked ``[L, N, D]``/``[L, n, D]`` with k-means ``keys``."""
-    # One copy of each onto the device; the finite check runs there.
-    train, test = _to_device(train), _to_device(test)
-    _check_finite("train", train, names)
-    _check_finite("test", test, names)
+    # T and P are copied once: layer by layer into a reused aligned buffer
+    # (NumPy input on the CPU, `_fit_by_layer`) or whole (`_to_device`).
+    # Without a mesh, the finite check is read off the fit's own sums (no
+    # extra pass over T); with one, it runs on the device first.
     sharded = None
     if mesh is None:
+      by_layer = jax.default_backend() == "cpu" and not any(
+        isinstance(a, jax.Array) for a in (train, test)
+      )
+      if not by_layer:
+        train, test = _to_device(train), _to_device(test)
       with threads.one_blas_thread():
-        fitted = jax.block_until_ready(
-          fitted_lib.fit_layers(train, test, keys, config)
-        )
+        if by_layer:
+          fitted, finite = _fit_by_layer(train, test, keys, config)
+        else:
+          fitted, finite = jax.block_until_ready(
+            fitted_lib.fit_layers(train, test, keys, config, with_finite=True)
+          )
+      _check_fit_finite(train, test, names, finite)
     else:
+      train, test = _to_device(train), _to_device(test)
+      _check_finite("train", train, names)
+      _check_finite("test", test, names)
       mesh = sharding.resolve_mesh(mesh)
       pca, km_fit, pt = fitted_lib.pca_kmeans_layers(
         train,

@@ -141,6 +141,27 @@ class TestErrors:
     ):
       ctjax.CTReference.fit(train, test, n_cells=5)
 
+  def test_nan_in_test_names_layer(self, rng):
+    train, test, _ = _layers(rng)
+    test[1, 7, 3] = np.nan
+    train[0, 2, 2] = -np.inf
+    with pytest.raises(
+      ValueError, match=r"train has NaN or Inf .*layer\(s\) 0$"
+    ):
+      ctjax.CTReference.fit(train, test, n_cells=5)
+    train[0, 2, 2] = 0.0
+    with pytest.raises(
+      ValueError, match=r"test has NaN or Inf .*layer\(s\) 1$"
+    ):
+      ctjax.CTReference.fit(train, test, n_cells=5)
+
+  def test_overflowing_sums_named(self, rng):
+    # Finite values whose float32 sums overflow: not reported as NaN/Inf.
+    train, test, _ = _layers(rng)
+    train[1] *= 1e37
+    with pytest.raises(ValueError, match=r"overflow\) in layer\(s\) 1;"):
+      ctjax.CTReference.fit(train, test, n_cells=5)
+
   def test_nan_in_gen(self, fitted):
     ref, _, _, gen = fitted
     gen = gen.copy()
@@ -306,3 +327,36 @@ def test_host_and_device_gen_give_the_same_result(fitted, rows):
   np.testing.assert_array_equal(
     host.neighbors.gen_index, dev.neighbors.gen_index
   )
+
+
+def test_numpy_fit_by_layer_equals_device_fit(rng):
+  # NumPy input is fitted layer by layer through one reused host buffer;
+  # device arrays in one call over all layers: the same reference.
+  train, test, _ = _layers(rng)
+  before = train.copy()
+  by_layer = ctjax.CTReference.fit(train, test, n_cells=5, n_components=8)
+  np.testing.assert_array_equal(train, before)  # the buffer is a copy
+  whole = ctjax.CTReference.fit(
+    jax.device_put(train), jax.device_put(test), n_cells=5, n_components=8
+  )
+  a, b = by_layer.fitted, whole.fitted
+  np.testing.assert_array_equal(a.test.cells, b.test.cells)
+  np.testing.assert_array_equal(a.index.order, b.index.order)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  assert by_layer.n_layers == len(train)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_aligned_buffer_is_used_in_place(dtype):
+  # The fit's per-layer buffer: 64-byte aligned, float32, and taken by the
+  # CPU device without a second copy.
+  from ctjax import reference
+
+  x = np.arange(2 * 7 * 5, dtype=dtype).reshape(2, 7, 5)[:, 1:]
+  buf = reference._aligned_copy(x, np.float32)
+  assert buf.ctypes.data % 64 == 0 and buf.dtype == np.float32
+  np.testing.assert_array_equal(buf, x.astype(np.float32))
+  on_device = jax.device_put(buf)
+  if jax.default_backend() == "cpu":
+    assert on_device.unsafe_buffer_pointer() == buf.ctypes.data

@@ -255,6 +255,8 @@ def _fit_one_layer(
   tile_train,
   search,
 ):
+  """One layer's `Fitted` parts and whether its T and P were finite (a pair
+  of bools, read off results the fit computes anyway; see `fit_layers`)."""
   pca = pca_lib.fit_pca(train, n_components)
   pt = pca_lib.transform(pca, train)
   fit = km.kmeans(pt, n_cells, key, n_init=n_init)
@@ -269,9 +271,13 @@ def _fit_one_layer(
     tile_train=tile_train,
     search=search,
   )
-  return finish_one_layer(
+  parts = finish_one_layer(
     pca, fit, index, test_cells, dist, idx, n_cells=n_cells
   )
+  finite = jnp.stack(
+    [jnp.all(jnp.isfinite(pca.mean)), jnp.all(jnp.isfinite(pp))]
+  )
+  return parts, finite
 
 
 # ---------------------------------------------------------------- all layers
@@ -291,7 +297,9 @@ def _fit_layers(train, test, keys, **kw):
   return jax.lax.map(lambda a: _fit_one_layer(*a, **kw), (train, test, keys))
 
 
-def fit_layers(train, test, keys, config: FitConfig) -> Fitted:
+def fit_layers(
+  train, test, keys, config: FitConfig, *, with_finite: bool = False
+):
   """Fits every layer in one compiled call.
 
   Args:
@@ -300,13 +308,20 @@ def fit_layers(train, test, keys, config: FitConfig) -> Fitted:
     keys: ``[L, 2]`` k-means key of each layer.
     config: a resolved `FitConfig` (``n_components`` an int); the seed is
       carried by ``keys``.
+    with_finite: also return ``finite [L, 2]`` (bool): whether each layer's T
+      (column 0) and P (column 1) had only finite values. It costs no pass
+      of its own: a NaN or ±Inf in a column of T makes that column's mean
+      non-finite, and one in a row of P makes every coordinate of that row's
+      projection non-finite (x·0 is NaN for x = ±Inf). False also flags a
+      finite T whose float sums overflow; the caller tells the two apart.
 
   Returns:
-    The `Fitted` reference.
+    The `Fitted` reference (and ``finite``, with ``with_finite``).
   """
-  return _fit_layers(
+  fitted, finite = _fit_layers(
     train, test, keys, **{k: getattr(config, k) for k in _FIT_STATIC}
   )
+  return (fitted, finite) if with_finite else fitted
 
 
 # The same fit in stages, for a sharded search (mesh) or a streaming fit: PCA

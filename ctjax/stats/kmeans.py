@@ -54,6 +54,44 @@ def assign(x: jax.Array, centers: jax.Array) -> jax.Array:
   return jnp.argmin(sq_distances(x, centers), axis=1).astype(jnp.int32)
 
 
+_BLOCK = 256  # points per block of the two-level D² sampling
+
+
+def _sample_d2(key, weights, trials):
+  """``trials`` indices drawn with probability proportional to ``weights
+  [n]`` (>= 0; uniform when they sum to 0), by inverting the cumulative sum.
+
+  Two levels, so no cumulative sum runs over all n points (XLA's CPU scan of
+  50,000 values costs more than the rest of a seeding step): the block of
+  each draw is found from the ``n / _BLOCK`` block totals, then the point
+  within that block from its own ``_BLOCK`` running sums.
+  """
+  n = weights.shape[0]
+  n_blocks = -(-n // _BLOCK)
+  w = jnp.pad(jnp.maximum(weights, 0.0), (0, n_blocks * _BLOCK - n))
+  w = w.reshape(n_blocks, _BLOCK)
+  block_cum = jnp.cumsum(jnp.sum(w, axis=1))
+  total = block_cum[-1]
+  u = jax.random.uniform(key, (trials,), w.dtype)
+  # All weights zero (every point on a centre): uniform over the n points.
+  uniform = jnp.floor(u * n).astype(jnp.int32)
+  target = u * total
+  block = jnp.clip(
+    jnp.searchsorted(block_cum, target, side="right"), 0, n_blocks - 1
+  )
+  within = target - (block_cum[block] - jnp.sum(w[block], axis=1))
+  row_cum = jnp.cumsum(w[block], axis=1)  # [trials, _BLOCK]
+  pos = jax.vmap(lambda c, t: jnp.searchsorted(c, t, side="right"))(
+    row_cum, within
+  )
+  # Rounding can put a draw past its block's last positive weight: take the
+  # last point of the block with positive weight instead.
+  last = _BLOCK - 1 - jnp.argmax(w[block][:, ::-1] > 0, axis=1)
+  idx = block * _BLOCK + jnp.minimum(pos, last)
+  idx = jnp.where(total > 0, idx, uniform)
+  return jnp.clip(idx, 0, n - 1)
+
+
 def _kmeans_plus_plus(key, x, x_sq, k):
   """Greedy k-means++ (several candidates per step, keep the best potential)."""
   n = x.shape[0]
@@ -66,14 +104,7 @@ def _kmeans_plus_plus(key, x, x_sq, k):
   def body(i, carry):
     centers, closest, key = carry
     key, sub = jax.random.split(key)
-    # Sampling proportional to D² by inverting the cumulative sum (cheaper to
-    # compile than Gumbel-max over N); when every point coincides with a
-    # centre (total = 0) fall back to uniform sampling.
-    cum = jnp.cumsum(jnp.maximum(closest, 0.0))
-    total = cum[-1]
-    cum = jnp.where(total > 0, cum, jnp.arange(1, n + 1, dtype=cum.dtype))
-    u = jax.random.uniform(sub, (trials,), cum.dtype) * cum[-1]
-    cand = jnp.clip(jnp.searchsorted(cum, u, side="right"), 0, n - 1)
+    cand = _sample_d2(sub, closest, trials)
     d_cand = sq_distances(x, x[cand], x_sq)  # [n, trials]
     new_closest = jnp.minimum(closest[:, None], d_cand)
     best = jnp.argmin(jnp.sum(new_closest, axis=0))
@@ -156,13 +187,19 @@ def _kmeans(x, k, key, *, n_init, max_iter, tol):
   x_sq = distances.sq_norms(x)
   tol_abs = tol * jnp.mean(jnp.var(x, axis=0))
 
-  def one_run(key):
-    centers = _kmeans_plus_plus(key, x, x_sq, k)
+  # Seeding has a fixed number of steps, so the restarts are seeded together
+  # (`vmap`): each step reads x once for all of them. The Lloyd runs stop
+  # after different numbers of iterations and run one after another.
+  seeds = jax.vmap(lambda key: _kmeans_plus_plus(key, x, x_sq, k))(
+    jax.random.split(key, n_init)
+  )
+
+  def one_run(centers):
     centers, n_iter = _lloyd(x, x_sq, centers, max_iter, tol_abs)
     d2 = sq_distances(x, centers, x_sq)
     return centers, jnp.sum(jnp.min(d2, axis=1)), n_iter
 
-  centers, inertia, n_iter = jax.lax.map(one_run, jax.random.split(key, n_init))
+  centers, inertia, n_iter = jax.lax.map(one_run, seeds)
   best = jnp.argmin(inertia)
   centers = centers[best]
   d2 = sq_distances(x, centers, x_sq)

@@ -1,6 +1,7 @@
 """k-means against scikit-learn."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -69,3 +70,26 @@ def test_duplicate_points_no_empty_cell():
 def test_too_few_points():
   with pytest.raises(ValueError, match="at least k=5"):
     km.kmeans(np.zeros((3, 2), np.float32), 5, jax.random.PRNGKey(0))
+
+
+def test_d2_sampling_is_proportional_to_weights():
+  # Two-level inverse CDF against the exact probabilities: zero-weight
+  # points (whole blocks of them too) are never drawn, the rest in
+  # proportion (chi-square, 4000 draws over 6 support points).
+  n = 3 * km._BLOCK + 7
+  w = np.zeros(n, np.float32)
+  support = [0, 5, km._BLOCK - 1, 2 * km._BLOCK + 3, n - 2, n - 1]
+  w[support] = [1.0, 3.0, 0.5, 2.0, 4.0, 1.5]
+  keys = jax.random.split(jax.random.PRNGKey(0), 1000)
+  draws = np.asarray(
+    jax.vmap(lambda key: km._sample_d2(key, jnp.asarray(w), 4))(keys)
+  ).ravel()
+  assert set(np.unique(draws)) <= set(support)
+  counts = np.array([(draws == i).sum() for i in support])
+  expected = w[support] / w.sum() * len(draws)
+  assert ((counts - expected) ** 2 / expected).sum() < 20.5  # p ~ 1e-3, 5 dof
+  # All weights zero: uniform over the points.
+  zero = np.asarray(km._sample_d2(jax.random.PRNGKey(1), jnp.zeros(n), 4000))
+  assert zero.min() >= 0 and zero.max() < n
+  per_block = np.bincount(zero // km._BLOCK, minlength=4)[:3]
+  np.testing.assert_allclose(per_block, 4000 * km._BLOCK / n, rtol=0.15)
