@@ -193,6 +193,7 @@ TAU = 0.1
 
 @pytest.fixture(scope="module")
 def mixed_ref(layered):
+  from ctjax import reference
   from ctjax.stats import fitted as fitted_lib
   from ctjax.stats import scoring as score_lib
 
@@ -200,9 +201,12 @@ def mixed_ref(layered):
   fits = fitted_lib._fit_layers._cache_size()
   ref = ctjax.CTReference.fit(train, test, layer_names=NAMES, **FIT)
   n_fit = fitted_lib._fit_layers._cache_size() - fits
-  scores = score_lib.score_detailed._cache_size()
+  # A NumPy batch is scored through `_score_finite` (the score and the
+  # finite check in one program), a device batch through `score_detailed`.
+  progs = (score_lib.score_detailed, reference._score_finite)
+  scores = sum(f._cache_size() for f in progs)
   res = ref.score(_gen(layered, 0), tau=TAU, return_neighbors=True)
-  n_score = score_lib.score_detailed._cache_size() - scores
+  n_score = sum(f._cache_size() for f in progs) - scores
   return ref, res, n_fit, n_score
 
 
