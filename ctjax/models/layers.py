@@ -64,9 +64,19 @@ class LayerNorm(nnx.Module):
   def __call__(self, x):
     """x: ``[..., D]`` -> ``[..., D]`` (statistics in float32)."""
     x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    # Both means as products with a [D, 1] column of 1/D rather than
+    # reductions. XLA:CPU fuses a reduction with the ops that produce its
+    # input and recomputes them inside its loop: after ConvNeXt's 7x7
+    # depthwise convolution that made this LayerNorm 9-12x slower than the
+    # convolution itself at 56x56 and 28x28 (measured, see
+    # benchmarks/bench_encoder.py). A product reads its input once.
+    avg = jnp.full((x.shape[-1], 1), 1.0 / x.shape[-1], jnp.float32)
+    mean = jnp.matmul(x32, avg, precision=jax.lax.Precision.HIGHEST)
+    centred = x32 - mean
+    var = jnp.matmul(
+      centred * centred, avg, precision=jax.lax.Precision.HIGHEST
+    )
+    y = centred * jax.lax.rsqrt(var + self.eps)
     y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(
       jnp.float32
     )
