@@ -25,23 +25,17 @@ FIT = dict(n_components=6, n_cells=4, seed=0, n_init=2, tile_train=64)
 
 
 def _data(seed=2):
-  """Clustered layers; the generated batches copy training points."""
+  """Clustered layers (5 centres, unit noise); the odd generated batches
+  copy training points, every batch holds 10 exact copies."""
   rng = np.random.default_rng(seed)
   centers = rng.normal(size=(5, D)) * 4
-
-  def sample(k):
-    return centers[rng.integers(0, 5, k)] + rng.normal(size=(k, D))
-
-  train = np.stack([sample(N) for _ in range(L)]).astype(np.float32)
-  test = np.stack([sample(n) for _ in range(L)]).astype(np.float32)
-  gens = np.stack(
-    [
-      np.stack([sample(m) for _ in range(L)])
-      + (b % 2) * (train[:, :m] - sample(m)[None])
-      for b in range(5)
-    ]
+  draw = lambda *shape: (
+    centers[rng.integers(0, 5, shape[:-1])] + rng.normal(size=shape)
   ).astype(np.float32)
-  gens[:, :, :10] = train[:, 50:60]  # exact copies
+  train, test = draw(L, N, D), draw(L, n, D)
+  gens = draw(5, L, m, D)
+  gens[1::2] = train[None, :, :m] + 0.1 * rng.normal(size=(L, m, D))
+  gens[:, :, :10] = train[:, 50:60]
   return train, test, gens
 
 
