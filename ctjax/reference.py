@@ -206,6 +206,73 @@ def _fit_by_layer(train, test, keys, config):
   return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
+@functools.cache
+def _split_fit(mesh, config: fitted_lib.FitConfig):
+  """`stats.fitted.fit_layers` (``with_finite``) with the layers split over
+  ``mesh`` (axis ``sharding.LAYERS``), one compiled program."""
+  lay = P(sharding.LAYERS)
+  return sharding.over_layers(
+    lambda t, p, k: fitted_lib.fit_layers(t, p, k, config, with_finite=True),
+    mesh,
+    (lay, lay, lay),
+    lay,
+  )
+
+
+def _fit_split(train, test, keys, config, mesh):
+  """`_fit_by_layer` with the layers split between the S devices of
+  ``mesh``: S layers at a time, the i-th on device i, each copied into that
+  device's own aligned buffer (used in place, as in `_fit_by_layer`), all
+  fitted by one program. The last group is padded with the last layer. The
+  result is gathered on the first device, in layer order."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  devs = list(mesh.devices.flat)
+  s = len(devs)
+  n_layers = train.shape[0]
+  dtype = jax.dtypes.canonicalize_dtype(train.dtype)
+  bufs = [
+    [_aligned_copy(a[min(i, n_layers - 1)][None], dtype) for a in (train, test)]
+    for i in range(s)
+  ]
+  layout = NamedSharding(mesh, P(sharding.LAYERS))
+  program = _split_fit(mesh, config)
+  keys = np.asarray(keys)
+  parts = []
+  for start in tqdm(
+    range(0, n_layers, s),
+    desc="fit",
+    unit=f"{s} layers",
+    disable=n_layers < 4,
+    leave=False,
+  ):
+    layers = [min(start + i, n_layers - 1) for i in range(s)]
+    if start:
+      for (tr, te), l in zip(bufs, layers):
+        np.copyto(tr[0], train[l], casting="unsafe")
+        np.copyto(te[0], test[l], casting="unsafe")
+
+    def global_array(j):
+      arrays = [jax.device_put(b[j], d) for b, d in zip(bufs, devs)]
+      shape = (s,) + arrays[0].shape[1:]
+      return jax.make_array_from_single_device_arrays(shape, layout, arrays)
+
+    out = program(
+      global_array(0), global_array(1), jax.device_put(keys[layers], layout)
+    )
+    # Wait for the group before its buffers are overwritten; keep its real
+    # layers, on the first device.
+    out = jax.device_put(jax.block_until_ready(out), devs[0])
+    parts.append(
+      jax.tree_util.tree_map(lambda x: x[: n_layers - start], out)
+      if start + s > n_layers
+      else out
+    )
+  if len(parts) == 1:
+    return parts[0]
+  return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
 def _check_fit_finite(train, test, names, finite):
   """Raises for NaN/Inf in T or P, given the fit's ``finite [L, 2]`` flags
   (`stats.fitted.fit_layers`); the exact per-layer check runs only when a
@@ -610,7 +677,10 @@ class CTReference:
       if not by_layer:
         train, test = _to_device(train), _to_device(test)
       with threads.one_blas_thread():
-        if by_layer:
+        split = sharding.layer_mesh(train.shape[0]) if by_layer else None
+        if split is not None:
+          fitted, finite = _fit_split(train, test, keys, config, split)
+        elif by_layer:
           fitted, finite = _fit_by_layer(train, test, keys, config)
         else:
           fitted, finite = jax.block_until_ready(
@@ -1059,8 +1129,12 @@ class CTReference:
         split, tuple(sorted(tiles.items()))
       )(self._split_fitted(split), gen, np.arange(m_pad) < m, np.float32(tau))
       _check_finite("gen", gen, self.layer_names, ok=finite[:n_layers])
-      scores, cells, dist, idx = jax.tree_util.tree_map(
-        lambda x: x[:n_layers], (scores, cells, dist, idx)
+      # Back on the first device (with the reference) for what follows.
+      scores, cells, dist, idx = jax.device_put(
+        jax.tree_util.tree_map(
+          lambda x: x[:n_layers], (scores, cells, dist, idx)
+        ),
+        split.devices.flat[0],
       )
       u2, n_gen = scores.u2, scores.n_gen
     elif mesh is None and on_device and not isinstance(gen, jax.Array):

@@ -39,6 +39,17 @@ def _data(seed=2):
   return train, test, gens
 
 
+def _fit_parts(ref):
+  f = ref.fitted
+  return dict(
+    centers=f.centers,
+    components=f.pca.components,
+    order=f.index.order,
+    test_cells=f.test.cells,
+    test_dist=f.test.dist,
+  )
+
+
 def _worker(out_path):
   n_dev = ctjax.use_cpu_devices(2)
   assert n_dev == 2 and jax.device_count() == 2, jax.devices()
@@ -46,7 +57,7 @@ def _worker(out_path):
   ref = ctjax.CTReference.fit(train, test, metric="cosine", **FIT)
   mesh = sharding.layer_mesh(ref.n_layers)
   assert mesh is not None and mesh.shape[sharding.LAYERS] == 2
-  out = {}
+  out = {f"fit/{k}": np.asarray(v) for k, v in _fit_parts(ref).items()}
   for name, kw in (("split", {}), ("one", {"split_layers": False})):
     res = ref.score(gens[0], return_neighbors=True, **kw)
     out[f"{name}/ct"] = res.ct
@@ -104,11 +115,18 @@ def test_split_score_equals_one_device(split_run):
   assert r["split/ct"].shape == (L,) and r["split/many_ct"].shape == (5, L)
 
 
-def test_split_score_equals_one_device_in_this_process(split_run):
-  # The parent's own one-device fit of the same data gives the same 2U (the
-  # fit is deterministic): the split did not change what is scored.
+def test_split_fit_and_score_equal_one_device_in_this_process(split_run):
+  # The worker's fit split its 3 layers over 2 devices (the second group
+  # padded); this process fits on one device: the same cells, neighbours
+  # and 2U.
   train, test, gens = _data()
   ref = ctjax.CTReference.fit(train, test, metric="cosine", **FIT)
+  for k, v in _fit_parts(ref).items():
+    got = split_run[f"fit/{k}"]
+    if np.issubdtype(got.dtype, np.integer):
+      np.testing.assert_array_equal(got, np.asarray(v), err_msg=k)
+    else:
+      np.testing.assert_allclose(got, np.asarray(v), atol=1e-5, err_msg=k)
   np.testing.assert_array_equal(ref.score(gens[0]).u, split_run["split/u"])
 
 
