@@ -248,13 +248,17 @@ def warm_parts(ref, gen, reps=5):
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 
 
-def warm_two_devices(ref, fits, gen, gen2, reps):
+def warm_two_devices(ref, fits, gen, gen2, reps, shape=None):
   """The warm batch with this host split into 2 XLA devices, in a subprocess
   (the flag must be set before JAX starts): `score` on one device and
   ``score(mesh="all")`` (training rows dealt over both devices, so both
-  cores search), each against (b) timed in that same subprocess. Returns
-  its dict of medians, or None when the child fails."""
+  cores search), each against (b) timed in that same subprocess. With
+  ``shape`` (L, N, n, m, D), the child also draws the same synthetic data
+  and times the cold fit + score there (the layers split, as run.py gets
+  it). Returns its dict of medians, or None when the child fails."""
   with tempfile.TemporaryDirectory() as tmp:
+    with open(os.path.join(tmp, "shape.json"), "w") as f:
+      json.dump(shape, f)
     ref.save(os.path.join(tmp, "ref.npz"))
     np.save(os.path.join(tmp, "gen.npy"), gen)
     np.save(os.path.join(tmp, "gen2.npy"), gen2)
@@ -277,6 +281,16 @@ def two_devices_child(tmp, reps):
   on one of the devices (``split_layers=False``), with the training rows
   dealt over both (``mesh="all"``), and by default (the layers split
   between the devices, what run.py gets); `score_many` split and not."""
+  cold = {}
+  with open(os.path.join(tmp, "shape.json")) as f:
+    shape = json.load(f)
+  if shape:  # the main process's data (same seed), fitted split here
+    train, test, gen0 = synthetic(np.random.default_rng(0), *shape)
+    for name in ("cold_with_compile", "cold"):
+      t = time.perf_counter()
+      jax.block_until_ready(ctjax.CTReference.fit(train, test).score(gen0).ct)
+      cold[name] = time.perf_counter() - t
+    del train, test
   ref = ctjax.CTReference.load(os.path.join(tmp, "ref.npz"))
   gen = np.load(os.path.join(tmp, "gen.npy"))
   gen2 = np.load(os.path.join(tmp, "gen2.npy"))
@@ -317,6 +331,7 @@ def two_devices_child(tmp, reps):
         _, t = timed(fn)
         times[name].append(t / len(gens))
   out = {k: float(np.median(v)) for k, v in times.items()}
+  out.update(cold)
   out.update(
     devices=n_dev,
     same_ct=bool(same),
@@ -545,7 +560,9 @@ def main():
 
   two = None
   if not args.no_two_devices:
-    two = warm_two_devices(ref, fits, gen, gen2, args.warm_reps)
+    two = warm_two_devices(
+      ref, fits, gen, gen2, args.warm_reps, shape=(L, N, n, m, D)
+    )
 
   cold = t_fit + t_score
   cold_c = t_fit_c + t_score_c
@@ -563,6 +580,11 @@ def main():
   if two is not None:
     # Its own (b), from the same subprocess: the ratio column is against it.
     rows.append(("(b) in the 2-device subprocess", two["b"]))
+    if "cold" in two:  # against the main process's (a)
+      rows.append(
+        ("2 devices: cold incl. compile (fit+score)", two["cold_with_compile"])
+      )
+      rows.append(("2 devices: cold (fit+score, compiled)", two["cold"]))
     rows.append(("ctjax warm, 1 of 2 host devices", two["one_device"]))
     rows.append(("ctjax warm, 2 host devices (mesh='all')", two["two_devices"]))
     rows.append(
@@ -605,6 +627,14 @@ def main():
       f"{two['b'] / two['many_layers_split']:.1f}x its (b) per batch "
       f"(goal >= 8x), "
       f"{two['many_one_device'] / two['many_layers_split']:.2f}x one device"
+    )
+  if two is not None and "cold" in two and t_a:
+    print(
+      f"cold on 2 host devices (fit and score split by layer) vs (a): "
+      f"{t_a / two['cold']:.1f}x compiled, "
+      f"{t_a / two['cold_with_compile']:.1f}x with compile (goal >= 3x); "
+      f"with minus without compilation there: "
+      f"{two['cold_with_compile'] - two['cold']:.1f} s"
     )
   if t_many is not None:
     print(
