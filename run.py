@@ -238,6 +238,12 @@ def main(argv):
       file=sys.stderr,
     )
     sys.exit(2)
+  import ctjax  # pylint: disable=g-import-not-at-top
+
+  # One XLA device per core (at most 2; CTJAX_CPU_DEVICES=1 keeps one), set
+  # before JAX starts: the C_T search then runs on every core, its layers
+  # split between the devices (ctjax/devices.py).
+  ctjax.use_cpu_devices()
   try:
     _run(command)
   except ValueError as e:

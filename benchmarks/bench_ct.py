@@ -248,13 +248,17 @@ def warm_parts(ref, gen, reps=5):
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 
 
-def warm_two_devices(ref, fits, gen, gen2, reps):
+def warm_two_devices(ref, fits, gen, gen2, reps, shape=None):
   """The warm batch with this host split into 2 XLA devices, in a subprocess
   (the flag must be set before JAX starts): `score` on one device and
   ``score(mesh="all")`` (training rows dealt over both devices, so both
-  cores search), each against (b) timed in that same subprocess. Returns
-  its dict of medians, or None when the child fails."""
+  cores search), each against (b) timed in that same subprocess. With
+  ``shape`` (L, N, n, m, D), the child also draws the same synthetic data
+  and times the cold fit + score there (the layers split, as run.py gets
+  it). Returns its dict of medians, or None when the child fails."""
   with tempfile.TemporaryDirectory() as tmp:
+    with open(os.path.join(tmp, "shape.json"), "w") as f:
+      json.dump(shape, f)
     ref.save(os.path.join(tmp, "ref.npz"))
     np.save(os.path.join(tmp, "gen.npy"), gen)
     np.save(os.path.join(tmp, "gen2.npy"), gen2)
@@ -272,57 +276,43 @@ def warm_two_devices(ref, fits, gen, gen2, reps):
       return json.load(f)
 
 
-def layers_split(ref):
-  """``gen -> Scores`` with the layers split between the first two devices:
-  each device holds its half of ``ref.fitted`` and scores its half of the
-  layers with the pure `ctjax.stats.score` (the two calls run at once)."""
-  from ctjax import stats
-
-  devs = jax.devices()[:2]
-  n_layers = ref.n_layers
-  h = -(-n_layers // len(devs))
-  parts = [(slice(i * h, (i + 1) * h), d) for i, d in enumerate(devs)]
-  fitted = [
-    jax.device_put(jax.tree_util.tree_map(lambda x, s=s: x[s], ref.fitted), d)
-    for s, d in parts
-  ]
-
-  def run(g):
-    m = g.shape[1]
-    m_pad = -(-m // 128) * 128
-    buf = np.zeros((n_layers, m_pad, g.shape[2]), np.float32)
-    buf[:, :m] = g
-    valid = np.arange(m_pad) < m
-    outs = [
-      stats.score(f, jax.device_put(buf[s], d), valid=jax.device_put(valid, d))
-      for (s, d), f in zip(parts, fitted)
-    ]
-    return jax.tree_util.tree_map(
-      lambda *x: np.concatenate([np.asarray(v) for v in x]), *outs
-    )
-
-  return run
-
-
 def two_devices_child(tmp, reps):
-  """Body of `warm_two_devices` (run with the 2-device flag)."""
+  """Body of `warm_two_devices` (run with the 2-device flag): (b), `score`
+  on one of the devices (``split_layers=False``), with the training rows
+  dealt over both (``mesh="all"``), and by default (the layers split
+  between the devices, what run.py gets); `score_many` split and not."""
+  cold = {}
+  with open(os.path.join(tmp, "shape.json")) as f:
+    shape = json.load(f)
+  if shape:  # the main process's data (same seed), fitted split here
+    train, test, gen0 = synthetic(np.random.default_rng(0), *shape)
+    for name in ("cold_with_compile", "cold"):
+      t = time.perf_counter()
+      jax.block_until_ready(ctjax.CTReference.fit(train, test).score(gen0).ct)
+      cold[name] = time.perf_counter() - t
+    del train, test
   ref = ctjax.CTReference.load(os.path.join(tmp, "ref.npz"))
   gen = np.load(os.path.join(tmp, "gen.npy"))
   gen2 = np.load(os.path.join(tmp, "gen2.npy"))
   with open(os.path.join(tmp, "fits.pkl"), "rb") as f:
     fits = pickle.load(f)
   n_dev = len(jax.devices())
-  one = lambda g: ref.score(g)
+  one = lambda g: ref.score(g, split_layers=False)
   two = lambda g: ref.score(g, mesh="all")
-  split = layers_split(ref)
-  same = np.array_equal(one(gen).ct, two(gen).ct, equal_nan=True)
-  # `score` finishes Z and C_T in float64 on the host, `stats.score` in
-  # float32 on the device: 2U must be equal, C_T within rounding.
-  r1, r2 = one(gen), split(gen)
-  same_split = np.array_equal(2 * r1.u, r2.u2) and np.allclose(
-    r1.ct, r2.ct, rtol=1e-5, atol=1e-5, equal_nan=True
+  split = lambda g: ref.score(g)
+  r1 = one(gen)
+  same = np.array_equal(r1.u, two(gen).u)
+  same_split = np.array_equal(r1.u, split(gen).u)
+  gens = np.stack([gen if b % 2 else gen2 for b in range(16)])
+  many = {
+    "many_one_device": lambda: ref.score_many(gens, split_layers=False),
+    "many_layers_split": lambda: ref.score_many(gens),
+  }
+  same_many = np.array_equal(
+    many["many_one_device"]().u, many["many_layers_split"]().u
   )
   times = {"b": [], "one_device": [], "two_devices": [], "layers_split": []}
+  times.update({k: [] for k in many})
   for i in range(reps):  # interleaved
     g = gen2 if i % 2 else gen
     t = time.perf_counter()
@@ -336,8 +326,18 @@ def two_devices_child(tmp, reps):
     ):
       _, t = timed(fn, g)
       times[name].append(t)
+    if i < 3:
+      for name, fn in many.items():
+        _, t = timed(fn)
+        times[name].append(t / len(gens))
   out = {k: float(np.median(v)) for k, v in times.items()}
-  out.update(devices=n_dev, same_ct=bool(same), same_ct_split=bool(same_split))
+  out.update(cold)
+  out.update(
+    devices=n_dev,
+    same_ct=bool(same),
+    same_ct_split=bool(same_split),
+    same_many=bool(same_many),
+  )
   with open(os.path.join(tmp, "out.json"), "w") as f:
     json.dump(out, f)
 
@@ -560,7 +560,9 @@ def main():
 
   two = None
   if not args.no_two_devices:
-    two = warm_two_devices(ref, fits, gen, gen2, args.warm_reps)
+    two = warm_two_devices(
+      ref, fits, gen, gen2, args.warm_reps, shape=(L, N, n, m, D)
+    )
 
   cold = t_fit + t_score
   cold_c = t_fit_c + t_score_c
@@ -578,10 +580,21 @@ def main():
   if two is not None:
     # Its own (b), from the same subprocess: the ratio column is against it.
     rows.append(("(b) in the 2-device subprocess", two["b"]))
+    if "cold" in two:  # against the main process's (a)
+      rows.append(
+        ("2 devices: cold incl. compile (fit+score)", two["cold_with_compile"])
+      )
+      rows.append(("2 devices: cold (fit+score, compiled)", two["cold"]))
     rows.append(("ctjax warm, 1 of 2 host devices", two["one_device"]))
     rows.append(("ctjax warm, 2 host devices (mesh='all')", two["two_devices"]))
     rows.append(
       ("ctjax warm, 2 host devices (layers split)", two["layers_split"])
+    )
+    rows.append(
+      ("score_many/batch, 1 of 2 host devices", two["many_one_device"])
+    )
+    rows.append(
+      ("score_many/batch, 2 devices (layers split)", two["many_layers_split"])
     )
   rows.append(("same-cell FLOP bound at GEMM peak", t_bound))
   print(
@@ -607,9 +620,21 @@ def main():
       f"score(mesh='all'), same C_T: {two['same_ct']}): "
       f"{two['b'] / two['two_devices']:.1f}x its (b), "
       f"{two['one_device'] / two['two_devices']:.2f}x one device; layers "
-      f"split (same 2U, C_T within 1e-5: {two['same_ct_split']}): "
-      f"{two['b'] / two['layers_split']:.1f}x its (b), "
-      f"{two['one_device'] / two['layers_split']:.2f}x one device"
+      f"split, the default there (same 2U: {two['same_ct_split']}): "
+      f"{two['b'] / two['layers_split']:.1f}x its (b) (goal >= 5x), "
+      f"{two['one_device'] / two['layers_split']:.2f}x one device; "
+      f"score_many split (same 2U: {two['same_many']}): "
+      f"{two['b'] / two['many_layers_split']:.1f}x its (b) per batch "
+      f"(goal >= 8x), "
+      f"{two['many_one_device'] / two['many_layers_split']:.2f}x one device"
+    )
+  if two is not None and "cold" in two and t_a:
+    print(
+      f"cold on 2 host devices (fit and score split by layer) vs (a): "
+      f"{t_a / two['cold']:.1f}x compiled, "
+      f"{t_a / two['cold_with_compile']:.1f}x with compile (goal >= 3x); "
+      f"with minus without compilation there: "
+      f"{two['cold_with_compile'] - two['cold']:.1f} s"
     )
   if t_many is not None:
     print(

@@ -5,6 +5,7 @@ Public API (see README.md, and docs/method.md for the method):
   c_t, ct_score, ct_curve, CTReference, CTResult   the C_T engine
   embed                                             all-layer embeddings
   FingerprintLibrary                                C_T-curve fingerprints
+  use_cpu_devices                                   every CPU core at once
   select_layers                                     which layer detects what
 
 Subpackages and modules, loaded on first use: stats (numerics), models
@@ -16,6 +17,7 @@ imports them.
 
 import importlib
 
+from ctjax.devices import use_cpu_devices
 from ctjax.reference import CTReference, ct_curve, ct_score
 from ctjax.stats.ct import CTResult, c_t
 
@@ -44,6 +46,7 @@ __all__ = [
   "ct_score",
   "ct_curve",
   "enable_compilation_cache",
+  "use_cpu_devices",
   *_LAZY_ATTRS,
 ]
 

@@ -20,6 +20,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ctjax import sharding, threads
 from ctjax.stats import bootstrap as bootstrap_lib
@@ -204,6 +206,73 @@ def _fit_by_layer(train, test, keys, config):
   return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
+@functools.cache
+def _split_fit(mesh, config: fitted_lib.FitConfig):
+  """`stats.fitted.fit_layers` (``with_finite``) with the layers split over
+  ``mesh`` (axis ``sharding.LAYERS``), one compiled program."""
+  lay = P(sharding.LAYERS)
+  return sharding.over_layers(
+    lambda t, p, k: fitted_lib.fit_layers(t, p, k, config, with_finite=True),
+    mesh,
+    (lay, lay, lay),
+    lay,
+  )
+
+
+def _fit_split(train, test, keys, config, mesh):
+  """`_fit_by_layer` with the layers split between the S devices of
+  ``mesh``: S layers at a time, the i-th on device i, each copied into that
+  device's own aligned buffer (used in place, as in `_fit_by_layer`), all
+  fitted by one program. The last group is padded with the last layer. The
+  result is gathered on the first device, in layer order."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  devs = list(mesh.devices.flat)
+  s = len(devs)
+  n_layers = train.shape[0]
+  dtype = jax.dtypes.canonicalize_dtype(train.dtype)
+  bufs = [
+    [_aligned_copy(a[min(i, n_layers - 1)][None], dtype) for a in (train, test)]
+    for i in range(s)
+  ]
+  layout = NamedSharding(mesh, P(sharding.LAYERS))
+  program = _split_fit(mesh, config)
+  keys = np.asarray(keys)
+  parts = []
+  for start in tqdm(
+    range(0, n_layers, s),
+    desc="fit",
+    unit=f"{s} layers",
+    disable=n_layers < 4,
+    leave=False,
+  ):
+    layers = [min(start + i, n_layers - 1) for i in range(s)]
+    if start:
+      for (tr, te), l in zip(bufs, layers):
+        np.copyto(tr[0], train[l], casting="unsafe")
+        np.copyto(te[0], test[l], casting="unsafe")
+
+    def global_array(j):
+      arrays = [jax.device_put(b[j], d) for b, d in zip(bufs, devs)]
+      shape = (s,) + arrays[0].shape[1:]
+      return jax.make_array_from_single_device_arrays(shape, layout, arrays)
+
+    out = program(
+      global_array(0), global_array(1), jax.device_put(keys[layers], layout)
+    )
+    # Wait for the group before its buffers are overwritten; keep its real
+    # layers, on the first device.
+    out = jax.device_put(jax.block_until_ready(out), devs[0])
+    parts.append(
+      jax.tree_util.tree_map(lambda x: x[: n_layers - start], out)
+      if start + s > n_layers
+      else out
+    )
+  if len(parts) == 1:
+    return parts[0]
+  return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
 def _check_fit_finite(train, test, names, finite):
   """Raises for NaN/Inf in T or P, given the fit's ``finite [L, 2]`` flags
   (`stats.fitted.fit_layers`); the exact per-layer check runs only when a
@@ -240,16 +309,18 @@ def _pad_batch(gen, m_pad):
   return jnp.concatenate([gen, pad], axis=1), valid, finite
 
 
-def _host_padded(gen, m_pad):
-  """``gen [L, m, D]`` (NumPy) zero-padded to ``[L, m_pad, D]`` with at most
-  one host copy, into a fresh (page-aligned) buffer that the CPU device can
-  take without copying it again; ``gen`` itself when no padding is needed.
-  The device's copy and pad of `_pad_batch` cost as much again."""
+def _host_padded(gen, m_pad, n_layers_pad=None):
+  """``gen [L, m, D]`` (NumPy) zero-padded to ``[L', m_pad, D]`` (L' =
+  ``n_layers_pad``, default L) with at most one host copy, into a fresh
+  (page-aligned) buffer that the CPU device can take without copying it
+  again; ``gen`` itself when no padding is needed. The device's copy and pad
+  of `_pad_batch` cost as much again."""
   n_layers, m, dim = gen.shape
-  if m == m_pad:
+  n_layers_pad = n_layers if n_layers_pad is None else n_layers_pad
+  if m == m_pad and n_layers == n_layers_pad:
     return gen
-  buf = np.zeros((n_layers, m_pad, dim), gen.dtype)
-  buf[:, :m] = gen
+  buf = np.zeros((n_layers_pad, m_pad, dim), gen.dtype)
+  buf[:n_layers, :m] = gen
   return buf
 
 
@@ -260,6 +331,39 @@ def _score_finite(fitted, gen, valid, tau, **kw):
   finite = jnp.all(jnp.isfinite(gen), axis=(1, 2))
   return finite, score_lib.score_detailed(
     fitted, gen, tau=tau, valid=valid, **kw
+  )
+
+
+@functools.cache
+def _split_score(mesh, tiles: tuple):
+  """`_score_finite` with the layers split over ``mesh`` (axis
+  ``sharding.LAYERS``): ``(fitted, gen [L', m, D], valid [m], tau)``, L' a
+  multiple of the device count, to the same outputs over L' layers."""
+  kw = dict(tiles)
+  lay = P(sharding.LAYERS)
+  return sharding.over_layers(
+    lambda f, g, v, t: _score_finite(f, g, v, t, **kw),
+    mesh,
+    (lay, lay, P(), P()),
+    lay,
+  )
+
+
+@functools.cache
+def _split_chunk(mesh, tiles: tuple):
+  """`_score_chunk` ("merge", on device) with the layers split over
+  ``mesh``: ``(fitted, gens [L', c, m, D], valid [c, m], tau)`` to finite
+  flags ``[c, L']`` and `Scores` ``[c, L', ...]``."""
+  kw = dict(tiles)
+  lay = P(sharding.LAYERS)
+  per_batch = P(None, sharding.LAYERS)
+  return sharding.over_layers(
+    lambda f, g, v, t: _score_chunk(
+      f, g, v, t, on_device=True, mode="merge", **kw
+    ),
+    mesh,
+    (lay, lay, P(), P()),
+    (per_batch, per_batch),
   )
 
 
@@ -573,7 +677,10 @@ class CTReference:
       if not by_layer:
         train, test = _to_device(train), _to_device(test)
       with threads.one_blas_thread():
-        if by_layer:
+        split = sharding.layer_mesh(train.shape[0]) if by_layer else None
+        if split is not None:
+          fitted, finite = _fit_split(train, test, keys, config, split)
+        elif by_layer:
           fitted, finite = _fit_by_layer(train, test, keys, config)
         else:
           fitted, finite = jax.block_until_ready(
@@ -918,6 +1025,7 @@ class CTReference:
     return_neighbors: bool = False,
     search: str | None = None,
     mesh=None,
+    split_layers: bool | None = None,
     n_bootstrap: int = 0,
     bootstrap: str = "gen",
     confidence: float = bootstrap_lib.DEFAULT_CONFIDENCE,
@@ -937,6 +1045,12 @@ class CTReference:
         ``"data"`` axis: the projected training points are sharded over the
         mesh (dealt out once per mesh and cached) and the nearest neighbours
         reduced across devices (`ctjax.sharding`); the result is the same.
+      split_layers: with ``mesh=None``: split the layers between the local
+        devices, each searching its layers (`ctjax.sharding.layer_mesh`;
+        one compiled program, the result is the same). ``None`` (default)
+        splits when the process has several local devices, e.g. a CPU split
+        with `ctjax.use_cpu_devices` (what ``run.py`` does), so that every
+        core searches; ``False`` keeps one device.
       n_bootstrap: bootstrap replicates B; 0 (the default) computes none.
         With B > 0 the result carries per-layer percentile intervals
         ``ct_low``/``ct_high [L]`` and the replicates ``ct_boot [B, L]``.
@@ -982,6 +1096,7 @@ class CTReference:
             return_neighbors=return_neighbors,
             search=search,
             mesh=mesh,
+            split_layers=split_layers,
             **boot_kw,
           )
           for g, sub in self._parts()
@@ -999,7 +1114,30 @@ class CTReference:
     if n_bootstrap:
       bootstrap_lib.check_sizes(self.n_test, m)  # before the search
     u2 = n_gen = None
+    split = None
     if mesh is None and on_device and not isinstance(gen, jax.Array):
+      split = self._layer_mesh(split_layers)
+    if split is not None:
+      # The layers split between the local devices: one host copy (padding
+      # of points and layers), one program on every device.
+      n_layers = self.n_layers
+      gen = jax.device_put(
+        _host_padded(gen, m_pad, sharding.padded_layers(n_layers, split)),
+        NamedSharding(split, P(sharding.LAYERS)),
+      )
+      finite, (scores, cells, dist, idx) = _split_score(
+        split, tuple(sorted(tiles.items()))
+      )(self._split_fitted(split), gen, np.arange(m_pad) < m, np.float32(tau))
+      _check_finite("gen", gen, self.layer_names, ok=finite[:n_layers])
+      # Back on the first device (with the reference) for what follows.
+      scores, cells, dist, idx = jax.device_put(
+        jax.tree_util.tree_map(
+          lambda x: x[:n_layers], (scores, cells, dist, idx)
+        ),
+        split.devices.flat[0],
+      )
+      u2, n_gen = scores.u2, scores.n_gen
+    elif mesh is None and on_device and not isinstance(gen, jax.Array):
       # The common case: one host copy (padding), the finite check fused
       # into the score (a bad batch raises once it is scored).
       gen = jax.device_put(_host_padded(gen, m_pad))
@@ -1071,6 +1209,7 @@ class CTReference:
     batch_size: int | None = None,
     search: str | None = None,
     vectorize: bool | None = None,
+    split_layers: bool | None = None,
   ) -> ct_lib.CTResult:
     """C_T of B generated batches of the same size, in one call.
 
@@ -1090,6 +1229,7 @@ class CTReference:
         batches together, one search per layer (the fastest on any
         backend); ``True`` scores the batches with `jax.vmap`, ``False``
         one after another (`lax.map`). The result is the same.
+      split_layers: as in `score` (with the default ``vectorize``).
 
     Returns:
       A `CTResult` whose fields have a leading batch axis: ``ct [B, L]``,
@@ -1107,6 +1247,7 @@ class CTReference:
         batch_size=batch_size,
         search=search,
         vectorize=vectorize,
+        split_layers=split_layers,
       )
       return _merge_results(
         [
@@ -1148,26 +1289,44 @@ class CTReference:
     chunk = 1 << (max(chunk, 1).bit_length() - 1)  # a power of two
     u2s, n_gens = [], []
     k = self.n_cells
+    n_layers = self.n_layers
+    split = None
+    if mode == "merge" and on_device:
+      split = self._layer_mesh(split_layers)
+    n_layers_pad = (
+      n_layers if split is None else sharding.padded_layers(n_layers, split)
+    )
     for start in range(0, n_batches, chunk):
       part = gens[start : start + chunk]
       b = part.shape[0]
       if mode == "merge":  # layer-major [L, c, m, D]
-        buf = np.zeros((self.n_layers, chunk, m_pad, self.dim), gens.dtype)
-        buf[:, :b, :m] = part.transpose(1, 0, 2, 3)
+        buf = np.zeros((n_layers_pad, chunk, m_pad, self.dim), gens.dtype)
+        buf[:n_layers, :b, :m] = part.transpose(1, 0, 2, 3)
       else:
-        buf = np.zeros((chunk, self.n_layers, m_pad, self.dim), gens.dtype)
+        buf = np.zeros((chunk, n_layers, m_pad, self.dim), gens.dtype)
         buf[:b, :, :m] = part
       valid = np.zeros((chunk, m_pad), bool)
       valid[:b, :m] = True
-      finite, out = _score_chunk(
-        self.fitted,
-        jax.device_put(buf),
-        jax.device_put(valid),
-        tau,
-        on_device=on_device,
-        mode=mode,
-        **tiles,
-      )
+      if split is not None:
+        finite, out = _split_chunk(split, tuple(sorted(tiles.items())))(
+          self._split_fitted(split),
+          jax.device_put(buf, NamedSharding(split, P(sharding.LAYERS))),
+          valid,
+          np.float32(tau),
+        )
+        finite, out = jax.tree_util.tree_map(
+          lambda x: x[:, :n_layers], (finite, out)
+        )
+      else:
+        finite, out = _score_chunk(
+          self.fitted,
+          jax.device_put(buf),
+          jax.device_put(valid),
+          tau,
+          on_device=on_device,
+          mode=mode,
+          **tiles,
+        )
       finite = np.asarray(finite)[:b]
       if not finite.all():
         i, bad = np.flatnonzero(~finite.all(axis=1))[0], ~finite
@@ -1219,6 +1378,23 @@ class CTReference:
         )
       },
     )
+
+  def _layer_mesh(self, split_layers: bool | None):
+    """The mesh `score` splits the layers over (None: one device)."""
+    if split_layers is False:
+      return None
+    if split_layers not in (None, True):
+      raise ValueError(
+        f"split_layers must be None, True or False, got {split_layers!r}"
+      )
+    return sharding.layer_mesh(self.n_layers)
+
+  def _split_fitted(self, mesh) -> fitted_lib.Fitted:
+    """``self.fitted`` split over ``mesh``'s devices by layer (cached)."""
+    cache = self.__dict__.setdefault("_split_fitteds", {})
+    if mesh not in cache:
+      cache[mesh] = sharding.split_layers(self.fitted, mesh)
+    return cache[mesh]
 
   def _sharded_index_cache(self) -> dict:
     return self.__dict__.setdefault("_sharded_indexes", {})

@@ -313,20 +313,24 @@ def _matrix_figure(
   if max(m.shape) <= 20:
     finite = m[np.isfinite(m)]
     mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-    for i in range(m.shape[0]):
-      for j in range(m.shape[1]):
-        if np.isfinite(m[i, j]):
-          v = int(round(m[i, j])) if fmt == "d" else m[i, j]
-          ax.text(
-            j,
-            i,
-            format(v, fmt),
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="white" if m[i, j] > mid else "black",
-          )
+    _annotate(ax, m, fmt, white=lambda v: v > mid)
   return fig
+
+
+def _annotate(ax, m, fmt: str, *, white) -> None:
+  """Writes every finite ``m[i, j]`` (``fmt``; "d" rounds) at its cell of
+  ``ax``'s image, in white where ``white(value)``, else in black."""
+  for i, j in zip(*np.nonzero(np.isfinite(m))):
+    v = int(round(m[i, j])) if fmt == "d" else m[i, j]
+    ax.text(
+      j,
+      i,
+      format(v, fmt),
+      ha="center",
+      va="center",
+      fontsize=7,
+      color="white" if white(m[i, j]) else "black",
+    )
 
 
 def plot_similarity_heatmap(
@@ -440,18 +444,7 @@ def method_table_figure(
   ax.set_yticks(range(v.shape[0]), [str(r) for r in rows], fontsize=8)
   ax.xaxis.tick_top()
   ax.set_title(title)
-  for i in range(v.shape[0]):
-    for j in range(v.shape[1]):
-      if np.isfinite(v[i, j]):
-        ax.text(
-          j,
-          i,
-          f"{v[i, j]:.0f}",
-          ha="center",
-          va="center",
-          fontsize=7,
-          color="black" if v[i, j] > 60 else "white",
-        )
+  _annotate(ax, v, ".0f", white=lambda x: x <= 60)
   return fig
 
 

@@ -413,3 +413,79 @@ def map_in_order(fn: Callable[[Sequence], np.ndarray], items: Sequence):
   items = list(items)
   share = items[process_share(len(items))]
   return gather_in_order(fn(share), len(items))
+
+
+# ------------------------------------------- layers over the local devices
+# The scoring policy of `ctjax.CTReference.score` / `score_many` when a
+# process has several local devices and no mesh is given: the layers are
+# split between the devices (each holds its layers' whole reference and
+# searches them), one compiled SPMD program for all of them. On a CPU this is
+# how both cores work at once: XLA runs one device's program on one core for
+# the small products of the search, and two programs on one device do not
+# overlap (benchmarks/bench_ct.py).
+LAYERS = "layers"
+
+
+def layer_mesh(n_layers: int, devices=None) -> Mesh | None:
+  """A 1-D mesh with axis ``"layers"`` to split ``n_layers`` layers over.
+
+  Args:
+    n_layers: L.
+    devices: default ``jax.local_devices()`` (of the default backend).
+
+  Returns:
+    The mesh over the first ``min(len(devices), n_layers)`` devices, or
+    ``None`` when that is fewer than 2 or the process is one of several
+    (a multi-host job gives ``mesh=`` explicitly).
+  """
+  if devices is None:
+    if jax.process_count() > 1:
+      return None
+    devices = jax.local_devices()
+  n = min(len(devices), int(n_layers))
+  if n < 2:
+    return None
+  return Mesh(np.array(list(devices)[:n]), (LAYERS,))
+
+
+def padded_layers(n_layers: int, mesh: Mesh) -> int:
+  """L rounded up to a multiple of the mesh's device count (every device
+  gets the same number of layers: one compiled program)."""
+  s = int(mesh.shape[LAYERS])
+  return -(-int(n_layers) // s) * s
+
+
+def split_layers(tree, mesh: Mesh):
+  """Every leaf ``[L, ...]`` of ``tree`` padded to `padded_layers` (the last
+  layer repeated: the padded layers' results are dropped) and placed on
+  ``mesh`` split along its leading axis."""
+  sharding = NamedSharding(mesh, P(LAYERS))
+
+  def put(x):
+    x = np.asarray(x)
+    pad = padded_layers(x.shape[0], mesh) - x.shape[0]
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    return jax.device_put(x, sharding)
+
+  return jax.tree_util.tree_map(put, tree)
+
+
+def over_layers(fn, mesh: Mesh, in_specs, out_specs):
+  """``fn`` run on every device of ``mesh`` on its share of the layers
+  (`jax.shard_map`, no communication), jit-compiled once for all devices.
+
+  ``in_specs``/``out_specs`` as `jax.shard_map`'s, with `LAYERS` naming the
+  layer axis of split arguments and results.
+  """
+  # check_vma=False: the engine's loops start from constants that JAX's
+  # varying-axis check would want cast; no value crosses devices.
+  return jax.jit(
+    jax.shard_map(
+      fn,
+      mesh=mesh,
+      in_specs=in_specs,
+      out_specs=out_specs,
+      check_vma=False,
+    )
+  )
