@@ -526,10 +526,11 @@ def main():
   cold_ms = cold_parts(train, test)
   t_cov = cold_ms["covariance"] / 1e3
   peak_cov = 2 * 2048**3 / cold_ms["gemm 2048^3"] / 1e6
-  # Σ over upper blocks of the symmetric product (block 256).
-  nb_ = -(-D // 256)
-  cov_flops = (
-    2 * N * D * D * (nb_ + 1) / (2 * nb_) if D > 256 else 2 * N * D * D
+  # One product per row panel of the symmetric product's upper block
+  # triangle (pca.BLOCK rows): rows a:a+b times columns a:D.
+  cov_flops = sum(
+    2 * N * (min(a + pca_lib.BLOCK, D) - a) * (D - a)
+    for a in range(0, D, pca_lib.BLOCK)
   )
   index, pca0, tc, n_tr, n_te = layer0_parts(ref, "cosine")
   pp = pca_lib.transform(pca0, jnp.asarray(test[0]))
