@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -360,3 +361,21 @@ def test_aligned_buffer_is_used_in_place(dtype):
   on_device = jax.device_put(buf)
   if jax.default_backend() == "cpu":
     assert on_device.unsafe_buffer_pointer() == buf.ctypes.data
+
+
+def test_concat_on_host_equals_concatenate():
+  # The per-layer fits are stacked on the host (no compiled concatenate):
+  # the same values and dtypes as jnp.concatenate, taken in place.
+  from ctjax import reference
+
+  parts = [
+    {"a": jnp.arange(6.0).reshape(1, 2, 3) + l, "b": jnp.array([l > 0])}
+    for l in range(3)
+  ]
+  got = reference._concat_on_host(parts)
+  for k in ("a", "b"):
+    want = jnp.concatenate([p[k] for p in parts])
+    assert got[k].dtype == want.dtype and isinstance(got[k], jax.Array)
+    np.testing.assert_array_equal(got[k], want)
+    if jax.default_backend() == "cpu":
+      assert got[k].unsafe_buffer_pointer() % 64 == 0

@@ -57,6 +57,14 @@ def assign(x: jax.Array, centers: jax.Array) -> jax.Array:
 _BLOCK = 256  # points per block of the two-level D² sampling
 
 
+def _count_le(sums, values):
+  """Per value, how many of the non-decreasing ``sums`` (``[s]``, or one row
+  ``[t, s]`` per value) are <= it: ``searchsorted(sums, values,
+  side="right")``, int32 ``[t]``."""
+  sums = jnp.broadcast_to(sums, values.shape + sums.shape[-1:])
+  return jnp.sum(sums <= values[:, None], axis=1, dtype=jnp.int32)
+
+
 def _sample_d2(key, weights, trials):
   """``trials`` indices drawn with probability proportional to ``weights
   [n]`` (>= 0; uniform when they sum to 0), by inverting the cumulative sum.
@@ -76,17 +84,16 @@ def _sample_d2(key, weights, trials):
   # All weights zero (every point on a centre): uniform over the n points.
   uniform = jnp.floor(u * n).astype(jnp.int32)
   target = u * total
-  block = jnp.clip(
-    jnp.searchsorted(block_cum, target, side="right"), 0, n_blocks - 1
-  )
-  within = target - (block_cum[block] - jnp.sum(w[block], axis=1))
-  row_cum = jnp.cumsum(w[block], axis=1)  # [trials, _BLOCK]
-  pos = jax.vmap(lambda c, t: jnp.searchsorted(c, t, side="right"))(
-    row_cum, within
-  )
+  # searchsorted(side="right") into the non-decreasing running sums, as a
+  # count of the sums <= the target: one fused compare-and-sum (the binary
+  # search is a loop of small kernels, slower to compile, and no faster).
+  block = jnp.clip(_count_le(block_cum, target), 0, n_blocks - 1)
+  w_block = w[block]  # [trials, _BLOCK]
+  within = target - (block_cum[block] - jnp.sum(w_block, axis=1))
+  pos = _count_le(jnp.cumsum(w_block, axis=1), within)
   # Rounding can put a draw past its block's last positive weight: take the
   # last point of the block with positive weight instead.
-  last = _BLOCK - 1 - jnp.argmax(w[block][:, ::-1] > 0, axis=1)
+  last = _BLOCK - 1 - jnp.argmax(w_block[:, ::-1] > 0, axis=1)
   idx = block * _BLOCK + jnp.minimum(pos, last)
   idx = jnp.where(total > 0, idx, uniform)
   return jnp.clip(idx, 0, n - 1)
@@ -131,7 +138,9 @@ def _lloyd(x, x_sq, centers, max_iter, tol_abs):
       # An empty cluster is moved onto one of the points farthest from their
       # centres (one distinct point per empty cluster), as scikit-learn does.
       far = jax.lax.top_k(jnp.min(d2, axis=1), k)[1]
-      rank = jnp.cumsum(empty) - 1
+      # rank = cumsum(empty) - 1, as a [k, k] masked sum (fewer kernels).
+      below = jnp.arange(k)[None, :] <= jnp.arange(k)[:, None]
+      rank = jnp.sum(below & empty[None, :], axis=1) - 1
       return jnp.where(empty[:, None], x[far[jnp.clip(rank, 0, k - 1)]], new)
 
     # The O(N log k) top_k runs only in the rare step that left a cell empty.

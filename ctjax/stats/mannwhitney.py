@@ -43,9 +43,10 @@ def sort_by_cell(dists: jax.Array, cells: jax.Array, n_cells: int):
   """
   cells = cells.astype(jnp.int32)
   order = jnp.lexsort((dists, cells))
-  starts = jnp.searchsorted(
-    cells[order], jnp.arange(n_cells + 1, dtype=jnp.int32), side="left"
-  ).astype(jnp.int32)
+  # starts[c] = #{cells < c}: one fused compare-and-count (a searchsorted in
+  # the sorted cells compiles to a loop of small kernels).
+  below = cells[None, :] < jnp.arange(n_cells + 1, dtype=jnp.int32)[:, None]
+  starts = jnp.sum(below, axis=1, dtype=jnp.int32)
   return dists[order], starts
 
 

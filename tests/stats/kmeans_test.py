@@ -93,3 +93,16 @@ def test_d2_sampling_is_proportional_to_weights():
   assert zero.min() >= 0 and zero.max() < n
   per_block = np.bincount(zero // km._BLOCK, minlength=4)[:3]
   np.testing.assert_allclose(per_block, 4000 * km._BLOCK / n, rtol=0.15)
+
+
+def test_count_le_is_searchsorted_right(rng):
+  # The sampler's fused count equals NumPy's searchsorted(side="right") into
+  # non-decreasing sums, ties and values outside the range included.
+  sums = np.cumsum(rng.integers(0, 3, 50)).astype(np.float32)
+  values = np.concatenate([sums[::7], [-1.0, sums[-1] + 1], rng.random(5) * 60])
+  values = values.astype(np.float32)
+  want = np.searchsorted(sums, values, side="right")
+  np.testing.assert_array_equal(km._count_le(jnp.asarray(sums), values), want)
+  rows = np.sort(rng.random((len(values), 9)).astype(np.float32), axis=1)
+  want = [np.searchsorted(r, v, side="right") for r, v in zip(rows, values)]
+  np.testing.assert_array_equal(km._count_le(jnp.asarray(rows), values), want)

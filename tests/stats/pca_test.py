@@ -40,6 +40,17 @@ def test_variances_and_subspace(rng, block, chunk):
   )
 
 
+@pytest.mark.parametrize("block", [96, 40, 32])  # plain; panels, uneven
+def test_covariance_is_float64_scatter_and_symmetric(rng, block):
+  x = _gapped(rng, n=1000, d=96)
+  mean = x.mean(axis=0)
+  got = np.asarray(pca_lib.covariance(x, mean, chunk=333, block=block))
+  xc = x.astype(np.float64) - mean
+  want = xc.T @ xc
+  assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()
+  np.testing.assert_array_equal(got, got.T)
+
+
 def test_matches_sklearn_projection_up_to_sign(rng):
   from sklearn.decomposition import PCA
 
