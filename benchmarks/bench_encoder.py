@@ -298,7 +298,10 @@ def family_rows(args):
     f"({len(os.sched_getaffinity(0))} cores; pin both with taskset); load "
     f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
   )
-  fwd = jax.jit(encoder_lib.forward, static_argnums=(0, 3))
+  # ctjax's compiled forward (its XLA:CPU options on a CPU) and the same
+  # function under XLA's defaults, timed in the same rounds.
+  fwd = encoder_lib.jit_forward()
+  fwd_defaults = encoder_lib.jit_forward({})
   rows = []
   with tempfile.TemporaryDirectory() as folder:
     for name in args.families.split(","):
@@ -315,6 +318,9 @@ def family_rows(args):
         t = time.perf_counter()
         compiled = fwd.lower(enc.graphdef, enc.params, x_jax, dt).compile()
         compile_s = time.perf_counter() - t
+        compiled_defaults = fwd_defaults.lower(
+          enc.graphdef, enc.params, x_jax, dt
+        ).compile()
         ours = jax.tree.leaves(compiled(enc.params, x_jax).hidden_states)
         ours = [np.asarray(o, np.float32) for o in ours]
         if len(ours) == 1:  # stacked [L+1, B, T, D]
@@ -333,18 +339,26 @@ def family_rows(args):
         def run_jax():
           jax.block_until_ready(compiled(enc.params, x_jax).hidden_states)
 
+        def run_defaults():
+          jax.block_until_ready(
+            compiled_defaults(enc.params, x_jax).hidden_states
+          )
+
         def run_torch():
           _torch_states(model, x_torch, dt == jnp.bfloat16)
 
-        jax_ips, torch_ips = [], []
+        jax_ips, torch_ips, default_ips = [], [], []
         for _ in range(3):  # interleaved rounds; best of each
           per = args.seconds / 3
           torch_ips.append(
             throughput(run_torch, args.batch, per, args.min_iters)
           )
           jax_ips.append(throughput(run_jax, args.batch, per, args.min_iters))
-        j, p = max(jax_ips), max(torch_ips)
-        rows.append((name, dtype, len(theirs), j, p, diff, compile_s))
+          default_ips.append(
+            throughput(run_defaults, args.batch, per, args.min_iters)
+          )
+        j, p, j0 = max(jax_ips), max(torch_ips), max(default_ips)
+        rows.append((name, dtype, len(theirs), j, p, diff, compile_s, j0))
         if args.json:
           print(
             "JSON "
@@ -353,6 +367,7 @@ def family_rows(args):
                 family=name,
                 dtype=dtype,
                 ctjax=j,
+                ctjax_xla_defaults=j0,
                 torch=p,
                 diff=diff,
                 compile_s=compile_s,
@@ -363,21 +378,22 @@ def family_rows(args):
           )
         print(
           f"{name} {dtype}: ctjax {j:.2f} img/s, torch {p:.2f} img/s, "
-          f"ratio {j / p:.2f}x, max diff {diff:.1e}, compile {compile_s:.1f} s",
+          f"ratio {j / p:.2f}x (XLA defaults {j0:.2f} img/s, {j0 / p:.2f}x), "
+          f"max diff {diff:.1e}, compile {compile_s:.1f} s",
           flush=True,
         )
   print()
   print(
     f"| encoder, 224px, batch {args.batch}, {jax.devices()[0].device_kind} "
     "| dtype | hidden states | ctjax img/s | PyTorch img/s | ratio "
-    "| max rel diff | ctjax compile s |"
+    "| max rel diff | ctjax compile s | XLA defaults img/s | ratio |"
   )
-  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-  for name, dtype, n, j, p, diff, compile_s in rows:
+  for name, dtype, n, j, p, diff, compile_s, j0 in rows:
     print(
       f"| {name} | {dtype} | {n} | {j:.2f} | {p:.2f} | {j / p:.2f}x "
-      f"| {diff:.1e} | {compile_s:.1f} |"
+      f"| {diff:.1e} | {compile_s:.1f} | {j0:.2f} | {j0 / p:.2f}x |"
     )
 
 
@@ -524,7 +540,9 @@ def main():
     torch_device
   )
 
-  fwd = jax.jit(encoder_lib.forward, static_argnums=(0, 3))
+  # ctjax's compiled forward (its XLA:CPU options on a CPU) and the same
+  # function under XLA's defaults, timed in the same rounds.
+  fwd = encoder_lib.jit_forward()
   t = time.perf_counter()
   compiled = fwd.lower(
     enc.graphdef, enc.params, x_jax, jnp.dtype(jnp.float32)

@@ -13,7 +13,6 @@ share of the inputs (both policies in `ctjax.sharding`).
 
 import copy
 import dataclasses
-import functools
 import hashlib
 import os
 import warnings
@@ -25,6 +24,7 @@ import numpy as np
 
 from ctjax import preprocess as pp
 from ctjax import sharding
+from ctjax import xla_options
 from ctjax.storage import EmbeddingCache
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -278,8 +278,7 @@ def _pool_map(h, pool: str, num_prefix: int):
   return h.astype(jnp.float32).mean(axis=tuple(range(1, h.ndim - 1)))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _step(spec: _StepSpec, params, images):
+def _step_impl(spec: _StepSpec, params, images):
   """images ``[B, H, W, C]`` raw -> pooled ``[len(layers), B, D]`` float32.
 
   For an encoder whose hidden states are a tuple (ResNet, Swin...), a tuple
@@ -307,6 +306,11 @@ def _step(spec: _StepSpec, params, images):
   else:
     pooled = hidden[:, :, spec.num_prefix :].astype(jnp.float32).mean(axis=2)
   return pooled.astype(jnp.float32)
+
+
+_step = xla_options.cpu_jit(
+  _step_impl, xla_options.ENCODER_CPU_OPTIONS, static_argnums=0
+)
 
 
 def _resolve_layers(layers, num_states: int) -> tuple[int, ...]:

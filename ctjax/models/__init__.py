@@ -9,6 +9,8 @@ from_config(config, seed)        -> Encoder   random initialisation
 Encoder.hidden_states(pixels)    -> [L+1, B, T, D] (ViT family, CLIP), or a
                                     tuple of L+1 channels-last arrays
 forward(graphdef, params, pixels, dtype) -> EncoderOutput   (pure, jit-able)
+jit_forward()                    -> forward compiled as ctjax does (XLA:CPU
+                                    options of its own on a CPU)
 """
 
 from ctjax.models.config import (
@@ -21,7 +23,7 @@ from ctjax.models.config import (
   preset,
 )
 from ctjax.models.convert import from_pretrained, load_state
-from ctjax.models.encoder import Encoder, forward, from_config
+from ctjax.models.encoder import Encoder, forward, from_config, jit_forward
 from ctjax.models.vit import EncoderOutput, VisionTransformer
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
   "from_config",
   "from_hf_config",
   "from_pretrained",
+  "jit_forward",
   "load_state",
   "preset",
 ]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ctjax import xla_options
 from ctjax.models.config import (
   AnyConfig,
   ConvNextConfig,
@@ -31,6 +32,9 @@ from ctjax.models.config import (
 from ctjax.models.vit import EncoderOutput, VisionTransformer
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+
+# XLA:CPU options of ctjax's own compiled forward passes.
+CPU_COMPILER_OPTIONS = xla_options.ENCODER_CPU_OPTIONS
 
 
 # model_type -> (module of ctjax.models, class) of the hierarchical families.
@@ -103,6 +107,15 @@ def forward(graphdef, params, pixels, dtype=jnp.float32) -> EncoderOutput:
     return model(pixels.astype(dtype))
 
 
+def jit_forward(options: dict | None = None):
+  """`forward` compiled as ctjax compiles it: ``(graphdef, params, pixels,
+  dtype)`` with the graphdef and dtype static, and on a CPU the XLA options
+  ``options`` (default `CPU_COMPILER_OPTIONS`; ``{}`` for XLA's defaults).
+  """
+  options = CPU_COMPILER_OPTIONS if options is None else options
+  return xla_options.cpu_jit(forward, options, static_argnums=(0, 3))
+
+
 class Encoder:
   """An encoder: config, graphdef and parameters.
 
@@ -119,7 +132,7 @@ class Encoder:
     self.graphdef = graphdef
     self.params = jax.device_put(params)  # once, not on every call
     self.source = source
-    self._jitted = jax.jit(forward, static_argnums=(0, 3))
+    self._jitted = jit_forward()
 
   @classmethod
   def from_module(cls, module: nnx.Module, source: str = "") -> "Encoder":
