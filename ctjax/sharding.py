@@ -36,6 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ctjax import xla_options
 from ctjax.stats import neighbors as nb
 
 AXIS = "data"
@@ -471,21 +472,23 @@ def split_layers(tree, mesh: Mesh):
   return jax.tree_util.tree_map(put, tree)
 
 
-def over_layers(fn, mesh: Mesh, in_specs, out_specs):
+def over_layers(fn, mesh: Mesh, in_specs, out_specs, cpu_options=None):
   """``fn`` run on every device of ``mesh`` on its share of the layers
   (`jax.shard_map`, no communication), jit-compiled once for all devices.
 
   ``in_specs``/``out_specs`` as `jax.shard_map`'s, with `LAYERS` naming the
-  layer axis of split arguments and results.
+  layer axis of split arguments and results; ``cpu_options``: XLA options
+  of the program on a CPU (`ctjax.xla_options.cpu_jit`).
   """
   # check_vma=False: the engine's loops start from constants that JAX's
   # varying-axis check would want cast; no value crosses devices.
-  return jax.jit(
-    jax.shard_map(
-      fn,
-      mesh=mesh,
-      in_specs=in_specs,
-      out_specs=out_specs,
-      check_vma=False,
-    )
+  program = jax.shard_map(
+    fn,
+    mesh=mesh,
+    in_specs=in_specs,
+    out_specs=out_specs,
+    check_vma=False,
   )
+  if cpu_options:
+    return xla_options.cpu_jit(program, cpu_options)
+  return jax.jit(program)

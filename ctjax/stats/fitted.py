@@ -19,6 +19,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from ctjax import xla_options
 from ctjax.stats import kmeans as km
 from ctjax.stats import mannwhitney
 from ctjax.stats import neighbors as nb
@@ -308,32 +309,19 @@ CPU_COMPILER_OPTIONS = {
   "xla_cpu_use_fusion_emitters": False,
   "xla_backend_optimization_level": 1,
 }
-_fit_layers = jax.jit(
-  _fit_layers_impl,
-  static_argnames=_FIT_STATIC,
-  compiler_options=CPU_COMPILER_OPTIONS,
+_fit_layers = xla_options.cpu_jit(
+  _fit_layers_impl, CPU_COMPILER_OPTIONS, static_argnames=_FIT_STATIC
 )
-_fit_layers_default = jax.jit(_fit_layers_impl, static_argnames=_FIT_STATIC)
-# False once this XLA rejected the options (an XLA without them).
-_cpu_options_ok = [True]
-
-
-def _run_fit_layers(train, test, keys, **kw):
-  """`_fit_layers` on a CPU (with `CPU_COMPILER_OPTIONS`), the default
-  compilation elsewhere or where XLA does not know the options."""
-  if jax.default_backend() != "cpu" or not _cpu_options_ok[0]:
-    return _fit_layers_default(train, test, keys, **kw)
-  try:
-    return _fit_layers(train, test, keys, **kw)
-  except jax.errors.JaxRuntimeError as e:
-    if "compile option" not in str(e):
-      raise
-    _cpu_options_ok[0] = False
-    return _fit_layers_default(train, test, keys, **kw)
 
 
 def fit_layers(
-  train, test, keys, config: FitConfig, *, with_finite: bool = False
+  train,
+  test,
+  keys,
+  config: FitConfig,
+  *,
+  with_finite: bool = False,
+  compiled: bool = True,
 ):
   """Fits every layer in one compiled call.
 
@@ -349,13 +337,16 @@ def fit_layers(
       non-finite, and one in a row of P makes every coordinate of that row's
       projection non-finite (x·0 is NaN for x = ±Inf). False also flags a
       finite T whose float sums overflow; the caller tells the two apart.
+    compiled: False traces the fit into the caller's program (e.g. a
+      `jax.shard_map` that compiles with its own options) instead of
+      calling its own compiled program (`CPU_COMPILER_OPTIONS` on a CPU).
 
   Returns:
     The `Fitted` reference (and ``finite``, with ``with_finite``).
   """
-  fitted, finite = _run_fit_layers(
-    train, test, keys, **{k: getattr(config, k) for k in _FIT_STATIC}
-  )
+  kw = {k: getattr(config, k) for k in _FIT_STATIC}
+  run = _fit_layers if compiled else _fit_layers_impl
+  fitted, finite = run(train, test, keys, **kw)
   return (fitted, finite) if with_finite else fitted
 
 

@@ -31,34 +31,30 @@ KW = dict(
 @pytest.fixture(scope="module")
 def default_fit():
   data = _data(np.random.default_rng(0))
-  return data, fitted_lib._fit_layers_default(*data, **KW)
+  plain = jax.jit(
+    fitted_lib._fit_layers_impl, static_argnames=fitted_lib._FIT_STATIC
+  )
+  return data, plain(*data, **KW)
 
 
 def test_cpu_options_fit_equals_the_default(default_fit):
   # Same cells, neighbours and counts; floats up to the rounding of sums
   # reduced in another order (the k-means inertia differs by an ulp here).
+  # (The fallback where XLA lacks an option: tests/xla_options_test.py.)
   data, want = default_fit
   got = fitted_lib._fit_layers(*data, **KW)
-  leaves = zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want))
-  for a, b in leaves:
-    if jnp.issubdtype(a.dtype, jnp.floating):
-      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    else:
-      np.testing.assert_array_equal(a, b)
-
-
-def test_unknown_options_fall_back_to_the_default(default_fit, monkeypatch):
-  data, want = default_fit
-  bogus = jax.jit(
-    fitted_lib._fit_layers_impl,
-    static_argnames=fitted_lib._FIT_STATIC,
-    compiler_options={"xla_no_such_option_in_any_xla": True},
-  )
-  monkeypatch.setattr(fitted_lib, "_fit_layers", bogus)
-  monkeypatch.setattr(fitted_lib, "_cpu_options_ok", [True])
-  got = fitted_lib._run_fit_layers(*data, **KW)
-  if jax.default_backend() == "cpu":
-    assert fitted_lib._cpu_options_ok == [False]
+  traced = jax.jit(
+    lambda t, p, k: fitted_lib.fit_layers(
+      t, p, k, fitted_lib.FitConfig(**KW), compiled=False
+    )
+  )(*data)
+  for fit in (got[0], traced):
+    leaves = zip(
+      jax.tree_util.tree_leaves(fit), jax.tree_util.tree_leaves(want[0])
+    )
+    for a, b in leaves:
+      if jnp.issubdtype(a.dtype, jnp.floating):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+      else:
+        np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(got[1], want[1])
-  np.testing.assert_array_equal(got[0].centers, want[0].centers)
-  assert jnp.all(got[1])
