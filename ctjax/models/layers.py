@@ -150,8 +150,15 @@ def attention(q, k, v, scale: float, bias=None):
   if bias is None and jax.default_backend() != "cpu":
     return jax.nn.dot_product_attention(q, k, v, scale=scale)
   dt = q.dtype
+  # The scale goes on q ([B, T, H, K], fused into its transpose), not on the
+  # logits: XLA:CPU materialises a scale array of the logits' shape for that
+  # multiply (f32[8,12,197,197], 15-22 ms per call) and reads it in every
+  # block. ViT-B/16 attention, batch 8: 27.6 -> 22.7 ms (PyTorch's SDPA
+  # 23.8 ms), same process, best of 4 rounds, load 3.6. Exact when the scale
+  # is a power of two (head width 64), else within an ulp.
+  q = q * jnp.asarray(scale, dt)
   q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, H, T, K]
-  logits = jnp.matmul(q, k.swapaxes(-1, -2)).astype(jnp.float32) * scale
+  logits = jnp.matmul(q, k.swapaxes(-1, -2)).astype(jnp.float32)
   if bias is not None:
     logits = logits + bias
   probs = jax.nn.softmax(logits, axis=-1).astype(dt)
