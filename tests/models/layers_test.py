@@ -29,6 +29,8 @@ def _lax_conv(x, kernel, stride, padding, groups):
     (5, 7, (1, 1), 1, (0, 0), 1),  # 1x1 as a matmul
     (5, 7, (1, 1), 2, (0, 0), 1),  # ResNet's strided 1x1 shortcut
     (4, 6, (3, 3), 2, (1, 1), 2),  # grouped, not depthwise: XLA's conv
+    (5, 7, (3, 3), 1, (0, 0), 1),  # unpadded 3x3 (Inception): padded, cropped
+    (5, 7, (2, 4), 1, (0, 0), 1),  # unpadded, non-square, even kernel
   ],
 )
 def test_conv2d_matches_lax(c_in, c_out, kernel, stride, padding, groups):
