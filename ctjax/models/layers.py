@@ -15,10 +15,22 @@ from flax import nnx
 _init = nnx.initializers.truncated_normal(stddev=0.02)
 
 
+def gelu(x):
+  """Exact GELU, ``x / 2 * (1 + erf(x / sqrt(2)))``, the form torch computes.
+
+  jax.nn.gelu(approximate=False) uses erfc, which XLA:CPU expands into an
+  exp, two divisions and selects: erf is 1.2-2.7x faster at batch 8, f32
+  ([8,56,56,384] 43.9 -> 36.9 ms, [8,197,3072] 8.6 -> 3.2 ms; PyTorch 20.0
+  and 7.9 ms; best of 3 interleaved rounds, load 5.0), both within 1.5e-6
+  of torch's GELU.
+  """
+  return 0.5 * x * (1 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 def activation(name: str):
   """The Hugging Face ACT2FN function of that name."""
   if name == "gelu":
-    return lambda x: jax.nn.gelu(x, approximate=False)
+    return gelu
   if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
     return lambda x: jax.nn.gelu(x, approximate=True)
   if name == "quick_gelu":

@@ -83,3 +83,15 @@ def test_max_pool_is_differentiable_under_jit():
         r, s = np.unravel_index(np.argmax(win), win.shape)
         want[0, i + r - 1, j + s - 1, c] += 1
   np.testing.assert_array_equal(np.asarray(grad), want)
+
+
+def test_gelu_is_exact_gelu():
+  from scipy.special import erf
+
+  x = np.linspace(-12, 12, 2001).astype(np.float32)
+  want = x.astype(np.float64) / 2 * (1 + erf(x.astype(np.float64) / 2**0.5))
+  got = np.asarray(jax.jit(layers.gelu)(x), np.float64)
+  np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-6)
+  # The tanh approximation differs by up to ~5e-4 here: it must not pass.
+  approx = np.asarray(jax.nn.gelu(x, approximate=True), np.float64)
+  assert np.abs(approx - want).max() > 1e-4
