@@ -29,6 +29,8 @@ def _lax_conv(x, kernel, stride, padding, groups):
     (5, 7, (1, 1), 1, (0, 0), 1),  # 1x1 as a matmul
     (5, 7, (1, 1), 2, (0, 0), 1),  # ResNet's strided 1x1 shortcut
     (4, 6, (3, 3), 2, (1, 1), 2),  # grouped, not depthwise: XLA's conv
+    (5, 7, (3, 3), 1, (0, 0), 1),  # unpadded 3x3 (Inception): padded, cropped
+    (5, 7, (2, 4), 1, (0, 0), 1),  # unpadded, non-square, even kernel
   ],
 )
 def test_conv2d_matches_lax(c_in, c_out, kernel, stride, padding, groups):
@@ -81,3 +83,15 @@ def test_max_pool_is_differentiable_under_jit():
         r, s = np.unravel_index(np.argmax(win), win.shape)
         want[0, i + r - 1, j + s - 1, c] += 1
   np.testing.assert_array_equal(np.asarray(grad), want)
+
+
+def test_gelu_is_exact_gelu():
+  from scipy.special import erf
+
+  x = np.linspace(-12, 12, 2001).astype(np.float32)
+  want = x.astype(np.float64) / 2 * (1 + erf(x.astype(np.float64) / 2**0.5))
+  got = np.asarray(jax.jit(layers.gelu)(x), np.float64)
+  np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-6)
+  # The tanh approximation differs by up to ~5e-4 here: it must not pass.
+  approx = np.asarray(jax.nn.gelu(x, approximate=True), np.float64)
+  assert np.abs(approx - want).max() > 1e-4
