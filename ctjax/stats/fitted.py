@@ -19,7 +19,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from ctjax import xla_options
+from ctjax.stats import compiling
 from ctjax.stats import kmeans as km
 from ctjax.stats import mannwhitney
 from ctjax.stats import neighbors as nb
@@ -309,7 +309,7 @@ CPU_COMPILER_OPTIONS = {
   "xla_cpu_use_fusion_emitters": False,
   "xla_backend_optimization_level": 1,
 }
-_fit_layers = xla_options.cpu_jit(
+_fit_layers = compiling.cpu_jit(
   _fit_layers_impl, CPU_COMPILER_OPTIONS, static_argnames=_FIT_STATIC
 )
 
