@@ -196,44 +196,70 @@ def _to_device(x):
   return x if isinstance(x, jax.Array) else jax.device_put(x)
 
 
-def _fit_by_layer(train, test, keys, config):
+def _fit_by_layer(train, test, keys, config, mesh=None):
   """`stats.fitted.fit_layers` (``with_finite``) of NumPy ``train [L, N, D]``
-  and ``test [L, n, D]``, one layer at a time.
+  and ``test [L, n, D]``, S layers at a time: one layer on the default device
+  (``mesh=None``), or one per device of a `sharding.layer_mesh` of S
+  devices, fitted together by one program (the last group padded with the
+  last layer).
 
-  Each layer is copied into one aligned host buffer that the CPU device uses
-  in place, reused for every layer: T is copied once, mostly into memory
-  already paged in, where a fresh 2 GB device copy of CIFAR-scale T costs
-  ~1 s per GB of page faults on these VMs; only one layer is held twice.
-  The per-layer results (leading layer axis 1) are concatenated.
+  Each layer is copied into an aligned host buffer of its device that the
+  CPU device uses in place, reused for every group: T is copied once, mostly
+  into memory already paged in, where a fresh 2 GB device copy of
+  CIFAR-scale T costs ~1 s per GB of page faults on these VMs; only S layers
+  are held twice. The results are gathered on the host, in layer order.
   """
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
-  dtype = jax.dtypes.canonicalize_dtype(train.dtype)
-  bufs = [_aligned_copy(a[:1], dtype) for a in (train, test)]
-  keys = np.asarray(keys)  # sliced on the host: no compiled slice
-  parts = []
   n_layers = train.shape[0]
-  for l in tqdm(
-    range(n_layers),
+  devs = [None] if mesh is None else list(mesh.devices.flat)
+  s = len(devs)
+  dtype = jax.dtypes.canonicalize_dtype(train.dtype)
+  bufs = [
+    [_aligned_copy(a[min(i, n_layers - 1)][None], dtype) for a in (train, test)]
+    for i in range(s)
+  ]
+  keys = np.asarray(keys)  # sliced on the host: no compiled slice
+  if mesh is None:
+    run = lambda tr, te, k: fitted_lib.fit_layers(
+      tr[0], te[0], k, config, with_finite=True
+    )
+  else:
+    layout = NamedSharding(mesh, P(sharding.LAYERS))
+    program = _split_fit(mesh, config)
+
+    def run(tr, te, k):
+      def whole(arrays):  # S one-layer arrays -> one [S, ...] array
+        shape = (s,) + arrays[0].shape[1:]
+        return jax.make_array_from_single_device_arrays(shape, layout, arrays)
+
+      return program(whole(tr), whole(te), jax.device_put(k, layout))
+
+  parts = []
+  for start in tqdm(
+    range(0, n_layers, s),
     desc="fit",
-    unit="layer",
+    unit="layer" if s == 1 else f"{s} layers",
     disable=n_layers < 4,
     leave=False,
   ):
-    if l:
-      np.copyto(bufs[0][0], train[l], casting="unsafe")
-      np.copyto(bufs[1][0], test[l], casting="unsafe")
-    tr, te = (jax.device_put(b) for b in bufs)
-    # Wait for the layer before its buffers are overwritten.
-    parts.append(
-      jax.block_until_ready(
-        fitted_lib.fit_layers(tr, te, keys[l : l + 1], config, with_finite=True)
-      )
-    )
-    del tr, te
-  if n_layers == 1:
+    layers = [min(start + i, n_layers - 1) for i in range(s)]
+    if start:
+      for (tr, te), l in zip(bufs, layers):
+        np.copyto(tr[0], train[l], casting="unsafe")
+        np.copyto(te[0], test[l], casting="unsafe")
+    on_device = [
+      [jax.device_put(b, d) for b, d in zip(column, devs)]
+      for column in zip(*bufs)
+    ]
+    # Wait for the group before its buffers are overwritten.
+    parts.append(jax.block_until_ready(run(*on_device, keys[layers])))
+    del on_device
+  if len(parts) == 1 and s == 1:
     return parts[0]
-  return _concat_on_host(parts)
+  # Gathered on the host into buffers the default device uses in place, the
+  # padding layers dropped (no compiled slice or concatenation).
+  return _concat_on_host(parts, n_layers)
 
 
 @functools.cache
@@ -250,54 +276,6 @@ def _split_fit(mesh, config: fitted_lib.FitConfig):
     lay,
     cpu_options=fitted_lib.CPU_COMPILER_OPTIONS,
   )
-
-
-def _fit_split(train, test, keys, config, mesh):
-  """`_fit_by_layer` with the layers split between the S devices of
-  ``mesh``: S layers at a time, the i-th on device i, each copied into that
-  device's own aligned buffer (used in place, as in `_fit_by_layer`), all
-  fitted by one program. The last group is padded with the last layer. The
-  result is gathered on the first device, in layer order."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
-  devs = list(mesh.devices.flat)
-  s = len(devs)
-  n_layers = train.shape[0]
-  dtype = jax.dtypes.canonicalize_dtype(train.dtype)
-  bufs = [
-    [_aligned_copy(a[min(i, n_layers - 1)][None], dtype) for a in (train, test)]
-    for i in range(s)
-  ]
-  layout = NamedSharding(mesh, P(sharding.LAYERS))
-  program = _split_fit(mesh, config)
-  keys = np.asarray(keys)
-  parts = []
-  for start in tqdm(
-    range(0, n_layers, s),
-    desc="fit",
-    unit=f"{s} layers",
-    disable=n_layers < 4,
-    leave=False,
-  ):
-    layers = [min(start + i, n_layers - 1) for i in range(s)]
-    if start:
-      for (tr, te), l in zip(bufs, layers):
-        np.copyto(tr[0], train[l], casting="unsafe")
-        np.copyto(te[0], test[l], casting="unsafe")
-
-    def global_array(j):
-      arrays = [jax.device_put(b[j], d) for b, d in zip(bufs, devs)]
-      shape = (s,) + arrays[0].shape[1:]
-      return jax.make_array_from_single_device_arrays(shape, layout, arrays)
-
-    out = program(
-      global_array(0), global_array(1), jax.device_put(keys[layers], layout)
-    )
-    # Wait for the group before its buffers are overwritten.
-    parts.append(jax.block_until_ready(out))
-  # Gathered on the host into buffers the default device uses in place, the
-  # padding layers dropped (no compiled slice or concatenation).
-  return _concat_on_host(parts, n_layers)
 
 
 def _check_fit_finite(train, test, names, finite):
@@ -704,11 +682,10 @@ class CTReference:
       if not by_layer:
         train, test = _to_device(train), _to_device(test)
       with threads.one_blas_thread():
-        split = sharding.layer_mesh(train.shape[0]) if by_layer else None
-        if split is not None:
-          fitted, finite = _fit_split(train, test, keys, config, split)
-        elif by_layer:
-          fitted, finite = _fit_by_layer(train, test, keys, config)
+        if by_layer:
+          fitted, finite = _fit_by_layer(
+            train, test, keys, config, sharding.layer_mesh(train.shape[0])
+          )
         else:
           fitted, finite = jax.block_until_ready(
             fitted_lib.fit_layers(train, test, keys, config, with_finite=True)
@@ -1141,38 +1118,32 @@ class CTReference:
     if n_bootstrap:
       bootstrap_lib.check_sizes(self.n_test, m)  # before the search
     u2 = n_gen = None
-    split = None
-    if mesh is None and on_device and not isinstance(gen, jax.Array):
-      split = self._layer_mesh(split_layers)
-    if split is not None:
-      # The layers split between the local devices: one host copy (padding
-      # of points and layers), one program on every device.
-      n_layers = self.n_layers
-      gen = jax.device_put(
-        _host_padded(gen, m_pad, sharding.padded_layers(n_layers, split)),
-        NamedSharding(split, P(sharding.LAYERS)),
-      )
-      finite, (scores, cells, dist, idx) = _split_score(
-        split, tuple(sorted(tiles.items()))
-      )(self._split_fitted(split), gen, np.arange(m_pad) < m, np.float32(tau))
-      _check_finite("gen", gen, self.layer_names, ok=finite[:n_layers])
-      # Back on the first device (with the reference) for what follows.
-      scores, cells, dist, idx = jax.device_put(
-        jax.tree_util.tree_map(
-          lambda x: x[:n_layers], (scores, cells, dist, idx)
-        ),
-        split.devices.flat[0],
-      )
-      u2, n_gen = scores.u2, scores.n_gen
-    elif mesh is None and on_device and not isinstance(gen, jax.Array):
-      # The common case: one host copy (padding), the finite check fused
-      # into the score (a bad batch raises once it is scored).
-      gen = jax.device_put(_host_padded(gen, m_pad))
-      valid = jax.device_put(np.arange(m_pad) < m)
-      finite, (scores, cells, dist, idx) = _score_finite(
-        f, gen, valid, tau, **tiles
-      )
+    # The common case, a NumPy batch: one host copy (padding), the finite
+    # check fused into the score (a bad batch raises once it is scored), on
+    # one device or with the layers split between the local devices.
+    host = mesh is None and on_device and not isinstance(gen, jax.Array)
+    split = self._layer_mesh(split_layers) if host else None
+    if host:
+      valid = np.arange(m_pad) < m
+      if split is None:
+        gen = jax.device_put(_host_padded(gen, m_pad))
+        finite, out = _score_finite(f, gen, valid, tau, **tiles)
+      else:
+        n_layers = self.n_layers
+        gen = jax.device_put(
+          _host_padded(gen, m_pad, sharding.padded_layers(n_layers, split)),
+          NamedSharding(split, P(sharding.LAYERS)),
+        )
+        finite, out = _split_score(split, tuple(sorted(tiles.items())))(
+          self._split_fitted(split), gen, valid, np.float32(tau)
+        )
+        # The real layers, back on the first device (with the reference).
+        finite, out = jax.device_put(
+          jax.tree_util.tree_map(lambda x: x[:n_layers], (finite, out)),
+          split.devices.flat[0],
+        )
       _check_finite("gen", gen, self.layer_names, ok=finite)
+      scores, cells, dist, idx = out
       u2, n_gen = scores.u2, scores.n_gen
     else:
       gen, valid, finite = _pad_batch(_to_device(gen), m_pad=m_pad)
