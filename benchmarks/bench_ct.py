@@ -562,9 +562,9 @@ def main():
   peak_cov = 2 * 2048**3 / cold_ms["gemm 2048^3"] / 1e6
   # One product per row panel of the symmetric product's upper block
   # triangle (pca.BLOCK rows): rows a:a+b times columns a:D.
+  block = pca_lib.BLOCK or D  # None: the plain product
   cov_flops = sum(
-    2 * N * (min(a + pca_lib.BLOCK, D) - a) * (D - a)
-    for a in range(0, D, pca_lib.BLOCK)
+    2 * N * (min(a + block, D) - a) * (D - a) for a in range(0, D, block)
   )
   index, pca0, tc, n_tr, n_te = layer0_parts(ref, "cosine")
   pp = pca_lib.transform(pca0, jnp.asarray(test[0]))
