@@ -2,8 +2,9 @@
 
 k-means (assignment, seeding) and the nearest-neighbour search both rank
 candidates with these functions, so the two agree on how a squared distance is
-formed. Cosine is handled on unit-normalised rows (``inv_norm``), as 1 − |cos|
-is a function of the inner product of unit vectors. Products run at
+formed. Cosine ranks by −|tᵀq| / ‖t‖ (``inv_norm``): 1 − |cos| is a function
+of it within a query's column, and the row scale is applied to the products
+rather than to a unit copy of the rows. Products run at
 ``Precision.HIGHEST`` so float32 inputs are not rounded to bfloat16 on
 accelerators.
 """
@@ -64,11 +65,14 @@ def unit_rows(x: jax.Array) -> jax.Array:
   return x * inv_norm(x)[:, None]
 
 
-def cosine_rank(u: jax.Array, q: jax.Array) -> jax.Array:
-  """Ranking scores ``[r, b]`` for 1 − |cos|: −|uᵀq|, lower is nearer.
+def cosine_rank(t: jax.Array, t_inv: jax.Array, q: jax.Array) -> jax.Array:
+  """Ranking scores ``[r, b]`` for 1 − |cos|: −|tᵀq| / ‖t‖, lower is nearer.
 
-  ``u [r, d]`` are unit training rows (`unit_rows`). The query's norm is
-  constant within its column and is left out (a zero query ties everywhere,
-  as a normalised one would).
+  ``t [r, d]`` are raw training rows and ``t_inv [r]`` their `inv_norm`: the
+  scale is applied to the ``[r, b]`` products (one multiply in the same
+  pass as the absolute value) rather than to the rows, so no unit copy of
+  the training rows is made per call. The query's norm is constant within
+  its column and is left out (a zero query ties everywhere, as a
+  normalised one would; a zero row scores 0, the worst).
   """
-  return -jnp.abs(cross(u, q))
+  return -jnp.abs(cross(t, q)) * t_inv[:, None]

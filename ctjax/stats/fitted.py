@@ -185,12 +185,23 @@ class Fitted:
     return self.test.dist.shape[-1]
 
 
-def nearest(index, queries, q_cells, *, tile_queries, tile_train, search):
+def nearest(
+  index,
+  queries,
+  q_cells,
+  *,
+  tile_queries,
+  tile_train,
+  search,
+  points=None,
+  row_base=0,
+):
   """`neighbors.nearest_in_cell` for one layer, with ``search`` resolved
   (`neighbors.resolve_search`: "auto" picks by backend and memory).
 
   Args:
-    index: one layer's `CellIndex` (``points [N, d]``).
+    index: one layer's `CellIndex` (``points [N, d]``, or None with
+      ``points`` and ``row_base`` given as in `neighbors.nearest_in_cell`).
     queries: ``[m, d]``; q_cells: ``[m]`` (``>= k`` marks padding).
 
   Returns:
@@ -205,6 +216,8 @@ def nearest(index, queries, q_cells, *, tile_queries, tile_train, search):
     search=nb.resolve_search(
       search, n_queries=queries.shape[0], tile_train=tile_train
     ),
+    points=points,
+    row_base=row_base,
   )
 
 

@@ -161,10 +161,10 @@ def resolve_search(
 
 def _rank(metric, t, t_aux, q):
   """Scores ``[r, b]`` of training rows ``t [r, d]`` against ``q [b, d]``
-  (lower is nearer). For cosine ``t`` holds unit rows (``t_aux`` unused)."""
+  (lower is nearer); ``t_aux [r]`` is the index's ``aux``."""
   if metric == "l2":
     return distances.l2_rank(t, t_aux, q)
-  return distances.cosine_rank(t, q)
+  return distances.cosine_rank(t, t_aux, q)
 
 
 def _first_min(sc, rows):
@@ -192,9 +192,9 @@ def _steps(tile_train: int) -> tuple[int, int, int]:
   return tile_train, small, math.gcd(tile_train, small, GROUP)
 
 
-def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep):
+def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep, row_base=0):
   """Best block of g rows of ``t [N, d]`` in ``[r0, r1)`` for each query of
-  ``q [b, d]``.
+  ``q [b, d]``; row r of the layer is ``t[row_base + r]``.
 
   ``keep(take, fresh)`` gives the ``[rows, b]`` (or broadcastable) mask of
   the admissible pairs of a step (``take`` slices a per-row array to the
@@ -206,7 +206,7 @@ def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep):
   admissible); `_block_winner` finds the row within the block.
   """
   t, t_aux = jnp.asarray(t), jnp.asarray(t_aux)  # may come from NumPy
-  n = t.shape[0]
+  n = t_aux.shape[0]
   b = q.shape[0]
   big, small, g = _steps(tile_train)
 
@@ -215,7 +215,8 @@ def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep):
       j, best, start = state
       s = jnp.minimum(j, n - size) if clamp else j  # keep the slice in bounds
       take = lambda a: jax.lax.dynamic_slice_in_dim(a, s, size)
-      sc = _rank(metric, take(t), take(t_aux), q)
+      rows_t = jax.lax.dynamic_slice_in_dim(t, row_base + s, size)
+      sc = _rank(metric, rows_t, take(t_aux), q)
       if clamp:  # rows before j were already scanned; rows >= r1 are not ours
         rows = s + jnp.arange(size, dtype=jnp.int32)
         fresh = (rows >= j) & (rows < r1)
@@ -244,7 +245,7 @@ def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep):
   return best, start
 
 
-def _block_winner(index, queries, q_cells, start, tile_train):
+def _block_winner(index, t, row_base, queries, q_cells, start, tile_train):
   """The first best row ``[m]`` of the block of g sorted rows starting at
   ``start [m]``, for each query, among the rows of its own cell.
 
@@ -252,25 +253,25 @@ def _block_winner(index, queries, q_cells, start, tile_train):
   ``[m, g, d]`` rows and an elementwise product summed over d, which XLA
   fuses into one loop, where a per-tile einsum ran as many tiny products
   (0.16 ms per tile of 64 on a 2-core CPU). Ties go to the lowest row.
+  ``t``, ``row_base``: the training rows, as in `nearest_in_cell`.
   """
-  n = index.points.shape[0]
+  n = index.aux.shape[0]
   g = _steps(tile_train)[2]
   rows = start[:, None] + jnp.arange(g, dtype=jnp.int32)[None, :]  # [m, g]
   rows = jnp.clip(rows, 0, n - 1)
-  t = index.points[rows]  # [m, g, d]
-  if index.metric == "cosine":  # the unit rows the search ranked
-    t = t * index.aux[rows][..., None]
-  dots = jnp.sum(t * queries[:, None, :], axis=-1)
-  if index.metric == "l2":
+  dots = jnp.sum(t[row_base + rows] * queries[:, None, :], axis=-1)
+  if index.metric == "l2":  # as `distances.l2_rank`, `cosine_rank`
     sc = index.aux[rows] - 2.0 * dots
   else:
-    sc = -jnp.abs(dots)
+    sc = -jnp.abs(dots) * index.aux[rows]
   sc = jnp.where(index.cells[rows] == q_cells[:, None], sc, jnp.inf)
   w = jnp.argmin(sc, axis=1)
   return jnp.take_along_axis(rows, w[:, None], axis=1)[:, 0]
 
 
-def _tiled(metric, t, t_aux, index, queries, q_cells, tile, tile_train):
+def _tiled(
+  metric, t, t_aux, index, queries, q_cells, tile, tile_train, row_base
+):
   """Cell-pure tiles. Returns (score ``[m]``, sorted row ``[m]``)."""
   m, d = queries.shape
   n_cells = index.starts.shape[0] - 2
@@ -301,7 +302,7 @@ def _tiled(metric, t, t_aux, index, queries, q_cells, tile, tile_train):
     r0 = index.starts[cell]
     r1 = jnp.where(cell < n_cells, index.starts[cell + 1], r0)
     keep = lambda take, fresh: fresh[:, None]
-    return _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep)
+    return _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep, row_base)
 
   best, arg = jax.lax.map(one_tile, (qt.reshape(n_tiles, tile, d), tile_cell))
   best, arg = best.reshape(-1), arg.reshape(-1)
@@ -312,9 +313,9 @@ def _tiled(metric, t, t_aux, index, queries, q_cells, tile, tile_train):
   return score_s[inv], pos_s[inv]
 
 
-def _dense(metric, t, t_aux, index, queries, q_cells, tile_train):
+def _dense(metric, t, t_aux, index, queries, q_cells, tile_train, row_base):
   """All queries at once, masked by cell. Returns (score ``[m]``, row ``[m]``)."""
-  n = t.shape[0]
+  n = t_aux.shape[0]
   n_cells = index.starts.shape[0] - 2
   q_cells = jnp.where(q_cells < n_cells, q_cells, -1)  # padding matches nothing
 
@@ -322,7 +323,15 @@ def _dense(metric, t, t_aux, index, queries, q_cells, tile_train):
     return fresh[:, None] & (take(index.cells)[:, None] == q_cells[None, :])
 
   return _scan_rows(
-    metric, t, t_aux, queries, jnp.int32(0), jnp.int32(n), tile_train, keep
+    metric,
+    t,
+    t_aux,
+    queries,
+    jnp.int32(0),
+    jnp.int32(n),
+    tile_train,
+    keep,
+    row_base,
   )
 
 
@@ -334,6 +343,8 @@ def nearest_in_cell(
   tile_queries: int | None = TILE_QUERIES,
   tile_train: int = TILE_TRAIN,
   search: str = "tiled",
+  points: jax.Array | None = None,
+  row_base=0,
 ):
   """Nearest training point in the query's own cell.
 
@@ -347,6 +358,10 @@ def nearest_in_cell(
     tile_train: training rows scanned per step (capped at N).
     search: "tiled", "dense" or "auto" (see `resolve_search`); all give the
       same result.
+    points: the training rows when ``index.points`` is left out (None): an
+      ``[R, d]`` array holding this index's N rows at ``row_base`` (an int
+      or int32 scalar), e.g. every layer's rows stacked, so that a loop over
+      layers reads one layer's rows in place rather than copying them out.
 
   Returns:
     ``(dist [m], idx [m])``: distance to the nearest training point of the same
@@ -354,17 +369,16 @@ def nearest_in_cell(
     no training point or the row is padding.
   """
   m = queries.shape[0]
-  n = index.points.shape[0]
+  n = index.aux.shape[0]
   n_cells = index.starts.shape[0] - 2
   metric = index.metric
   q_cells = q_cells.astype(jnp.int32)
-  if metric == "cosine":
-    t, t_aux = index.points * index.aux[:, None], index.aux  # unit rows
-  else:
-    t, t_aux = index.points, index.aux
+  t = index.points if points is None else points
+  t_aux = index.aux
   tile_train = max(1, min(tile_train, n))
   if tile_queries is None:
-    sc = _rank(metric, t, t_aux, queries)
+    rows_t = jax.lax.dynamic_slice_in_dim(t, row_base, n)
+    sc = _rank(metric, rows_t, t_aux, queries)
     real = q_cells < n_cells
     same = (index.cells[:, None] == q_cells[None, :]) & real[None, :]
     sc = jnp.where(same, sc, jnp.inf)
@@ -372,16 +386,24 @@ def nearest_in_cell(
   else:
     if resolve_search(search, m, tile_train) == "dense":
       best, start = _dense(
-        metric, t, t_aux, index, queries, q_cells, tile_train
+        metric, t, t_aux, index, queries, q_cells, tile_train, row_base
       )
     else:
       best, start = _tiled(
-        metric, t, t_aux, index, queries, q_cells, tile_queries, tile_train
+        metric,
+        t,
+        t_aux,
+        index,
+        queries,
+        q_cells,
+        tile_queries,
+        tile_train,
+        row_base,
       )
-    pos = _block_winner(index, queries, q_cells, start, tile_train)
+    pos = _block_winner(index, t, row_base, queries, q_cells, start, tile_train)
   found = jnp.isfinite(best)
   pos = jnp.where(found, pos, 0)
-  dist = exact_distance(queries, index.points[pos], metric)
+  dist = exact_distance(queries, t[row_base + pos], metric)
   dist = jnp.where(found, dist, jnp.inf)
   idx = jnp.where(found, index.order[pos], -1)
   return dist, idx

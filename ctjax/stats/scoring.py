@@ -130,10 +130,20 @@ def _twice_u(rank, *a):
 
 
 def _query_one_layer(
-  f, gen, valid, *, tile_queries, tile_train, search, rank=None
+  f,
+  gen,
+  valid,
+  *,
+  tile_queries,
+  tile_train,
+  search,
+  rank=None,
+  points=None,
+  row_base=0,
 ):
   """One layer: 2·U part ``[m]``, cell ``[m]`` (k for padding), L(q) and
-  nearest training index ``[m]`` of each generated point ``gen [m, D]``."""
+  nearest training index ``[m]`` of each generated point ``gen [m, D]``
+  (``points``, ``row_base``: as `neighbors.nearest_in_cell`)."""
   k = f.centers.shape[0]
   pg = pca_lib.transform(f.pca, gen)
   cells = jnp.where(valid, km.assign(pg, f.centers), k)
@@ -144,6 +154,8 @@ def _query_one_layer(
     tile_queries=tile_queries,
     tile_train=tile_train,
     search=search,
+    points=points,
+    row_base=row_base,
   )
   tu = _twice_u(rank, f.test.sorted_dist, f.test.starts, dist, cells)
   return tu, cells, dist, idx
@@ -205,18 +217,31 @@ def query_parts(
     cells (k for padding), L(q) and the nearest training point's original
     index (``inf``/``-1`` for padding).
   """
-  return over_layers(
+  kw = dict(
+    tile_queries=tile_queries, tile_train=tile_train, search=search, rank=rank
+  )
+  if layers is None:
+    layers = "map" if jax.default_backend() == "cpu" else "vmap"
+  if layers != "map":
+    return over_layers(
+      lambda a: _query_one_layer(a[0], a[1], valid, **kw),
+      (fitted, gen),
+      layers=layers,
+    )
+  # One layer after another: the training rows stay stacked [L·N, d] and
+  # each layer's search reads its own rows in place (a map over the whole
+  # index would copy every layer's N x d rows out first: 1.9 ms a layer at
+  # N = 50k on a 2-core CPU, 13% of a warm batch).
+  n_layers, n, d = fitted.index.points.shape
+  points = fitted.index.points.reshape(n_layers * n, d)
+  rest = dataclasses.replace(
+    fitted, index=dataclasses.replace(fitted.index, points=None)
+  )
+  return jax.lax.map(
     lambda a: _query_one_layer(
-      a[0],
-      a[1],
-      valid,
-      tile_queries=tile_queries,
-      tile_train=tile_train,
-      search=search,
-      rank=rank,
+      a[0], a[1], valid, points=points, row_base=a[2] * n, **kw
     ),
-    (fitted, gen),
-    layers=layers,
+    (rest, gen, jnp.arange(n_layers, dtype=jnp.int32)),
   )
 
 
