@@ -363,6 +363,39 @@ def test_aligned_buffer_is_used_in_place(dtype):
     assert on_device.unsafe_buffer_pointer() == buf.ctypes.data
 
 
+@pytest.mark.parametrize(
+  "src_shape, shape",
+  [
+    ((3, 5, 4), (3, 8, 4)),
+    ((3, 5, 4), (4, 8, 4)),
+    ((2, 3, 5, 4), (2, 4, 8, 4)),
+  ],
+)
+def test_aligned_padded_equals_zero_padding_and_is_taken_in_place(
+  src_shape, shape, monkeypatch
+):
+  # score's and score_many's padded batches: the values of np.pad with
+  # zeros, whatever the fresh buffer held (here NaN), 64-byte aligned
+  # (np.zeros' large buffers are not), used by the CPU device as is.
+  from ctjax import reference
+
+  empty = reference._aligned_empty
+
+  def dirty(shape, dtype):
+    out = empty(shape, dtype)
+    out[...] = np.nan
+    return out
+
+  monkeypatch.setattr(reference, "_aligned_empty", dirty)
+  x = np.random.default_rng(0).normal(size=src_shape).astype(np.float32)
+  buf = reference._aligned_padded(x, shape)
+  want = np.pad(x, [(0, s - n) for n, s in zip(src_shape, shape)])
+  np.testing.assert_array_equal(buf, want)
+  assert buf.ctypes.data % 64 == 0
+  if jax.default_backend() == "cpu":
+    assert jax.device_put(buf).unsafe_buffer_pointer() == buf.ctypes.data
+
+
 def test_concat_on_host_equals_concatenate():
   # The per-layer fits are stacked on the host (no compiled concatenate):
   # the same values and dtypes as jnp.concatenate, taken in place.
