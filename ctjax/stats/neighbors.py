@@ -245,28 +245,51 @@ def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep, row_base=0):
   return best, start
 
 
+# Queries per chunk of `_block_winner` (its gathered rows stay in cache).
+WINNER_CHUNK = 64
+
+
 def _block_winner(index, t, row_base, queries, q_cells, start, tile_train):
   """The first best row ``[m]`` of the block of g sorted rows starting at
   ``start [m]``, for each query, among the rows of its own cell.
 
-  Run once for all m queries after the search (not per tile): a gather of
-  ``[m, g, d]`` rows and an elementwise product summed over d, which XLA
-  fuses into one loop, where a per-tile einsum ran as many tiny products
-  (0.16 ms per tile of 64 on a 2-core CPU). Ties go to the lowest row.
+  Run after the search for all m queries, `WINNER_CHUNK` at a time: a
+  gather of ``[chunk, g, d]`` rows (512 KB) and their products with the
+  chunk's queries. In one piece, 10k test queries gathered 82 MB and took
+  longer than the per-tile recompute it replaced (57 vs 43 ms a layer);
+  chunked, the gathered rows stay in cache (45 vs 47 ms; 500 queries: 14.5
+  vs 16.5 ms, same process). Ties go to the lowest row.
   ``t``, ``row_base``: the training rows, as in `nearest_in_cell`.
   """
-  n = index.aux.shape[0]
+  t = jnp.asarray(t)  # the index may hold NumPy arrays
+  aux, cells = jnp.asarray(index.aux), jnp.asarray(index.cells)
+  n = aux.shape[0]
+  m = start.shape[0]
   g = _steps(tile_train)[2]
-  rows = start[:, None] + jnp.arange(g, dtype=jnp.int32)[None, :]  # [m, g]
-  rows = jnp.clip(rows, 0, n - 1)
-  dots = jnp.sum(t[row_base + rows] * queries[:, None, :], axis=-1)
-  if index.metric == "l2":  # as `distances.l2_rank`, `cosine_rank`
-    sc = index.aux[rows] - 2.0 * dots
-  else:
-    sc = -jnp.abs(dots) * index.aux[rows]
-  sc = jnp.where(index.cells[rows] == q_cells[:, None], sc, jnp.inf)
-  w = jnp.argmin(sc, axis=1)
-  return jnp.take_along_axis(rows, w[:, None], axis=1)[:, 0]
+  chunk = min(WINNER_CHUNK, m)
+  n_chunks = -(-m // chunk)
+  pad = n_chunks * chunk - m
+
+  def one(a):
+    q, qc, st = a
+    rows = st[:, None] + jnp.arange(g, dtype=jnp.int32)[None, :]  # [c, g]
+    rows = jnp.clip(rows, 0, n - 1)
+    dots = jnp.einsum(
+      "bgd,bd->bg", t[row_base + rows], q, precision=distances.HIGHEST
+    )
+    if index.metric == "l2":  # as `distances.l2_rank`, `cosine_rank`
+      sc = aux[rows] - 2.0 * dots
+    else:
+      sc = -jnp.abs(dots) * aux[rows]
+    sc = jnp.where(cells[rows] == qc[:, None], sc, jnp.inf)
+    w = jnp.argmin(sc, axis=1)
+    return jnp.take_along_axis(rows, w[:, None], axis=1)[:, 0]
+
+  split = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
+    (n_chunks, chunk) + x.shape[1:]
+  )
+  pos = jax.lax.map(one, (split(queries), split(q_cells), split(start)))
+  return pos.reshape(-1)[:m]
 
 
 def _tiled(
