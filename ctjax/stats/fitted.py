@@ -197,7 +197,8 @@ def nearest(
   row_base=0,
 ):
   """`neighbors.nearest_in_cell` for one layer, with ``search`` resolved
-  (`neighbors.resolve_search`: "auto" picks by backend and memory).
+  (`neighbors.resolve_search`: "auto" picks by backend and memory) and the
+  query tile grown for many queries per cell (`neighbors.query_tile`).
 
   Args:
     index: one layer's `CellIndex` (``points [N, d]``, or None with
@@ -207,11 +208,15 @@ def nearest(
   Returns:
     ``(dist [m], idx [m])``.
   """
+  n_cells = index.starts.shape[0] - 2
+  tile_train = min(tile_train, index.aux.shape[0])
   return nb.nearest_in_cell(
     index,
     queries,
     q_cells,
-    tile_queries=tile_queries,
+    tile_queries=nb.query_tile(
+      tile_queries, queries.shape[0], n_cells, tile_train
+    ),
     tile_train=tile_train,
     search=nb.resolve_search(
       search, n_queries=queries.shape[0], tile_train=tile_train

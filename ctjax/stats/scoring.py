@@ -439,5 +439,6 @@ def batch_bytes(fitted: fitted_lib.Fitted, m: int, *, tile_queries, tile_train):
   if tile_queries is None:
     work = 3 * m * fitted.n_train
   else:
-    work = 4 * tile_queries * min(tile_train, fitted.n_train)
+    # A tile grows to at most 4x tile_queries (`neighbors.query_tile`).
+    work = 16 * tile_queries * min(tile_train, fitted.n_train)
   return itemsize * (n_layers * m * (dim + d + 8) + work)

@@ -164,3 +164,33 @@ def test_resolve_search():
 def test_bad_metric():
   with pytest.raises(ValueError, match="metric must be one of"):
     nb.build_index(jnp.zeros((3, 2)), jnp.zeros(3, jnp.int32), 1, "l1")
+
+
+def test_query_tile_grows_only_with_many_queries_per_cell():
+  # A batch of a few hundred keeps its tiles; 10k queries in 10 cells get
+  # 4x larger ones; the [tile_train, tile] block stays within 4 MB.
+  assert nb.query_tile(64, 500, 10, 4096) == 64
+  assert nb.query_tile(64, 4000, 10, 4096) == 128
+  assert nb.query_tile(64, 10_000, 10, 4096) == 256
+  assert nb.query_tile(64, 10**6, 10, 4096) == 256  # at most 4x
+  assert nb.query_tile(64, 10_000, 10, 16_384) == 64  # 8 MB block
+  assert nb.query_tile(None, 10_000, 10, 4096) is None
+
+
+@pytest.mark.parametrize("metric", nb.METRICS)
+def test_grown_tiles_equal_materialised(rng, metric):
+  # fitted.nearest (the fit's test-set search and the score) grows the tile
+  # when cells hold many queries: the same neighbours and distances.
+  from ctjax.stats import fitted as fitted_lib
+
+  train, t_cells, queries, q_cells = _data(rng, n=600, m=3000)
+  assert nb.query_tile(16, 3000, K, 7) == 64
+  index = nb.build_index(jnp.asarray(train), jnp.asarray(t_cells), K, metric)
+  got = jax.jit(
+    lambda i, q, c: fitted_lib.nearest(
+      i, q, c, tile_queries=16, tile_train=7, search="tiled"
+    )
+  )(index, jnp.asarray(queries), jnp.asarray(q_cells))
+  want = _search(train, t_cells, queries, q_cells, metric, tile_queries=None)
+  np.testing.assert_array_equal(np.asarray(got[1]), want[1])
+  np.testing.assert_array_equal(np.asarray(got[0]), want[0])
