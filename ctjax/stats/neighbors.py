@@ -281,9 +281,9 @@ def _block_winner(index, t, row_base, queries, q_cells, start, tile_train):
   Run after the search for all m queries, `WINNER_CHUNK` at a time: a
   gather of ``[chunk, g, d]`` rows (512 KB) and their products with the
   chunk's queries. In one piece, 10k test queries gathered 82 MB and took
-  longer than the per-tile recompute it replaced (57 vs 43 ms a layer);
-  chunked, the gathered rows stay in cache (45 vs 47 ms; 500 queries: 14.5
-  vs 16.5 ms, same process). Ties go to the lowest row.
+  longer than the per-tile recompute it replaced (190 vs 145 ms a layer);
+  chunked, the gathered rows stay in cache (150 vs 156 ms; 500 queries:
+  14.5 vs 16.5 ms, same process). Ties go to the lowest row.
   ``t``, ``row_base``: the training rows, as in `nearest_in_cell`.
   """
   t = jnp.asarray(t)  # the index may hold NumPy arrays
