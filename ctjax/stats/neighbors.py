@@ -230,7 +230,6 @@ def _scan_rows(metric, t, t_aux, q, r0, r1, tile_train, keep, row_base=0):
   sorted row of the winning block ``[b]``; score ``inf`` where nothing is
   admissible); `_block_winner` finds the row within the block.
   """
-  t, t_aux = jnp.asarray(t), jnp.asarray(t_aux)  # may come from NumPy
   n = t_aux.shape[0]
   b = q.shape[0]
   big, small, g = _steps(tile_train)
@@ -286,8 +285,7 @@ def _block_winner(index, t, row_base, queries, q_cells, start, tile_train):
   14.5 vs 16.5 ms, same process). Ties go to the lowest row.
   ``t``, ``row_base``: the training rows, as in `nearest_in_cell`.
   """
-  t = jnp.asarray(t)  # the index may hold NumPy arrays
-  aux, cells = jnp.asarray(index.aux), jnp.asarray(index.cells)
+  aux, cells = index.aux, index.cells
   n = aux.shape[0]
   m = start.shape[0]
   g = _steps(tile_train)[2]
@@ -416,12 +414,13 @@ def nearest_in_cell(
     cell and that point's original index; ``inf`` / ``-1`` where the cell has
     no training point or the row is padding.
   """
+  index = jax.tree_util.tree_map(jnp.asarray, index)  # may hold NumPy
   m = queries.shape[0]
   n = index.aux.shape[0]
   n_cells = index.starts.shape[0] - 2
   metric = index.metric
   q_cells = q_cells.astype(jnp.int32)
-  t = index.points if points is None else points
+  t = index.points if points is None else jnp.asarray(points)
   t_aux = index.aux
   tile_train = max(1, min(tile_train, n))
   if tile_queries is None:

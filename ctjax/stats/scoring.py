@@ -96,19 +96,22 @@ def u2_dtype(n_test: int, n_gen: int):
 RANKS = ("search", "merge")
 
 
-def over_layers(f, xs, *, layers=None):
-  """``f`` applied to every layer of the pytree ``xs`` (leading axis L).
-
-  ``layers``: "map" (`jax.lax.map`: one layer after another, one layer's
+def resolve_layers(layers: str | None) -> str:
+  """``layers``: "map" (`jax.lax.map`: one layer after another, one layer's
   working set; right for a CPU), "vmap" (`jax.vmap`: every layer at once, a
-  few large kernels; right for a GPU/TPU) or ``None`` (by backend).
-  """
+  few large kernels; right for a GPU/TPU) or ``None`` (by backend)."""
   if layers is None:
-    layers = "map" if jax.default_backend() == "cpu" else "vmap"
-  if layers == "vmap":
-    return jax.vmap(f)(xs)
-  if layers != "map":
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+  if layers not in ("map", "vmap"):
     raise ValueError(f"layers must be 'map', 'vmap' or None, got {layers!r}")
+  return layers
+
+
+def over_layers(f, xs, *, layers=None):
+  """``f`` applied to every layer of the pytree ``xs`` (leading axis L),
+  ``layers`` as in `resolve_layers`."""
+  if resolve_layers(layers) == "vmap":
+    return jax.vmap(f)(xs)
   return jax.lax.map(f, xs)
 
 
@@ -220,9 +223,7 @@ def query_parts(
   kw = dict(
     tile_queries=tile_queries, tile_train=tile_train, search=search, rank=rank
   )
-  if layers is None:
-    layers = "map" if jax.default_backend() == "cpu" else "vmap"
-  if layers != "map":
+  if resolve_layers(layers) == "vmap":
     return over_layers(
       lambda a: _query_one_layer(a[0], a[1], valid, **kw),
       (fitted, gen),
