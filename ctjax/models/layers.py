@@ -295,7 +295,11 @@ def conv2d(x, kernel, bias, stride: int, padding, groups: int = 1):
   c_in, c_out = x.shape[-1], kernel.shape[-1]
   cpu = jax.default_backend() == "cpu"
   if groups == c_in == c_out and groups > 1 and cpu:
-    y = depthwise_conv2d(x, kernel[:, :, 0, :], stride, (ph, pw))
+    # The bias starts the sum: added after it, XLA:CPU fused the add into
+    # the next LayerNorm's products and recomputed the whole convolution
+    # there (ConvNeXt-T, batch 8: convolution + LayerNorm 14.2 -> 6.8 ms at
+    # 56x56x96, 2.7 -> 1.4 ms at 7x7x768).
+    return depthwise_conv2d(x, kernel[:, :, 0, :], stride, (ph, pw), bias)
   elif kernel.shape[:2] == (1, 1) and groups == 1 and ph == pw == 0 and cpu:
     # A 1x1 convolution is a matrix product over channels (~3x faster than
     # XLA:CPU's convolution).
@@ -329,11 +333,12 @@ def conv2d(x, kernel, bias, stride: int, padding, groups: int = 1):
   return y
 
 
-def depthwise_conv2d(x, kernel, stride: int, padding):
+def depthwise_conv2d(x, kernel, stride: int, padding, bias=None):
   """Depthwise convolution as a sum of shifted, per-channel scaled maps.
 
-  x ``[B, H, W, C]``, kernel ``[kh, kw, C]``, zero padding ``(ph, pw)`` ->
-  ``[B, H', W', C]``, H' = (H + 2 ph - kh) // stride + 1. Sums in float32.
+  x ``[B, H, W, C]``, kernel ``[kh, kw, C]``, zero padding ``(ph, pw)``,
+  bias ``[C]`` or None -> ``[B, H', W', C]``, H' = (H + 2 ph - kh) // stride
+  + 1. Sums in float32, starting from the bias.
   """
   kh, kw, _ = kernel.shape
   ph, pw = padding
@@ -342,7 +347,8 @@ def depthwise_conv2d(x, kernel, stride: int, padding):
   wo = (w + 2 * pw - kw) // stride + 1
   xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
   k32 = kernel.astype(jnp.float32)
-  acc = jnp.zeros((b, ho, wo, c), jnp.float32)
+  start = jnp.zeros((c,)) if bias is None else bias.astype(jnp.float32)
+  acc = jnp.broadcast_to(start, (b, ho, wo, c))
   for i in range(kh):
     for j in range(kw):
       window = xp[
