@@ -17,6 +17,8 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 
+from tests.models.conftest import save_tiny  # noqa: E402
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 CHECKPOINT = '"path/to/vit-base-patch16-224-in21k"'
 IMAGES = '"images/"'
@@ -71,8 +73,10 @@ def _placeholders(rng):
 @pytest.fixture
 def vit_folder(tmp_path):
   """A tiny random ViT (2 blocks, width 16) saved by transformers."""
-  torch.manual_seed(0)
-  config = tf.ViTConfig(
+  folder, _ = save_tiny(
+    tmp_path,
+    tf.ViTModel,
+    tf.ViTConfig,
     hidden_size=16,
     num_hidden_layers=2,
     num_attention_heads=2,
@@ -80,8 +84,6 @@ def vit_folder(tmp_path):
     image_size=32,
     patch_size=16,
   )
-  folder = tmp_path / "vit"
-  tf.ViTModel(config).eval().save_pretrained(folder, safe_serialization=True)
   return folder
 
 
