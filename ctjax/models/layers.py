@@ -347,8 +347,8 @@ def depthwise_conv2d(x, kernel, stride: int, padding, bias=None):
   wo = (w + 2 * pw - kw) // stride + 1
   xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
   k32 = kernel.astype(jnp.float32)
-  start = jnp.zeros((c,)) if bias is None else bias.astype(jnp.float32)
-  acc = jnp.broadcast_to(start, (b, ho, wo, c))
+  start = jnp.zeros((c,), jnp.float32) if bias is None else bias
+  acc = jnp.broadcast_to(start.astype(jnp.float32), (b, ho, wo, c))
   for i in range(kh):
     for j in range(kw):
       window = xp[
