@@ -335,8 +335,8 @@ def _host_padded(gen, m_pad, n_layers_pad=None):
   """``gen [L, m, D]`` (NumPy) zero-padded to ``[L', m_pad, D]`` (L' =
   ``n_layers_pad``, default L) with at most one host copy, into a fresh
   aligned buffer (`_aligned_padded`) that the CPU device takes without
-  copying it again; ``gen`` itself when no padding is needed. The device's copy and pad
-  of `_pad_batch` cost as much again."""
+  copying it again; ``gen`` itself when no padding is needed. The device's
+  copy and pad of `_pad_batch` cost as much again."""
   n_layers, m, dim = gen.shape
   n_layers_pad = n_layers if n_layers_pad is None else n_layers_pad
   if m == m_pad and n_layers == n_layers_pad:
