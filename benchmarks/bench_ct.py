@@ -81,9 +81,12 @@ def peak_rss_gb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def gemm_peak(n=2048, reps=5):
+def gemm_peak(n=None, reps=5):
+  """GFLOP/s of a jitted float32 n^3 product at the engine's precision
+  ("highest": no TF32 on a GPU); n is 2048 on a CPU, 8192 elsewhere."""
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
+  f = jax.jit(lambda a: jnp.matmul(a, a, precision="highest"))
   f(a).block_until_ready()
   t = time.perf_counter()
   for _ in range(reps):
@@ -273,6 +276,96 @@ def warm_parts(ref, gen, reps=5):
   return out
 
 
+def pure_device(ref, gen, gens, ct, reps=10):
+  """The pure, jitted engine on device-resident inputs (no host validation
+  or host-to-device copies): `ctjax.stats.score` of one batch, `jax.vmap`
+  of it over B batches, and `score_merged` (B batches' queries searched
+  together, the path `score_many` takes). Seconds per batch (median of
+  reps) and the largest |C_T - ref.score's C_T| of each."""
+  from ctjax.stats import scoring
+
+  f = ref.fitted
+  b, n_layers, m, _ = gens.shape
+  g = jax.device_put(jnp.asarray(gen))
+  gs = jax.device_put(jnp.asarray(gens))
+  gl = jax.device_put(jnp.asarray(np.swapaxes(gens, 0, 1)))
+  valid = jnp.ones((b, m), bool)
+  c = ref.config
+  kw = dict(tile_queries=c.tile_queries, tile_train=c.tile_train)
+  kw["search"] = c.search
+  pure = lambda f, x: scoring.score(f, x, **kw)
+  one = jax.jit(pure)
+  many = jax.jit(jax.vmap(pure, in_axes=(None, 0)))
+  merged = lambda f, x: scoring.score_merged(f, x, valid, **kw)
+  want = np.asarray(ct, np.float64)
+  out = {}
+  cases = [
+    ("score, 1 batch", one, g, 1),
+    (f"vmap(score), B={b}", many, gs, b),
+    (f"score_merged, B={b}", merged, gl, b),
+  ]
+  # Every search choice on this backend, beside the resolved one.
+  for other in ("tiled", "dense"):
+    if other != nb.resolve_search(c.search, m, c.tile_train):
+      kw2 = dict(kw, search=other)
+      cases.append(
+        (
+          f"score, 1 batch, search={other}",
+          jax.jit(lambda f, x, kw2=kw2: scoring.score(f, x, **kw2)),
+          g,
+          1,
+        )
+      )
+  for name, fn, x, per in cases:
+    r = fn(f, x)
+    jax.block_until_ready(r.ct)
+    ts = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(f, x).ct)
+      ts.append(time.perf_counter() - t)
+    got = np.asarray(r.ct, np.float64).reshape(-1, n_layers)
+    # Batches alternate gen2, gen (score_many's order): compare the gen ones.
+    rows = got if per == 1 else got[1::2]
+    err = float(np.nanmax(np.abs(rows - want[None])))
+    out[name] = dict(s_per_batch=float(np.median(ts)) / per, max_ct_err=err)
+    print(
+      f"pure {name}: {out[name]['s_per_batch'] * 1e3:.3f} ms per batch, "
+      f"max |C_T err| {err:.1e}",
+      flush=True,
+    )
+  return out
+
+
+def same_on_host_cpu(ref, gen, res):
+  """On an accelerator: the same fitted reference scored by XLA on the host
+  CPU (the path every test checks), against the accelerator's result: are
+  the exact 2U counts equal, and how far apart are Z and C_T?"""
+  from ctjax.stats import scoring
+
+  cpu = jax.devices("cpu")[0]
+  f = jax.device_put(ref.fitted, cpu)
+  g = jax.device_put(jnp.asarray(gen), cpu)
+  t = time.perf_counter()
+  r = jax.jit(scoring.score)(f, g)
+  jax.block_until_ready(r.ct)
+  sec = time.perf_counter() - t
+  u2_acc = np.asarray(res.u, np.float64) * 2
+  u2_cpu = np.asarray(r.u2, np.float64)
+  inc = np.asarray(r.included)
+  out = dict(
+    u2_equal=bool(np.array_equal(u2_acc[inc], u2_cpu[inc])),
+    u2_cells_differing=int(np.sum(u2_acc[inc] != u2_cpu[inc])),
+    max_ct_diff=float(np.nanmax(np.abs(np.asarray(res.ct) - r.ct))),
+    max_z_diff=float(
+      np.nanmax(np.abs(np.asarray(res.z)[inc] - np.asarray(r.z)[inc]))
+    ),
+    cpu_seconds_with_compile=sec,
+  )
+  print(f"same reference scored on the host CPU: {out}", flush=True)
+  return out
+
+
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 
 
@@ -390,7 +483,8 @@ def cold_parts(train, test, reps=3):
     return jax.block_until_ready(fn(*a))
 
   jit = jax.jit
-  stage("gemm 2048^3", jit(lambda a: a @ a), a2)
+  gemm = jit(lambda a: jnp.matmul(a, a, precision="highest"))
+  stage("gemm 2048^3", gemm, a2)
   # As `CTReference.fit` copies a layer: into a reused aligned buffer.
   from ctjax import reference
 
@@ -517,7 +611,7 @@ def main():
   gen2 = gen.copy()
   gen2[:, ::2] = test[:, : m // 2 + m % 2]
   peak = gemm_peak()
-  print(f"float32 GEMM peak (jnp 2048^3): {peak:.1f} GFLOP/s", flush=True)
+  print(f"float32 GEMM peak (jnp, highest): {peak:.1f} GFLOP/s", flush=True)
 
   # ctjax cold: first call compiles; the second runs the compiled code. The
   # compile clock splits the first call's extra time into compilation and
@@ -551,6 +645,20 @@ def main():
       f"ctjax score_many: {t_many / args.batches * 1e3:.2f} ms per batch",
       flush=True,
     )
+
+  pure = None
+  if hasattr(ref, "fitted") and not ref.groups:
+    pure = pure_device(
+      ref,
+      gen,
+      np.stack([gen if b % 2 else gen2 for b in range(args.batches)]),
+      res.ct,
+      reps=args.warm_reps,
+    )
+
+  on_cpu = None
+  if jax.default_backend() != "cpu" and hasattr(ref, "fitted"):
+    on_cpu = same_on_host_cpu(ref, gen, res)
 
   # Same-cell FLOP bound of the warm batch: pairs of one cell only.
   d = 64
@@ -649,6 +757,8 @@ def main():
     rows.append(
       ("score_many/batch, 2 devices (layers split)", two["many_layers_split"])
     )
+  for name, v in (pure or {}).items():
+    rows.append((f"pure {name} (device input)", v["s_per_batch"]))
   rows.append(("same-cell FLOP bound at GEMM peak", t_bound))
   print(
     f"\n| {'pipeline':44s} | {'seconds':>8s} | {'vs (a)':>7s} | {'vs (b)':>7s} |"
@@ -761,6 +871,8 @@ def main():
     warm_s=t_warm,
     score_many_per_batch_s=None if t_many is None else t_many / args.batches,
     two_devices=two,
+    pure_device=pure,
+    on_host_cpu=on_cpu,
     bound_gflop=bound_flops / 1e9,
     bound_s=t_bound,
     covariance_s=t_cov,

@@ -20,15 +20,23 @@ mkdir -p "$out_dir"
 
 backend() { "$PY" -c "import jax; print(jax.default_backend())" 2>/dev/null; }
 
+# This checkout first (an offline machine cannot `pip install -e .`: its
+# build backend would be fetched); the benchmarks import ctjax from here.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" || true
 if [[ "$(backend)" != "gpu" ]] && command -v nvidia-smi >/dev/null 2>&1 \
     && nvidia-smi -L >/dev/null 2>&1; then
   ver="$("$PY" -c 'import jax; print(jax.__version__)')"
   echo "A GPU is present but JAX does not use it: installing jax[cuda12]==$ver"
-  pip install -q "jax[cuda12]==$ver" || pip install -q -U "jax[cuda12]"
+  { pip install -q "jax[cuda12]==$ver" || pip install -q -U "jax[cuda12]"; } \
+    || echo "could not install JAX's CUDA build (offline?): going on"
   "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
 fi
 "$PY" -c "import ctjax" 2>/dev/null || "$PY" -m pip install -q -e .
+"$PY" -c "import flax, numpy, sklearn, scipy, transformers as t; print(
+  'flax', flax.__version__, 'numpy', numpy.__version__, 'scikit-learn',
+  sklearn.__version__, 'scipy', scipy.__version__, 'transformers',
+  t.__version__)" || true
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null \
   || true
 
@@ -37,11 +45,13 @@ if [[ "${1:-}" == "--quick" ]]; then
 else
   # (a), the per-batch refit, takes minutes of CPU and is left out here.
   # Larger search steps: a GPU wants few large products (the dense search).
-  args=(--no-paper --warm-reps 20 --stream-n 1000000 --tile-train 16384)
+  # One accelerator: no host-device split (that subprocess is for CPUs).
+  args=(--no-paper --no-two-devices --warm-reps 20 --batches 64
+    --stream-n 1000000 --tile-train 16384)
 fi
 # The streamed fit runs last, after the table: a time limit only cuts it.
 rc=0
-timeout 280 "$PY" benchmarks/bench_ct.py "${args[@]}" \
+timeout "${CTJAX_BENCH_LIMIT:-280}" "$PY" benchmarks/bench_ct.py "${args[@]}" \
   --json "$out_dir/device_ct.json" || rc=$?
 if [[ $rc -ne 0 ]]; then
   echo "bench_ct.py stopped with status $rc (124: the 280 s limit)"
