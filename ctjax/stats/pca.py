@@ -149,17 +149,57 @@ def fit_pca(
   )
 
 
+# How `transform` multiplies: "dot" (a matrix product), "reduce" (products
+# summed by a row reduction over D, in an order that does not depend on the
+# number of rows) or "auto" ("dot" on a CPU, "reduce" elsewhere).
+PROJECTION = "auto"
+
+
+def resolve_projection(projection: str | None = None) -> str:
+  """``projection`` (default `PROJECTION`) as "dot" or "reduce".
+
+  A CPU's matrix product sums each output over D in the same order whatever
+  the number of rows, so a query projects to the same bits alone, padded or
+  in a batch. A GPU library may choose another kernel (split over D, other
+  tiles) for another row count, and the projection then differs in its last
+  bits between `score`, a padded `CTReference.score` and a vmapped batch;
+  rounding-level changes in distances can flip Mann-Whitney comparisons.
+  The row reduction keeps one order there.
+  """
+  projection = PROJECTION if projection is None else projection
+  if projection == "auto":
+    return "dot" if jax.default_backend() == "cpu" else "reduce"
+  if projection not in ("dot", "reduce"):
+    raise ValueError(
+      f"projection must be 'auto', 'dot' or 'reduce', got {projection!r}"
+    )
+  return projection
+
+
 def transform(
-  pca: PCA, x: jax.Array, *, chunk: int | None = CHUNK
+  pca: PCA,
+  x: jax.Array,
+  *,
+  chunk: int | None = CHUNK,
+  projection: str | None = None,
 ) -> jax.Array:
   """Projects ``x [n, D]`` onto the axes: ``[n, k]``.
 
   With more than ``chunk`` rows the product runs ``chunk`` rows at a time
   (``None``: all at once): each row's result is the same, but the centred
-  copy of ``x`` is never materialised whole.
+  copy of ``x`` is never materialised whole. ``projection``: see
+  `resolve_projection`.
   """
   n, d = x.shape
-  project = lambda xb: jnp.matmul(xb - pca.mean, pca.components, precision=_HI)
+  if resolve_projection(projection) == "dot":
+    project = lambda xb: jnp.matmul(
+      xb - pca.mean, pca.components, precision=_HI
+    )
+  else:
+    axes = pca.components.T  # [k, D]: D minor, a row reduction per output
+    project = lambda xb: jnp.sum(
+      (xb - pca.mean)[:, None, :] * axes[None, :, :], axis=-1
+    )
   if chunk is None or n <= chunk:
     return project(x)
   n_chunks = -(-n // chunk)
