@@ -5,7 +5,9 @@ the slowest as in a `vmap`) and the run of lowest inertia wins (as in
 scikit-learn's ``n_init``). Lloyd iterations run in a `while_loop` until the
 squared centre shift falls below ``tol`` times the mean per-feature variance
 (scikit-learn's criterion) or ``max_iter`` is reached. Cluster sums use
-`segment_sum`; every buffer has a static shape. Distances use the shared
+`cluster_sums` (a scatter-add on a CPU, a one-hot product on an
+accelerator, where float scatter-adds are atomic and change their order
+from run to run); every buffer has a static shape. Distances use the shared
 fast form of `ctjax.stats.distances`.
 """
 
@@ -122,6 +124,37 @@ def _kmeans_plus_plus(key, x, x_sq, k):
   return centers
 
 
+# How `cluster_sums` adds: "scatter", "onehot" or "auto" (by backend).
+SUMS = "auto"
+
+
+def cluster_sums(x, labels, k: int, *, method: str | None = None):
+  """Sum of the rows of ``x [N, d]`` in each cluster: ``[k, d]``.
+
+  Args:
+    x: ``[N, d]`` points.
+    labels: ``[N]`` int cluster of each point (in ``[0, k)``).
+    k: clusters.
+    method: "scatter" (`jax.ops.segment_sum`: a CPU adds in row order),
+      "onehot" (the ``[k, N]`` one-hot matrix times ``x``: one matrix
+      product, the same bits on every run on a GPU, where a float
+      scatter-add is atomic and its order, so its rounding, varies from run
+      to run, and the seeded fit with it), or ``None``: `SUMS` ("auto":
+      "scatter" on a CPU, "onehot" elsewhere).
+  """
+  method = SUMS if method is None else method
+  if method == "auto":
+    method = "scatter" if jax.default_backend() == "cpu" else "onehot"
+  if method == "scatter":
+    return jax.ops.segment_sum(x, labels, num_segments=k)
+  if method != "onehot":
+    raise ValueError(
+      f"method must be 'auto', 'scatter' or 'onehot', got {method!r}"
+    )
+  onehot = (labels[None, :] == jnp.arange(k)[:, None]).astype(x.dtype)
+  return jnp.matmul(onehot, x, precision=jax.lax.Precision.HIGHEST)
+
+
 def _lloyd(x, x_sq, centers, max_iter, tol_abs):
   """Lloyd iterations from ``centers``; returns (centres, n_iter)."""
   k = centers.shape[0]
@@ -129,7 +162,8 @@ def _lloyd(x, x_sq, centers, max_iter, tol_abs):
   def update(centers):
     d2 = sq_distances(x, centers, x_sq)
     labels = jnp.argmin(d2, axis=1)
-    sums = jax.ops.segment_sum(x, labels, num_segments=k)
+    sums = cluster_sums(x, labels, k)
+    # Sums of ones are exact in any order (N < 2^24).
     counts = jax.ops.segment_sum(jnp.ones_like(x_sq), labels, num_segments=k)
     new = sums / jnp.maximum(counts, 1.0)[:, None]
     empty = counts == 0

@@ -106,3 +106,54 @@ def test_count_le_is_searchsorted_right(rng):
   rows = np.sort(rng.random((len(values), 9)).astype(np.float32), axis=1)
   want = [np.searchsorted(r, v, side="right") for r, v in zip(rows, values)]
   np.testing.assert_array_equal(km._count_le(jnp.asarray(rows), values), want)
+
+
+@pytest.mark.parametrize("method", ["scatter", "onehot"])
+def test_cluster_sums_match_float64(rng, method):
+  x = rng.normal(size=(3000, 8)).astype(np.float32)
+  labels = rng.integers(0, 5, 3000)
+  labels[labels == 3] = 0  # an empty cluster sums to zero
+  want = np.zeros((5, 8))
+  np.add.at(want, labels, x.astype(np.float64))
+  got = km.cluster_sums(jnp.asarray(x), jnp.asarray(labels), 5, method=method)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+  assert not np.asarray(got)[3].any()
+
+
+def test_cluster_sums_bad_method():
+  with pytest.raises(ValueError, match="'scatter' or 'onehot'"):
+    km.cluster_sums(jnp.zeros((3, 2)), jnp.zeros(3, int), 2, method="atomic")
+
+
+def test_onehot_sums_give_the_same_fit(monkeypatch):
+  # The accelerator's deterministic sums (forced here on a CPU) find the
+  # same clustering, and repeat it bit for bit from the same key.
+  x, _ = make_blobs(2000, n_features=8, centers=6, random_state=2)
+  x = x.astype(np.float32)
+  base = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2)
+  monkeypatch.setattr(km, "SUMS", "onehot")
+  jax.clear_caches()
+  one = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2)
+  again = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2)
+  np.testing.assert_array_equal(np.asarray(one.labels), np.asarray(base.labels))
+  np.testing.assert_allclose(
+    np.asarray(one.centers), np.asarray(base.centers), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_array_equal(
+    np.asarray(again.centers), np.asarray(one.centers)
+  )
+  jax.clear_caches()
+
+
+def test_sums_auto_by_backend(monkeypatch):
+  x = jnp.ones((4, 2))
+  labels = jnp.array([0, 1, 1, 0])
+  seen = []
+  monkeypatch.setattr(
+    jax.ops, "segment_sum", lambda *a, **k: seen.append("scatter") or x[:2]
+  )
+  km.cluster_sums(x, labels, 2)
+  assert seen == ["scatter"]  # this CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  np.testing.assert_array_equal(km.cluster_sums(x, labels, 2), [[2, 2], [2, 2]])
+  assert seen == ["scatter"]

@@ -78,3 +78,31 @@ def test_chunked_projection_equals_one_product(rng):
     got = np.asarray(pca_lib.transform(fit, x, chunk=chunk))
     assert got.shape == whole.shape
     np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 300])
+def test_reduce_projection_matches_float64_and_row_count(rng, chunk):
+  # The accelerator's projection (a row reduction, forced here) has
+  # float64's values whatever the rows beside it. (That its bits do not
+  # depend on them holds on a GPU, as measured by benchmarks/consistency.py;
+  # XLA:CPU vectorises the reduction differently by row count, so a CPU
+  # keeps the matrix product, which is row-invariant there.)
+  x = _gapped(rng, n=1000, d=24, k=4)
+  fit = pca_lib.fit_pca(x, 4)
+  got = np.asarray(pca_lib.transform(fit, x, chunk=chunk, projection="reduce"))
+  ref = (x.astype(np.float64) - np.asarray(fit.mean, np.float64)) @ np.asarray(
+    fit.components, np.float64
+  )
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+  head = pca_lib.transform(fit, x[:37], chunk=chunk, projection="reduce")
+  np.testing.assert_allclose(np.asarray(head), got[:37], rtol=1e-6, atol=1e-5)
+
+
+def test_projection_choice(monkeypatch):
+  assert pca_lib.resolve_projection() == "dot"  # this CPU
+  assert pca_lib.resolve_projection("reduce") == "reduce"
+  monkeypatch.setattr(pca_lib.jax, "default_backend", lambda: "gpu")
+  assert pca_lib.resolve_projection() == "reduce"
+  assert pca_lib.resolve_projection("dot") == "dot"
+  with pytest.raises(ValueError, match="'auto', 'dot' or 'reduce'"):
+    pca_lib.resolve_projection("tf32")
