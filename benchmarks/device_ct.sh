@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The C_T engine on an accelerator, in one call (under 5 minutes on one
-# H100/H200): cold fit (compiled), warm batch, score_many throughput and a
-# streamed |T| = 10^6 fit at CIFAR-10 scale (L=13, N=50k, n=10k, m=500,
+# The C_T engine on an accelerator, in one call (about 6 minutes on one
+# H200): first whether every scoring path counts the same 2U there
+# (benchmarks/consistency.py), then cold fit (compiled), warm batch,
+# score_many throughput, the pure jitted score on device-resident input and
+# a streamed |T| = 10^6 fit at CIFAR-10 scale (L=13, N=50k, n=10k, m=500,
 # D=768), with the NumPy/SciPy baseline (b) on this host's CPU cores in the
-# same process. Installs only ctjax itself (pip install -e .) and, when JAX
-# sees no GPU but one is present, the CUDA build of the installed jax version.
+# same process. Uses the packages already on the machine and ctjax from this
+# checkout; tries JAX's CUDA build only when JAX sees no GPU but one is there.
 #
 #   bash benchmarks/device_ct.sh            # CIFAR-10 scale
 #   bash benchmarks/device_ct.sh --quick    # small shapes (checks it runs)
@@ -49,8 +51,15 @@ else
   args=(--no-paper --no-two-devices --warm-reps 20 --batches 64
     --stream-n 1000000 --tile-train 16384)
 fi
-# The streamed fit runs last, after the table: a time limit only cuts it.
 rc=0
+# First, on an accelerator: do all scoring paths count the same 2U there
+# (benchmarks/consistency.py, the two projection settings, 2 layers)?
+if [[ "$(backend)" != "cpu" && "${1:-}" != "--quick" ]]; then
+  timeout "${CTJAX_CONSISTENCY_LIMIT:-150}" "$PY" benchmarks/consistency.py \
+    --shape 2,50000,10000,500,768 --json "$out_dir/consistency.json" \
+    || echo "consistency.py stopped with status $? (124: its time limit)"
+fi
+# The streamed fit runs last, after the table: a time limit only cuts it.
 timeout "${CTJAX_BENCH_LIMIT:-280}" "$PY" benchmarks/bench_ct.py "${args[@]}" \
   --json "$out_dir/device_ct.json" || rc=$?
 if [[ $rc -ne 0 ]]; then
