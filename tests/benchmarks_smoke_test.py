@@ -74,3 +74,18 @@ def test_host_cpu_check(small):
   out = bench.same_on_host_cpu(ref, gen, res)
   assert out["u2_equal"] and out["u2_cells_differing"] == 0
   assert out["max_ct_diff"] < 1e-5
+
+
+def test_engine_knobs_phases_and_throughput(small):
+  _, ref, gen, _ = small
+  knobs = _load("engine_knobs")
+  phases = knobs.host_phases(ref, gen, reps=1)
+  assert set(phases) == {
+    "host padding copy",
+    "host-to-device transfer",
+    "compiled score, input on the device",
+    "whole CTReference.score",
+  }
+  assert all(v > 0 for v in phases.values())
+  out = knobs.vmap_throughput(ref, gen, [2], reps=1)
+  assert out[2] > 0
