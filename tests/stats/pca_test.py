@@ -101,6 +101,8 @@ def test_reduce_projection_matches_float64_and_row_count(rng, chunk):
 def test_projection_choice(monkeypatch):
   assert pca_lib.resolve_projection() == "dot"  # this CPU
   assert pca_lib.resolve_projection("reduce") == "reduce"
+  monkeypatch.setattr(pca_lib.jax, "default_backend", lambda: "tpu")
+  assert pca_lib.resolve_projection() == "dot"
   monkeypatch.setattr(pca_lib.jax, "default_backend", lambda: "gpu")
   assert pca_lib.resolve_projection() == "reduce"
   assert pca_lib.resolve_projection("dot") == "dot"
