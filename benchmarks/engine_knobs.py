@@ -13,6 +13,8 @@ At the CIFAR-10 scale (L = 13, N = 50k, n = 10k, m = 500, D = 768; or
    `CTReference.score`.
 3. `jax.vmap(score)` over B device-resident batches, for several B:
    batches per second.
+4. `CTReference.score_many` of --many host batches under each
+   ``vectorize`` mode and chunk size: seconds per batch.
 
 Every time is the median of --reps warm calls after one compiling call.
 
@@ -132,11 +134,37 @@ def vmap_throughput(ref, gen, batches, reps):
   return out
 
 
+def score_many_modes(ref, gen, n_batches, reps):
+  """`CTReference.score_many` of ``n_batches`` host batches, seconds per
+  batch, for each ``vectorize`` (None: the merged search, True: vmap,
+  False: one after another) and chunk size (None: by the memory budget)."""
+  gens = np.stack([gen] * n_batches)
+  out = {}
+  for vectorize, batch_size in itertools.product(
+    (None, True, False), (None, 8, n_batches)
+  ):
+    name = f"vectorize={vectorize}, batch_size={batch_size}"
+    run = lambda: (
+      ref.score_many(gens, vectorize=vectorize, batch_size=batch_size).ct
+    )
+    try:
+      out[name] = median_time(run, max(1, reps // 3)) / n_batches
+    except Exception as e:
+      out[name] = f"{type(e).__name__}: {e}"[:200]
+      print(f"score_many {name}: {out[name]}", flush=True)
+      continue
+    print(f"score_many {name}: {out[name] * 1e3:.2f} ms per batch", flush=True)
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--shape", default="13,50000,10000,500,768")
   ap.add_argument("--reps", type=int, default=10)
   ap.add_argument("--batches", default="16,64,256")
+  ap.add_argument(
+    "--many", type=int, default=64, help="batches for score_many's modes"
+  )
   ap.add_argument("--json", help="write the results here")
   args = ap.parse_args()
   shape = tuple(int(v) for v in args.shape.split(","))
@@ -157,6 +185,7 @@ def main():
   throughput = vmap_throughput(
     ref, gen, [int(b) for b in args.batches.split(",")], args.reps
   )
+  many = score_many_modes(ref, gen, args.many, args.reps)
   if args.json:
     with open(args.json, "w") as fh:
       json.dump(
@@ -166,6 +195,7 @@ def main():
           phases_s=phases,
           knobs=grid,
           vmap_batches_per_s={str(k): v for k, v in throughput.items()},
+          score_many_s_per_batch=many,
         ),
         fh,
         indent=1,

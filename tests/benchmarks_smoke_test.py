@@ -89,3 +89,11 @@ def test_engine_knobs_phases_and_throughput(small):
   assert all(v > 0 for v in phases.values())
   out = knobs.vmap_throughput(ref, gen, [2], reps=1)
   assert out[2] > 0
+
+
+def test_engine_knobs_score_many_modes(small):
+  _, ref, gen, _ = small
+  knobs = _load("engine_knobs")
+  out = knobs.score_many_modes(ref, gen, 2, reps=1)
+  assert len(out) == 9
+  assert all(isinstance(v, float) and v > 0 for v in out.values())
