@@ -16,7 +16,8 @@ At the CIFAR-10 scale (L = 13, N = 50k, n = 10k, m = 500, D = 768; or
 4. `CTReference.score_many` of --many host batches under each
    ``vectorize`` mode and chunk size: seconds per batch.
 
-Every time is the median of --reps warm calls after one compiling call.
+Every time is the median of --reps warm calls after one compiling call
+(`consistency.warm`).
 
   python benchmarks/engine_knobs.py [--shape L,N,n,m,D] [--reps 10]
       [--json FILE]
@@ -41,19 +42,7 @@ from ctjax import reference as ref_lib  # noqa: E402
 from ctjax.stats import scoring  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from consistency import data  # noqa: E402
-
-
-def median_time(fn, reps):
-  """Median seconds of ``reps`` calls of ``fn`` (results blocked on), after
-  one call that compiles."""
-  jax.block_until_ready(fn())
-  ts = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    ts.append(time.perf_counter() - t)
-  return float(np.median(ts))
+from consistency import data, warm  # noqa: E402
 
 
 def host_phases(ref, gen, reps):
@@ -70,14 +59,12 @@ def host_phases(ref, gen, reps):
     ref.fitted, on_device, valid_d, tau, **tiles
   )
   return {
-    "host padding copy": median_time(
-      lambda: ref_lib._host_padded(gen, m_pad), reps
+    "host padding copy": warm(
+      lambda: ref_lib._host_padded(gen, m_pad), reps=reps
     ),
-    "host-to-device transfer": median_time(
-      lambda: jax.device_put(padded), reps
-    ),
-    "compiled score, input on the device": median_time(compiled, reps),
-    "whole CTReference.score": median_time(lambda: ref.score(gen).ct, reps),
+    "host-to-device transfer": warm(lambda: jax.device_put(padded), reps=reps),
+    "compiled score, input on the device": warm(compiled, reps=reps),
+    "whole CTReference.score": warm(lambda: ref.score(gen).ct, reps=reps),
   }
 
 
@@ -103,7 +90,7 @@ def knob_grid(ref, gen, want_u2, reps, n_train):
     try:
       out = fn(ref.fitted, g)
       same = bool(np.array_equal(np.asarray(out.u2, np.float64), want_u2))
-      sec = median_time(lambda fn=fn: fn(ref.fitted, g).ct, reps)
+      sec = warm(lambda fn=fn: fn(ref.fitted, g).ct, reps=reps)
     except Exception as e:  # e.g. out of memory: report and go on
       rows.append(dict(kw, error=f"{type(e).__name__}: {e}"[:200]))
       print(f"{kw}: {rows[-1]['error']}", flush=True)
@@ -124,7 +111,7 @@ def vmap_throughput(ref, gen, batches, reps):
   for b in batches:
     gs = jax.device_put(jnp.asarray(np.broadcast_to(gen, (b,) + gen.shape)))
     try:
-      sec = median_time(lambda gs=gs: fn(ref.fitted, gs).ct, reps)
+      sec = warm(lambda gs=gs: fn(ref.fitted, gs).ct, reps=reps)
     except Exception as e:
       out[b] = f"{type(e).__name__}: {e}"[:200]
       print(f"vmap B={b}: {out[b]}", flush=True)
@@ -148,7 +135,7 @@ def score_many_modes(ref, gen, n_batches, reps):
       ref.score_many(gens, vectorize=vectorize, batch_size=batch_size).ct
     )
     try:
-      out[name] = median_time(run, max(1, reps // 3)) / n_batches
+      out[name] = warm(run, reps=max(1, reps // 3)) / n_batches
     except Exception as e:
       out[name] = f"{type(e).__name__}: {e}"[:200]
       print(f"score_many {name}: {out[name]}", flush=True)
