@@ -331,6 +331,28 @@ def _aligned_padded(x: np.ndarray, shape) -> np.ndarray:
   return buf
 
 
+def _is_device_input(x) -> bool:
+  """Whether ``x`` is a device array or a non-empty sequence of them."""
+  if isinstance(x, jax.Array):
+    return True
+  return (
+    isinstance(x, (list, tuple))
+    and bool(x)
+    and all(isinstance(a, jax.Array) for a in x)
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "layer_major"))
+def _device_padded(part, *, shape, layer_major):
+  """A chunk of device batches ``part [b, L, m, D]`` zero-padded, on its
+  device, to ``shape`` (``[L', c, m_pad, D]`` after moving the layer axis
+  first when ``layer_major``, else ``[c, L, m_pad, D]``). A small program
+  of its own, so that the score's program sees one chunk shape."""
+  if layer_major:
+    part = jnp.transpose(part, (1, 0, 2, 3))
+  return jnp.pad(part, [(0, s - n) for s, n in zip(shape, part.shape)])
+
+
 def _host_padded(gen, m_pad, n_layers_pad=None):
   """``gen [L, m, D]`` (NumPy) zero-padded to ``[L', m_pad, D]`` (L' =
   ``n_layers_pad``, default L) with at most one host copy, into a fresh
@@ -1001,7 +1023,8 @@ class CTReference:
 
   def _gens_list(self, gens) -> list:
     """List-form batches: L arrays ``[B, m, D_l]`` (or B lists of L
-    ``[m, D_l]``) -> L host arrays ``[B, m, D_l]``."""
+    ``[m, D_l]``) -> L arrays ``[B, m, D_l]`` (device arrays stay on their
+    device)."""
     if (
       isinstance(gens, (list, tuple))
       and gens
@@ -1009,8 +1032,7 @@ class CTReference:
     ):
       batches = [self._gen_list(b) for b in gens]
       gens = [
-        np.stack([np.asarray(b[l]) for b in batches])
-        for l in range(self.n_layers)
+        _stack_list([b[l] for b in batches]) for l in range(self.n_layers)
       ]
     if not isinstance(gens, (list, tuple)) or any(
       np.ndim(g) != 3 for g in gens
@@ -1020,7 +1042,7 @@ class CTReference:
         f"be a list of {self.n_layers} arrays [batches, m, D_l] (or a list "
         "of batches, each a list of [m, D_l])"
       )
-    gens = [np.asarray(g) for g in gens]
+    gens = [g if isinstance(g, jax.Array) else np.asarray(g) for g in gens]
     _check_layer_list("gens", gens, self.widths, self.layer_names, 1)
     return gens
 
@@ -1229,11 +1251,15 @@ class CTReference:
     The batches go to the device in chunks of ``c`` (a power of two at most
     ``batch_size``, or what ``memory_budget`` allows), each scored by one
     vmapped, compiled call; the last chunk is padded, so the number of
-    compilations does not grow with B.
+    compilations does not grow with B. Chunk i+1 is padded and sent while
+    chunk i is scored, so two chunks are held at once.
 
     Args:
       gens: ``[B, L, m, D]`` generated embeddings (or a sequence of B
-        ``[L, m, D]`` arrays); held on the host while chunked.
+        ``[L, m, D]`` arrays). A NumPy array stays on the host and goes to
+        the device a chunk at a time; a device array (`jax.Array`, e.g.
+        embeddings computed on a GPU) is chunked and padded where it lies,
+        never copied to the host.
       tau: as in `score` (one τ for every batch).
       memory_budget: device bytes for one chunk (default 1 GiB).
       batch_size: batches per chunk (overrides ``memory_budget``).
@@ -1264,21 +1290,24 @@ class CTReference:
       )
       return _merge_results(
         [
-          sub.score_many(np.stack([gens[l] for l in g], axis=1), **kw)
+          sub.score_many(_stack_list([gens[l] for l in g], axis=1), **kw)
           for g, sub in self._parts()
         ],
         self.groups,
         axis=1,
       )
+    on_dev = _is_device_input(gens)
     if isinstance(gens, (list, tuple)):
-      gens = np.stack([np.asarray(g) for g in gens])
-    gens = np.asarray(gens)
+      gens = (
+        jnp.stack(gens) if on_dev else np.stack([np.asarray(g) for g in gens])
+      )
+    gens = gens if on_dev else np.asarray(gens)
     if gens.ndim != 4 or gens.shape[1] != self.n_layers:
       raise ValueError(
         f"gens must be [batches, layers={self.n_layers}, points, dims], got "
         f"shape {gens.shape}"
       )
-    if not np.issubdtype(gens.dtype, np.floating):
+    if not jnp.issubdtype(gens.dtype, jnp.floating):
       gens = gens.astype(np.float32)
     m = self._check_gen(gens)
     n_batches = gens.shape[0]
@@ -1309,16 +1338,21 @@ class CTReference:
     n_layers_pad = (
       n_layers if split is None else sharding.padded_layers(n_layers, split)
     )
-    for start in range(0, n_batches, chunk):
+    if mode == "merge":  # layer-major [L', c, m, D]
+      shape = (n_layers_pad, chunk, m_pad, self.dim)
+    else:
+      shape = (chunk, n_layers, m_pad, self.dim)
+
+    def dispatch(start):
+      """Pads chunk ``start`` and starts its (asynchronous) score."""
       part = gens[start : start + chunk]
       b = part.shape[0]
-      if mode == "merge":  # layer-major [L, c, m, D]
-        buf = _aligned_padded(
-          part.transpose(1, 0, 2, 3),
-          (n_layers_pad, chunk, m_pad, self.dim),
-        )
+      if on_dev:  # padded (and transposed) on its device, no host copy
+        buf = _device_padded(part, shape=shape, layer_major=mode == "merge")
+      elif mode == "merge":
+        buf = _aligned_padded(part.transpose(1, 0, 2, 3), shape)
       else:
-        buf = _aligned_padded(part, (chunk, n_layers, m_pad, self.dim))
+        buf = _aligned_padded(part, shape)
       valid = np.zeros((chunk, m_pad), bool)
       valid[:b, :m] = True
       if split is not None:
@@ -1341,7 +1375,14 @@ class CTReference:
           mode=mode,
           **tiles,
         )
-      finite = np.asarray(finite)[:b]
+      if on_device:
+        out = (out.u2, out.n_gen)
+      return start, b, finite, out
+
+    def collect(start, b, finite, out):
+      """Waits for a dispatched chunk; checks it and keeps its sums."""
+      finite, out = jax.device_get((finite, out))
+      finite = finite[:b]
       if not finite.all():
         i, bad = np.flatnonzero(~finite.all(axis=1))[0], ~finite
         layers = [self.layer_names[l] for l in np.flatnonzero(bad[i])]
@@ -1350,16 +1391,26 @@ class CTReference:
           f"{', '.join(layers)}"
         )
       if on_device:
-        u2s.append(np.asarray(out.u2)[:b])
-        n_gens.append(np.asarray(out.n_gen)[:b])
+        u2s.append(out[0][:b])
+        n_gens.append(out[1][:b])
       else:
-        tu, cells = (np.asarray(x)[:b, :, :m] for x in out)
+        tu, cells = (x[:b, :, :m] for x in out)
         u2s.append(mannwhitney.cell_sums(tu, cells, k))
         n_gens.append(
           np.apply_along_axis(
             lambda c: np.bincount(c, minlength=k)[:k], -1, cells
           )
         )
+
+    # Chunk i+1 is padded and sent while chunk i is scored (the device runs
+    # asynchronously); at most two chunks are held at once.
+    pending = None
+    for start in range(0, n_batches, chunk):
+      running = dispatch(start)
+      if pending is not None:
+        collect(*pending)
+      pending = running
+    collect(*pending)
     u2 = np.concatenate(u2s).reshape(-1, k)
     n_gen = np.concatenate(n_gens).reshape(-1, k)
     names = [

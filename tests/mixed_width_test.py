@@ -1,6 +1,7 @@
 """Layers of different widths (ResNet, Swin) through embed, CTReference and
 the fingerprint library: the list form ``[[N, D_l] for each layer]``."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -284,6 +285,9 @@ def test_score_many_save_load_identity(layered, mixed_ref, tmp_path):
   # Per-layer [B, m, D_l] arrays give the same.
   per_layer = [np.stack([g[l] for g in gens]) for l in range(len(WIDTHS))]
   np.testing.assert_array_equal(ref.score_many(per_layer, tau=TAU).ct, many.ct)
+  # ... and so do the same arrays on the device.
+  on_device = [jax.device_put(x) for x in per_layer]
+  np.testing.assert_array_equal(ref.score_many(on_device, tau=TAU).ct, many.ct)
   path = tmp_path / "ref.npz"
   ref.save(path)
   back = ctjax.CTReference.load(path)

@@ -134,6 +134,61 @@ def test_score_many_compiles_once_per_chunk_shape(case, monkeypatch):
   assert len(traces) == 1
 
 
+@pytest.mark.parametrize("vectorize", [None, True])
+def test_score_many_of_device_batches_stays_on_device(
+  case, vectorize, monkeypatch
+):
+  """A device array is chunked and padded where it lies: the same result as
+  the NumPy batches, and ctjax.reference hands no device array of the
+  batches' shape to NumPy (only the small per-cell sums come back)."""
+  from ctjax import reference  # pylint: disable=g-import-not-at-top
+
+  ref, gens = case
+  want = ref.score_many(gens, batch_size=2, vectorize=vectorize)
+  on_device = jax.device_put(gens)
+  copied = []
+
+  class WatchedNumPy:
+    def __getattr__(self, name):
+      fn = getattr(np, name)
+      if name not in ("asarray", "array", "stack", "ascontiguousarray"):
+        return fn
+
+      def watched(x, *a, **k):
+        for y in x if isinstance(x, (list, tuple)) else [x]:
+          if isinstance(y, jax.Array):
+            copied.append(y.shape)
+        return fn(x, *a, **k)
+
+      return watched
+
+  monkeypatch.setattr(reference, "np", WatchedNumPy())
+  got = ref.score_many(on_device, batch_size=2, vectorize=vectorize)
+  as_list = ref.score_many(list(on_device), batch_size=4, vectorize=vectorize)
+  assert not [s for s in copied if s[-2:] in ((m, D), (256, D))], copied
+  for res in (got, as_list):
+    for name in ("ct", "z", "u", "n_gen", "included"):
+      np.testing.assert_array_equal(
+        getattr(res, name), getattr(want, name), err_msg=name
+      )
+
+
+def test_score_many_device_batches_compile_the_score_once(case, monkeypatch):
+  ref, gens = case
+  traces = []
+  inner = scoring.score_merged
+
+  def counting(*a, **k):
+    traces.append(1)
+    return inner(*a, **k)
+
+  monkeypatch.setattr(scoring, "score_merged", counting)
+  on_device = jax.device_put(np.concatenate([gens, gens])[:, :, :120])
+  for b in (5, 3, 4, 10):  # chunks of 4, the last one 1 to 4 batches
+    ref.score_many(on_device[:b], batch_size=4)
+  assert len(traces) == 1
+
+
 def test_score_many_names_bad_batch(case):
   ref, gens = case
   bad = gens.copy()
