@@ -1347,12 +1347,12 @@ class CTReference:
       """Pads chunk ``start`` and starts its (asynchronous) score."""
       part = gens[start : start + chunk]
       b = part.shape[0]
-      if on_dev:  # padded (and transposed) on its device, no host copy
-        buf = _device_padded(part, shape=shape, layer_major=mode == "merge")
-      elif mode == "merge":
-        buf = _aligned_padded(part.transpose(1, 0, 2, 3), shape)
-      else:
-        buf = _aligned_padded(part, shape)
+      # Padded (and transposed) on the device: a host copy into a fresh
+      # buffer cost more (CPU, L = 13, 16 batches: 130 against 102 ms a
+      # batch, same process), and a device array never leaves its device.
+      buf = _device_padded(
+        jax.device_put(part), shape=shape, layer_major=mode == "merge"
+      )
       valid = np.zeros((chunk, m_pad), bool)
       valid[:b, :m] = True
       if split is not None:
