@@ -783,7 +783,8 @@ def main():
       continue
     ra = f"{t_a / sec:6.1f}x" if t_a else "      -"
     # The 2-device rows are against the (b) of their own subprocess.
-    b = two["b"] if two is not None and "device" in name else t_b
+    two_dev = "2-device" in name or "2 devices" in name or "2 host" in name
+    b = two["b"] if two is not None and two_dev else t_b
     rb = f"{b / sec:6.1f}x"
     if name.startswith("  of which"):  # parts of the row above: no ratios
       ra = rb = "      -"

@@ -58,14 +58,33 @@ def host_phases(ref, gen, reps):
   compiled = lambda: ref_lib._score_finite(
     ref.fitted, on_device, valid_d, tau, **tiles
   )
-  return {
+  unpadded = jax.device_put(gen)
+  shape = (gen.shape[0], m_pad, gen.shape[2])
+  out = {
     "host padding copy": warm(
       lambda: ref_lib._host_padded(gen, m_pad), reps=reps
     ),
     "host-to-device transfer": warm(lambda: jax.device_put(padded), reps=reps),
+    "host-to-device transfer, unpadded": warm(
+      lambda: jax.device_put(gen), reps=reps
+    ),
+    "padding on the device": warm(
+      lambda: ref_lib._device_padded(unpadded, shape=shape, layer_major=False),
+      reps=reps,
+    ),
     "compiled score, input on the device": warm(compiled, reps=reps),
-    "whole CTReference.score": warm(lambda: ref.score(gen).ct, reps=reps),
   }
+  # The whole call with the batch padded on each side (`PAD_BATCH`).
+  default = ref_lib.PAD_BATCH
+  try:
+    for where in ("host", "device"):
+      ref_lib.PAD_BATCH = where
+      out[f"whole CTReference.score, padded on the {where}"] = warm(
+        lambda: ref.score(gen).ct, reps=reps
+      )
+  finally:
+    ref_lib.PAD_BATCH = default
+  return out
 
 
 def knob_grid(ref, gen, want_u2, reps, n_train):

@@ -44,6 +44,9 @@ DEFAULT_COMPONENTS = fitted_lib.DEFAULT_COMPONENTS
 ROW_BUCKET = 128
 # Device bytes one `score_many` chunk may use unless told otherwise.
 DEFAULT_MEMORY_BUDGET = 1 << 30
+# Where `CTReference.score` pads a NumPy batch (`_batch_to_device`): "auto"
+# (the host on a CPU, the device elsewhere), "host" or "device".
+PAD_BATCH = "auto"
 
 
 def _fit_staged(pca, fit, pt, test, *, config, mesh):
@@ -364,6 +367,28 @@ def _host_padded(gen, m_pad, n_layers_pad=None):
   if m == m_pad and n_layers == n_layers_pad:
     return gen
   return _aligned_padded(gen, (n_layers_pad, m_pad, dim))
+
+
+def _batch_to_device(gen, m_pad, n_layers_pad=None):
+  """NumPy ``gen [L, m, D]`` zero-padded to ``[L', m_pad, D]`` on the device.
+
+  On a CPU: one host copy into an aligned buffer that the device uses in
+  place (`_host_padded`; padding there cost as much again). On an
+  accelerator the unpadded batch is sent and padded where it lands, so the
+  host makes no copy (a fresh 20 MB host buffer per batch was part of the
+  H200's 13 ms warm batch against the pure score's 4 ms; this split is
+  timed by ``benchmarks/engine_knobs.py``, not yet on a GPU).
+  """
+  n_layers, _, dim = gen.shape
+  n_layers_pad = n_layers if n_layers_pad is None else n_layers_pad
+  where = PAD_BATCH
+  if where == "auto":
+    where = "host" if jax.default_backend() == "cpu" else "device"
+  if where == "host":
+    return jax.device_put(_host_padded(gen, m_pad, n_layers_pad))
+  return _device_padded(
+    jax.device_put(gen), shape=(n_layers_pad, m_pad, dim), layer_major=False
+  )
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -1163,12 +1188,12 @@ class CTReference:
     if host:
       valid = np.arange(m_pad) < m
       if split is None:
-        gen = jax.device_put(_host_padded(gen, m_pad))
+        gen = _batch_to_device(gen, m_pad)
         finite, out = _score_finite(f, gen, valid, tau, **tiles)
       else:
         n_layers = self.n_layers
         gen = jax.device_put(
-          _host_padded(gen, m_pad, sharding.padded_layers(n_layers, split)),
+          _batch_to_device(gen, m_pad, sharding.padded_layers(n_layers, split)),
           NamedSharding(split, P(sharding.LAYERS)),
         )
         finite, out = _split_score(split, tuple(sorted(tiles.items())))(

@@ -83,9 +83,15 @@ def test_engine_knobs_phases_and_throughput(small):
   assert set(phases) == {
     "host padding copy",
     "host-to-device transfer",
+    "host-to-device transfer, unpadded",
+    "padding on the device",
     "compiled score, input on the device",
-    "whole CTReference.score",
+    "whole CTReference.score, padded on the host",
+    "whole CTReference.score, padded on the device",
   }
+  from ctjax import reference  # pylint: disable=g-import-not-at-top
+
+  assert reference.PAD_BATCH == "auto"  # restored
   assert all(v > 0 for v in phases.values())
   out = knobs.vmap_throughput(ref, gen, [2], reps=1)
   assert out[2] > 0

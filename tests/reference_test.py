@@ -106,6 +106,35 @@ def test_padded_batches_equal_unpadded(fitted):
   np.testing.assert_array_equal(full.n_gen.sum(1), [150] * L)
 
 
+@pytest.mark.parametrize("where", ["host", "device"])
+def test_batch_padded_on_host_or_device_scores_the_same(
+  fitted, where, monkeypatch
+):
+  """`score` pads a NumPy batch on the host on a CPU and on the device on an
+  accelerator (`reference.PAD_BATCH`): both pad with zeros, so the same
+  neighbours and 2U, and a NaN is still named by layer."""
+  from ctjax import reference  # pylint: disable=g-import-not-at-top
+
+  ref, _, _, gen = fitted
+  want = ref.score(gen[:, :150], tau=0.05, return_neighbors=True)
+  monkeypatch.setattr(reference, "PAD_BATCH", where)
+  got = ref.score(gen[:, :150], tau=0.05, return_neighbors=True)
+  np.testing.assert_array_equal(got.u, want.u)
+  np.testing.assert_array_equal(got.n_gen, want.n_gen)
+  np.testing.assert_array_equal(
+    got.neighbors.gen_index, want.neighbors.gen_index
+  )
+  bad = gen[:, :150].copy()
+  bad[1, 3, 0] = np.inf
+  with pytest.raises(ValueError, match=r"gen has NaN or Inf.*layer\(s\) 1"):
+    ref.score(bad)
+  # the device path's padded shape: [L, m_pad, D] zeros past the batch
+  padded = reference._batch_to_device(gen[:, :150], 256)  # pylint: disable=protected-access
+  assert padded.shape == (L, 256, gen.shape[-1])
+  np.testing.assert_array_equal(np.asarray(padded)[:, :150], gen[:, :150])
+  assert not np.asarray(padded)[:, 150:].any()
+
+
 def test_save_load_round_trip(fitted, tmp_path):
   ref, _, _, gen = fitted
   path = tmp_path / "ref.npz"
