@@ -373,11 +373,12 @@ def _batch_to_device(gen, m_pad, n_layers_pad=None):
   """NumPy ``gen [L, m, D]`` zero-padded to ``[L', m_pad, D]`` on the device.
 
   On a CPU: one host copy into an aligned buffer that the device uses in
-  place (`_host_padded`; padding there cost as much again). On an
+  place (`_host_padded`; padding on the device measured level with it). On an
   accelerator the unpadded batch is sent and padded where it lands, so the
-  host makes no copy (a fresh 20 MB host buffer per batch was part of the
-  H200's 13 ms warm batch against the pure score's 4 ms; this split is
-  timed by ``benchmarks/engine_knobs.py``, not yet on a GPU).
+  host makes no copy (on an H200 the warm batch took 13 ms against the
+  compiled score's 4 ms, the rest outside it: the padding copy, transfer
+  and checks, not timed apart; ``benchmarks/engine_knobs.py`` times both
+  ways, not yet run on a GPU).
   """
   n_layers, _, dim = gen.shape
   n_layers_pad = n_layers if n_layers_pad is None else n_layers_pad
