@@ -1181,9 +1181,11 @@ class CTReference:
     if n_bootstrap:
       bootstrap_lib.check_sizes(self.n_test, m)  # before the search
     u2 = n_gen = None
-    # The common case, a NumPy batch: one host copy (padding), the finite
-    # check fused into the score (a bad batch raises once it is scored), on
-    # one device or with the layers split between the local devices.
+    # The common case, a NumPy batch: padded on its way to the device
+    # (`_batch_to_device`: one host copy on a CPU, none elsewhere), the
+    # finite check fused into the score (a bad batch raises once it is
+    # scored), on one device or with the layers split between the local
+    # devices.
     host = mesh is None and on_device and not isinstance(gen, jax.Array)
     split = self._layer_mesh(split_layers) if host else None
     if host:

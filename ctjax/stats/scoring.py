@@ -388,8 +388,8 @@ def merged_parts(fitted: fitted_lib.Fitted, gens, valid, **kw):
 
   Args:
     fitted: the reference.
-    gens: ``[L, c, m, D]`` generated embeddings (layer-major: the host lays
-      the batches out so, and no device transpose is needed).
+    gens: ``[L, c, m, D]`` generated embeddings, layer-major (`score_many`
+      transposes each chunk so on the device, beside its padding).
     valid: ``[c, m]`` bool, rows to score.
     **kw: as `query_parts`.
 
