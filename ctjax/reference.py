@@ -1273,6 +1273,7 @@ class CTReference:
     search: str | None = None,
     vectorize: bool | None = None,
     split_layers: bool | None = None,
+    progress: bool | None = None,
   ) -> ct_lib.CTResult:
     """C_T of B generated batches of the same size, in one call.
 
@@ -1297,6 +1298,8 @@ class CTReference:
         backend); ``True`` scores the batches with `jax.vmap`, ``False``
         one after another (`lax.map`). The result is the same.
       split_layers: as in `score` (with the default ``vectorize``).
+      progress: a tqdm progress bar over the batches; ``None`` (default)
+        shows one when there are at least 4 chunks.
 
     Returns:
       A `CTResult` whose fields have a leading batch axis: ``ct [B, L]``,
@@ -1315,6 +1318,7 @@ class CTReference:
         search=search,
         vectorize=vectorize,
         split_layers=split_layers,
+        progress=progress,
       )
       return _merge_results(
         [
@@ -1410,6 +1414,7 @@ class CTReference:
     def collect(start, b, finite, out):
       """Waits for a dispatched chunk; checks it and keeps its sums."""
       finite, out = jax.device_get((finite, out))
+      bar.update(b)
       finite = finite[:b]
       if not finite.all():
         i, bad = np.flatnonzero(~finite.all(axis=1))[0], ~finite
@@ -1432,13 +1437,23 @@ class CTReference:
 
     # Chunk i+1 is padded and sent while chunk i is scored (the device runs
     # asynchronously); at most two chunks are held at once.
-    pending = None
-    for start in range(0, n_batches, chunk):
-      running = dispatch(start)
-      if pending is not None:
-        collect(*pending)
-      pending = running
-    collect(*pending)
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+    n_chunks = -(-n_batches // chunk)
+    with tqdm(
+      total=n_batches,
+      desc="score_many",
+      unit="batch",
+      disable=not progress if progress is not None else n_chunks < 4,
+      leave=False,
+    ) as bar:
+      pending = None
+      for start in range(0, n_batches, chunk):
+        running = dispatch(start)
+        if pending is not None:
+          collect(*pending)
+        pending = running
+      collect(*pending)
     u2 = np.concatenate(u2s).reshape(-1, k)
     n_gen = np.concatenate(n_gens).reshape(-1, k)
     names = [

@@ -189,6 +189,16 @@ def test_score_many_device_batches_compile_the_score_once(case, monkeypatch):
   assert len(traces) == 1
 
 
+def test_score_many_progress_bar(case, capsys):
+  ref, gens = case
+  ref.score_many(gens, batch_size=1, progress=True)  # 5 chunks
+  err = capsys.readouterr().err
+  assert "score_many" in err and "/5 [" in err, err
+  ref.score_many(gens, batch_size=2)  # 3 chunks: none by default
+  ref.score_many(gens, batch_size=1, progress=False)
+  assert "score_many" not in capsys.readouterr().err
+
+
 def test_score_many_names_bad_batch(case):
   ref, gens = case
   bad = gens.copy()
