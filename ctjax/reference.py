@@ -47,6 +47,11 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 # Where `CTReference.score` pads a NumPy batch (`_batch_to_device`): "auto"
 # (the host on a CPU, the device elsewhere), "host" or "device".
 PAD_BATCH = "auto"
+# Programs `CTReference.score` runs at once on a single CPU device, each
+# scoring a group of layers from its own thread: "auto" (one per host core,
+# at most one per layer; one program on an accelerator or with several local
+# devices, which split the layers instead), or an int (1: one program).
+SCORE_THREADS = "auto"
 
 
 def _fit_staged(pca, fit, pt, test, *, config, mesh):
@@ -1190,7 +1195,12 @@ class CTReference:
     split = self._layer_mesh(split_layers) if host else None
     if host:
       valid = np.arange(m_pad) < m
-      if split is None:
+      groups = self._score_groups() if split is None else None
+      if groups is not None:
+        finite, out = self._score_in_threads(
+          groups, _host_padded(gen, m_pad), valid, tau, tiles
+        )
+      elif split is None:
         gen = _batch_to_device(gen, m_pad)
         finite, out = _score_finite(f, gen, valid, tau, **tiles)
       else:
@@ -1485,6 +1495,63 @@ class CTReference:
           "n_gen",
         )
       },
+    )
+
+  def _score_groups(self) -> list[tuple[int, int]] | None:
+    """The layer groups `score` runs as concurrent programs (`SCORE_THREADS`;
+    `threads.layer_groups`), or None for one program."""
+    n = SCORE_THREADS
+    if n == "auto":
+      if jax.default_backend() != "cpu" or jax.local_device_count() > 1:
+        return None
+      n = threads.host_cores()
+    n = min(int(n), self.n_layers)
+    return threads.layer_groups(self.n_layers, n) if n > 1 else None
+
+  def _score_in_threads(self, groups, padded, valid, tau, tiles):
+    """`_score_finite` of each layer group of the host batch ``padded
+    [L, m_pad, D]``, one thread each, merged to the outputs of one call.
+
+    Every group has the same shape (`threads.layer_groups`), so one program
+    serves them all; it is compiled by a first call that runs the groups one
+    after another (two threads would compile it twice).
+    """
+    cache = self.__dict__.setdefault("_group_fitteds", {})
+    key = tuple(groups)
+    if key not in cache:
+      cache[key] = [
+        jax.tree_util.tree_map(lambda x, s=s, e=e: x[s:e], self.fitted)
+        for s, e in groups
+      ]
+    parts = cache[key]
+
+    def one(i):
+      start, stop = groups[i]
+      return jax.block_until_ready(
+        _score_finite(
+          parts[i], jax.device_put(padded[start:stop]), valid, tau, **tiles
+        )
+      )
+
+    shapes = self.__dict__.setdefault("_threaded_shapes", set())
+    shape = (key, padded.shape, tuple(sorted(tiles.items())))
+    if shape in shapes:
+      res = threads.run_concurrently(
+        [functools.partial(one, i) for i in range(len(groups))]
+      )
+    else:
+      res = [one(i) for i in range(len(groups))]
+      shapes.add(shape)
+    # Each layer's result from the first group that holds it.
+    pieces, done = [], 0
+    for (start, stop), r in zip(groups, res):
+      pieces.append((r, done - start, stop - start))
+      done = stop
+    return jax.tree_util.tree_map(
+      lambda *xs: jnp.concatenate(
+        [x[lo:hi] for x, (_, lo, hi) in zip(xs, pieces)]
+      ),
+      *[r for r, _, _ in pieces],
     )
 
   def _layer_mesh(self, split_layers: bool | None):

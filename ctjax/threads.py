@@ -1,6 +1,10 @@
-"""Thread limits for host BLAS/LAPACK calls."""
+"""Host threads: limits for BLAS/LAPACK calls, and layer groups scored by
+concurrent programs on one CPU device."""
 
+import concurrent.futures
 import contextlib
+import functools
+import os
 
 
 def _load_jax_lapack():
@@ -35,3 +39,54 @@ def one_blas_thread():
   _load_jax_lapack()
   with threadpool_limits(limits=1, user_api="blas"):
     yield
+
+
+def host_cores() -> int:
+  """Cores this process may run on (its CPU affinity where known)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def layer_groups(n_layers: int, n_groups: int) -> list[tuple[int, int]]:
+  """``n_groups`` contiguous layer ranges ``(start, stop)`` of equal length
+  S = ceil(L / n_groups) covering ``range(n_layers)``; the last ones are
+  moved back to end at L, so they may overlap the one before (those layers
+  are scored twice, their second result dropped) and every group has the
+  same shape, hence one compiled program."""
+  n_groups = max(1, min(n_groups, n_layers))
+  size = -(-n_layers // n_groups)
+  starts = sorted({min(i * size, n_layers - size) for i in range(n_groups)})
+  return [(s, s + size) for s in starts]
+
+
+def owner(groups: list[tuple[int, int]], layer: int) -> tuple[int, int]:
+  """(group, position in it) whose result layer ``layer`` takes: the first
+  group holding it."""
+  for i, (start, stop) in enumerate(groups):
+    if start <= layer < stop:
+      return i, layer - start
+  raise ValueError(f"layer {layer} is in no group {groups}")
+
+
+@functools.cache
+def _pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(
+    max_workers=n, thread_name_prefix="ctjax-layers"
+  )
+
+
+def run_concurrently(fns):
+  """Calls every function of ``fns`` in its own pool thread and returns
+  their results in order (the first exception raised, if any).
+
+  XLA:CPU runs one program of small operations (the search's tiles) on
+  about one core, and two programs dispatched from one thread run one
+  after the other; dispatched from two threads, they run at once.
+  """
+  fns = list(fns)
+  if len(fns) == 1:
+    return [fns[0]()]
+  futures = [_pool(len(fns)).submit(f) for f in fns]
+  return [f.result() for f in futures]

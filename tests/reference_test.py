@@ -135,6 +135,51 @@ def test_batch_padded_on_host_or_device_scores_the_same(
   assert not np.asarray(padded)[:, 150:].any()
 
 
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_layer_groups_in_threads_score_the_same(fitted, n_threads, monkeypatch):
+  """`score` on one CPU device runs layer groups as concurrent programs
+  (`reference.SCORE_THREADS`): the same result as one program, neighbours
+  and bootstrap included, and a NaN is named by its layer."""
+  from ctjax import reference  # pylint: disable=g-import-not-at-top
+  from ctjax import threads  # pylint: disable=g-import-not-at-top
+
+  ref, _, _, gen = fitted
+  kw = dict(tau=0.05, return_neighbors=True, n_bootstrap=20, seed=1)
+  monkeypatch.setattr(reference, "SCORE_THREADS", 1)
+  assert ref._score_groups() is None  # pylint: disable=protected-access
+  want = ref.score(gen, **kw)
+  monkeypatch.setattr(reference, "SCORE_THREADS", n_threads)
+  groups = ref._score_groups()  # pylint: disable=protected-access
+  assert groups == threads.layer_groups(L, n_threads) and len(groups) > 1
+  for _ in range(2):  # the first call compiles, the second runs threaded
+    got = ref.score(gen, **kw)
+    for name in ("u", "n_gen", "ct", "ct_boot"):
+      np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    for name in ("gen_index", "gen_dist", "gen_cells"):
+      np.testing.assert_array_equal(
+        getattr(got.neighbors, name), getattr(want.neighbors, name)
+      )
+  bad = gen.copy()
+  bad[L - 1, 4, 0] = np.nan
+  with pytest.raises(ValueError, match=rf"layer\(s\) {L - 1}$"):
+    ref.score(bad)
+
+
+def test_layer_groups_cover_every_layer_once_with_one_shape():
+  from ctjax import threads  # pylint: disable=g-import-not-at-top
+
+  for n_layers in range(1, 15):
+    for n in range(1, 18):
+      groups = threads.layer_groups(n_layers, n)
+      sizes = {stop - start for start, stop in groups}
+      assert len(sizes) == 1 and 1 <= len(groups) <= min(n, n_layers)
+      assert groups[0][0] == 0 and groups[-1][1] == n_layers
+      owners = [threads.owner(groups, l) for l in range(n_layers)]
+      assert all(groups[g][0] + p == l for l, (g, p) in enumerate(owners))
+  assert threads.layer_groups(13, 2) == [(0, 7), (6, 13)]
+  assert threads.layer_groups(3, 1) == [(0, 3)]
+
+
 def test_save_load_round_trip(fitted, tmp_path):
   ref, _, _, gen = fitted
   path = tmp_path / "ref.npz"
