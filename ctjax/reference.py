@@ -397,6 +397,15 @@ def _batch_to_device(gen, m_pad, n_layers_pad=None):
   )
 
 
+@functools.partial(jax.jit, static_argnames=("groups",))
+def _slice_groups(fitted, *, groups):
+  """``fitted`` cut into the layer ranges ``groups`` (one program)."""
+  return [
+    jax.tree_util.tree_map(lambda x, s=s, e=e: x[s:e], fitted)
+    for s, e in groups
+  ]
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _score_finite(fitted, gen, valid, tau, **kw):
   """`stats.scoring.score_detailed` and the finite flags ``[L]`` of ``gen``
@@ -1385,10 +1394,44 @@ class CTReference:
     else:
       shape = (chunk, n_layers, m_pad, self.dim)
 
+    # On one CPU device, the layer groups of a chunk are scored by
+    # concurrent programs, one thread each (`SCORE_THREADS`).
+    groups = None
+    if mode == "merge" and on_device and split is None:
+      groups = self._score_groups()
+    if groups is not None:
+      parts = self._group_fitted(groups)
+      size = groups[0][1] - groups[0][0]
+      group_shape = (size, chunk, m_pad, self.dim)
+
+    def group_task(part, valid, i):
+      start, stop = groups[i]
+      buf = _device_padded(
+        jax.device_put(part[:, start:stop]),
+        shape=group_shape,
+        layer_major=True,
+      )
+      finite, out = _score_chunk(
+        parts[i], buf, valid, tau, on_device=True, mode="merge", **tiles
+      )
+      return jax.device_get((finite, (out.u2, out.n_gen)))
+
     def dispatch(start):
       """Pads chunk ``start`` and starts its (asynchronous) score."""
       part = gens[start : start + chunk]
       b = part.shape[0]
+      if groups is not None:
+        valid = np.zeros((chunk, m_pad), bool)
+        valid[:b, :m] = True
+        fns = [
+          functools.partial(group_task, part, valid, i)
+          for i in range(len(groups))
+        ]
+        key = (tuple(groups), group_shape, tuple(sorted(tiles.items())))
+        if self._first_threaded("score_many", *key):
+          done = [f() for f in fns]
+          return start, b, None, done
+        return start, b, None, threads.submit_all(fns)
       # Padded (and transposed) on the device: a host copy into a fresh
       # buffer cost more (CPU, L = 13, 16 batches: 130 against 102 ms a
       # batch, same process), and a device array never leaves its device.
@@ -1423,7 +1466,11 @@ class CTReference:
 
     def collect(start, b, finite, out):
       """Waits for a dispatched chunk; checks it and keeps its sums."""
-      finite, out = jax.device_get((finite, out))
+      if groups is not None:  # out: the groups' results or futures
+        res = [r.result() if hasattr(r, "result") else r for r in out]
+        finite, out = threads.merge_groups(groups, res, axis=1)
+      else:
+        finite, out = jax.device_get((finite, out))
       bar.update(b)
       finite = finite[:b]
       if not finite.all():
@@ -1508,51 +1555,46 @@ class CTReference:
     n = min(int(n), self.n_layers)
     return threads.layer_groups(self.n_layers, n) if n > 1 else None
 
-  def _score_in_threads(self, groups, padded, valid, tau, tiles):
-    """`_score_finite` of each layer group of the host batch ``padded
-    [L, m_pad, D]``, one thread each, merged to the outputs of one call.
-
-    Every group has the same shape (`threads.layer_groups`), so one program
-    serves them all; it is compiled by a first call that runs the groups one
-    after another (two threads would compile it twice).
-    """
+  def _group_fitted(self, groups) -> list:
+    """``self.fitted`` cut into the layer ranges ``groups`` (cached)."""
     cache = self.__dict__.setdefault("_group_fitteds", {})
     key = tuple(groups)
     if key not in cache:
-      cache[key] = [
-        jax.tree_util.tree_map(lambda x, s=s, e=e: x[s:e], self.fitted)
-        for s, e in groups
-      ]
-    parts = cache[key]
+      cache[key] = _slice_groups(self.fitted, groups=key)
+    return cache[key]
+
+  def _first_threaded(self, *key) -> bool:
+    """True the first time ``key`` (a program's shapes) is seen: that call
+    runs its groups one after another, compiling the program once (two
+    threads would compile it twice)."""
+    seen = self.__dict__.setdefault("_threaded_shapes", set())
+    if key in seen:
+      return False
+    seen.add(key)
+    return True
+
+  def _score_in_threads(self, groups, padded, valid, tau, tiles):
+    """`_score_finite` of each layer group of the host batch ``padded
+    [L, m_pad, D]``, one thread each, merged (on the host) to the outputs
+    of one call. Every group has the same shape (`threads.layer_groups`),
+    so one program serves them all."""
+    parts = self._group_fitted(groups)
 
     def one(i):
       start, stop = groups[i]
-      return jax.block_until_ready(
+      return jax.device_get(
         _score_finite(
           parts[i], jax.device_put(padded[start:stop]), valid, tau, **tiles
         )
       )
 
-    shapes = self.__dict__.setdefault("_threaded_shapes", set())
-    shape = (key, padded.shape, tuple(sorted(tiles.items())))
-    if shape in shapes:
-      res = threads.run_concurrently(
-        [functools.partial(one, i) for i in range(len(groups))]
-      )
+    fns = [functools.partial(one, i) for i in range(len(groups))]
+    key = (tuple(groups), padded.shape, tuple(sorted(tiles.items())))
+    if self._first_threaded("score", *key):
+      res = [f() for f in fns]
     else:
-      res = [one(i) for i in range(len(groups))]
-      shapes.add(shape)
-    # Each layer's result from the first group that holds it.
-    pieces, done = [], 0
-    for (start, stop), r in zip(groups, res):
-      pieces.append((r, done - start, stop - start))
-      done = stop
-    return jax.tree_util.tree_map(
-      lambda *xs: jnp.concatenate(
-        [x[lo:hi] for x, (_, lo, hi) in zip(xs, pieces)]
-      ),
-      *[r for r, _, _ in pieces],
-    )
+      res = threads.run_concurrently(fns)
+    return threads.merge_groups(groups, res)
 
   def _layer_mesh(self, split_layers: bool | None):
     """The mesh `score` splits the layers over (None: one device)."""

@@ -6,6 +6,9 @@ import contextlib
 import functools
 import os
 
+import jax
+import numpy as np
+
 
 def _load_jax_lapack():
   """Loads the LAPACK that XLA's CPU linear algebra (eigh) calls: SciPy's
@@ -77,16 +80,41 @@ def _pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
   )
 
 
-def run_concurrently(fns):
-  """Calls every function of ``fns`` in its own pool thread and returns
-  their results in order (the first exception raised, if any).
+def submit_all(fns) -> list[concurrent.futures.Future]:
+  """Starts every function of ``fns`` in a pool of ``len(fns)`` threads
+  (one pool per size, kept for the process); returns their futures.
 
   XLA:CPU runs one program of small operations (the search's tiles) on
   about one core, and two programs dispatched from one thread run one
   after the other; dispatched from two threads, they run at once.
   """
   fns = list(fns)
-  if len(fns) == 1:
-    return [fns[0]()]
-  futures = [_pool(len(fns)).submit(f) for f in fns]
-  return [f.result() for f in futures]
+  pool = _pool(len(fns))
+  return [pool.submit(f) for f in fns]
+
+
+def run_concurrently(fns) -> list:
+  """`submit_all`, then the results in order (the first exception raised
+  by any, if one is)."""
+  return [f.result() for f in submit_all(fns)]
+
+
+def merge_groups(groups, results, axis: int = 0):
+  """One pytree from per-group results: along ``axis`` (the layer axis of
+  every leaf), each layer's slice is taken from the first group holding it
+  (`layer_groups`). ``results``: pytrees of NumPy arrays, one per group."""
+  ranges, done = [], 0
+  for start, stop in groups:
+    ranges.append((done - start, stop - start))
+    done = stop
+
+  def merge(*xs):
+    return np.concatenate(
+      [
+        np.take(x, np.arange(lo, hi), axis=axis)
+        for x, (lo, hi) in zip(xs, ranges)
+      ],
+      axis=axis,
+    )
+
+  return jax.tree_util.tree_map(merge, *results)

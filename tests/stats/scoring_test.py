@@ -199,6 +199,32 @@ def test_score_many_progress_bar(case, capsys):
   assert "score_many" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_score_many_layer_groups_in_threads(case, n_threads, monkeypatch):
+  """On one CPU device the layer groups of a chunk run as concurrent
+  programs (`reference.SCORE_THREADS`): the same result as one program,
+  for NumPy and device batches, and a NaN is named by batch and layer."""
+  from ctjax import reference  # pylint: disable=g-import-not-at-top
+
+  ref, gens = case
+  monkeypatch.setattr(reference, "SCORE_THREADS", 1)
+  want = ref.score_many(gens, batch_size=2)
+  monkeypatch.setattr(reference, "SCORE_THREADS", n_threads)
+  assert len(ref._score_groups()) > 1  # pylint: disable=protected-access
+  for g in (gens, gens, jax.device_put(gens)):  # the first call compiles
+    got = ref.score_many(g, batch_size=2)
+    for name in ("ct", "z", "u", "n_gen", "included"):
+      np.testing.assert_array_equal(
+        getattr(got, name), getattr(want, name), err_msg=name
+      )
+  bad = gens.copy()
+  bad[3, L - 1, 0, 0] = np.inf
+  with pytest.raises(
+    ValueError, match=rf"gens\[3\] has NaN.*layer\(s\) {L - 1}$"
+  ):
+    ref.score_many(bad, batch_size=2)
+
+
 def test_score_many_names_bad_batch(case):
   ref, gens = case
   bad = gens.copy()
