@@ -47,11 +47,22 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 # Where `CTReference.score` pads a NumPy batch (`_batch_to_device`): "auto"
 # (the host on a CPU, the device elsewhere), "host" or "device".
 PAD_BATCH = "auto"
-# Programs `CTReference.score` runs at once on a single CPU device, each
-# scoring a group of layers from its own thread: "auto" (one per host core,
-# at most one per layer; one program on an accelerator or with several local
-# devices, which split the layers instead), or an int (1: one program).
-SCORE_THREADS = "auto"
+# Programs `CTReference.fit`, `score` and `score_many` run at once on a
+# single CPU device, each fitting or scoring layers from its own host
+# thread (`ctjax.threads`): "auto" (one per host core, at most one per
+# layer; one program on an accelerator or with several local devices, which
+# split the layers instead), or an int (1: one program at a time).
+LAYER_THREADS = "auto"
+
+
+def _layer_threads(n_layers: int) -> int:
+  """How many programs `LAYER_THREADS` runs at once for ``n_layers``."""
+  n = LAYER_THREADS
+  if n == "auto":
+    if jax.default_backend() != "cpu" or jax.local_device_count() > 1:
+      return 1
+    n = threads.host_cores()
+  return max(1, min(int(n), n_layers))
 
 
 def _fit_staged(pca, fit, pt, test, *, config, mesh):
@@ -220,6 +231,8 @@ def _fit_by_layer(train, test, keys, config, mesh=None):
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
   n_layers = train.shape[0]
+  if mesh is None and _layer_threads(n_layers) > 1:
+    return _fit_in_threads(train, test, keys, config)
   devs = [None] if mesh is None else list(mesh.devices.flat)
   s = len(devs)
   dtype = jax.dtypes.canonicalize_dtype(train.dtype)
@@ -267,6 +280,60 @@ def _fit_by_layer(train, test, keys, config, mesh=None):
     return parts[0]
   # Gathered on the host into buffers the default device uses in place, the
   # padding layers dropped (no compiled slice or concatenation).
+  return _concat_on_host(parts, n_layers)
+
+
+def _fit_in_threads(train, test, keys, config):
+  """`_fit_by_layer` on one CPU device with `_layer_threads` host threads,
+  each fitting its layers (t, t + T, ...) through its own aligned buffers:
+  XLA:CPU runs a layer's small steps (k-means, the test-set search) on
+  about one core, and programs from different threads run at once. The
+  first layer runs alone, compiling the program once."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  n_layers = train.shape[0]
+  n_threads = _layer_threads(n_layers)
+  dtype = jax.dtypes.canonicalize_dtype(train.dtype)
+  bufs = [
+    [_aligned_copy(a[t][None], dtype) for a in (train, test)]
+    for t in range(n_threads)
+  ]
+  keys = np.asarray(keys)
+  parts = [None] * n_layers
+
+  def fit_layer(t, l):
+    tr, te = bufs[t]
+    if l != t:
+      np.copyto(tr[0], train[l], casting="unsafe")
+      np.copyto(te[0], test[l], casting="unsafe")
+    # Waited for before this thread's buffers are overwritten.
+    parts[l] = jax.block_until_ready(
+      fitted_lib.fit_layers(
+        jax.device_put(tr),
+        jax.device_put(te),
+        keys[l : l + 1],
+        config,
+        with_finite=True,
+      )
+    )
+    bar.update(1)
+
+  def worker(t):
+    for l in range(t, n_layers, n_threads):
+      if l:
+        fit_layer(t, l)
+
+  with tqdm(
+    total=n_layers,
+    desc="fit",
+    unit="layer",
+    disable=n_layers < 4,
+    leave=False,
+  ) as bar:
+    fit_layer(0, 0)
+    threads.run_concurrently(
+      [functools.partial(worker, t) for t in range(n_threads)]
+    )
   return _concat_on_host(parts, n_layers)
 
 
@@ -1395,7 +1462,7 @@ class CTReference:
       shape = (chunk, n_layers, m_pad, self.dim)
 
     # On one CPU device, the layer groups of a chunk are scored by
-    # concurrent programs, one thread each (`SCORE_THREADS`).
+    # concurrent programs, one thread each (`LAYER_THREADS`).
     groups = None
     if mode == "merge" and on_device and split is None:
       groups = self._score_groups()
@@ -1545,14 +1612,9 @@ class CTReference:
     )
 
   def _score_groups(self) -> list[tuple[int, int]] | None:
-    """The layer groups `score` runs as concurrent programs (`SCORE_THREADS`;
+    """The layer groups `score` runs as concurrent programs (`LAYER_THREADS`;
     `threads.layer_groups`), or None for one program."""
-    n = SCORE_THREADS
-    if n == "auto":
-      if jax.default_backend() != "cpu" or jax.local_device_count() > 1:
-        return None
-      n = threads.host_cores()
-    n = min(int(n), self.n_layers)
+    n = _layer_threads(self.n_layers)
     return threads.layer_groups(self.n_layers, n) if n > 1 else None
 
   def _group_fitted(self, groups) -> list:

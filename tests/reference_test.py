@@ -138,17 +138,17 @@ def test_batch_padded_on_host_or_device_scores_the_same(
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_layer_groups_in_threads_score_the_same(fitted, n_threads, monkeypatch):
   """`score` on one CPU device runs layer groups as concurrent programs
-  (`reference.SCORE_THREADS`): the same result as one program, neighbours
+  (`reference.LAYER_THREADS`): the same result as one program, neighbours
   and bootstrap included, and a NaN is named by its layer."""
   from ctjax import reference  # pylint: disable=g-import-not-at-top
   from ctjax import threads  # pylint: disable=g-import-not-at-top
 
   ref, _, _, gen = fitted
   kw = dict(tau=0.05, return_neighbors=True, n_bootstrap=20, seed=1)
-  monkeypatch.setattr(reference, "SCORE_THREADS", 1)
+  monkeypatch.setattr(reference, "LAYER_THREADS", 1)
   assert ref._score_groups() is None  # pylint: disable=protected-access
   want = ref.score(gen, **kw)
-  monkeypatch.setattr(reference, "SCORE_THREADS", n_threads)
+  monkeypatch.setattr(reference, "LAYER_THREADS", n_threads)
   groups = ref._score_groups()  # pylint: disable=protected-access
   assert groups == threads.layer_groups(L, n_threads) and len(groups) > 1
   for _ in range(2):  # the first call compiles, the second runs threaded
@@ -165,19 +165,32 @@ def test_layer_groups_in_threads_score_the_same(fitted, n_threads, monkeypatch):
     ref.score(bad)
 
 
-def test_layer_groups_cover_every_layer_once_with_one_shape():
-  from ctjax import threads  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_fit_in_threads_equals_one_program_at_a_time(n_threads, monkeypatch):
+  """On one CPU device, `fit` runs layers in host threads
+  (`reference.LAYER_THREADS`); each layer is the same program with the same
+  key, so the fit is bitwise the same, and a NaN is still named."""
+  from ctjax import reference  # pylint: disable=g-import-not-at-top
 
-  for n_layers in range(1, 15):
-    for n in range(1, 18):
-      groups = threads.layer_groups(n_layers, n)
-      sizes = {stop - start for start, stop in groups}
-      assert len(sizes) == 1 and 1 <= len(groups) <= min(n, n_layers)
-      assert groups[0][0] == 0 and groups[-1][1] == n_layers
-      owners = [threads.owner(groups, l) for l in range(n_layers)]
-      assert all(groups[g][0] + p == l for l, (g, p) in enumerate(owners))
-  assert threads.layer_groups(13, 2) == [(0, 7), (6, 13)]
-  assert threads.layer_groups(3, 1) == [(0, 3)]
+  train, test, _ = _layers(np.random.default_rng(5))
+  kw = dict(n_components=8, n_cells=5, seed=2)
+  monkeypatch.setattr(reference, "LAYER_THREADS", 1)
+  want = ctjax.CTReference.fit(train, test, **kw)
+  monkeypatch.setattr(reference, "LAYER_THREADS", n_threads)
+  assert reference._layer_threads(L) == n_threads  # pylint: disable=protected-access
+  got = ctjax.CTReference.fit(train, test, **kw)
+  assert got.hash == want.hash
+  for a, b in zip(
+    jax.tree_util.tree_leaves(got.fitted),
+    jax.tree_util.tree_leaves(want.fitted),
+  ):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  bad = train.copy()
+  bad[L - 1, 3, 0] = np.nan
+  with pytest.raises(
+    ValueError, match=rf"train has NaN or Inf .*layer\(s\) {L - 1}"
+  ):
+    ctjax.CTReference.fit(bad, test, **kw)
 
 
 def test_save_load_round_trip(fitted, tmp_path):

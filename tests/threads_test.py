@@ -1,9 +1,13 @@
-"""one_blas_thread reaches the LAPACK that XLA's eigh calls."""
+"""ctjax.threads: one_blas_thread reaches the LAPACK that XLA's eigh calls;
+layer groups, their merge and the thread pool."""
 
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from ctjax import threads
 
 _CHILD = """
 import jax.numpy as jnp
@@ -23,3 +27,42 @@ def test_limit_reaches_lapack_loaded_by_eigh():
     [sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True
   )
   assert out.stdout.strip().splitlines()[-1] == "[1]"
+
+
+def test_layer_groups_cover_every_layer_once_with_one_shape():
+  for n_layers in range(1, 15):
+    for n in range(1, 18):
+      groups = threads.layer_groups(n_layers, n)
+      sizes = {stop - start for start, stop in groups}
+      assert len(sizes) == 1 and 1 <= len(groups) <= min(n, n_layers)
+      assert groups[0][0] == 0 and groups[-1][1] == n_layers
+      owners = [threads.owner(groups, l) for l in range(n_layers)]
+      assert all(groups[g][0] + p == l for l, (g, p) in enumerate(owners))
+  assert threads.layer_groups(13, 2) == [(0, 7), (6, 13)]
+  assert threads.layer_groups(3, 1) == [(0, 3)]
+
+
+def test_merge_groups_takes_each_layer_from_its_first_group():
+  groups = threads.layer_groups(5, 2)  # (0, 3), (2, 5): layer 2 twice
+  full = np.arange(5 * 4).reshape(5, 4)
+  res = [{"a": full[s:e].copy(), "b": full[s:e].T.copy()} for s, e in groups]
+  res[1]["a"][0] = -1  # layer 2's second copy: must be dropped
+  got = threads.merge_groups(groups, res)
+  np.testing.assert_array_equal(got["a"], full)
+  np.testing.assert_array_equal(
+    threads.merge_groups(groups, [r["b"] for r in res], axis=1), full.T
+  )
+
+
+def test_run_concurrently_returns_in_order_and_raises():
+  assert threads.run_concurrently([lambda i=i: i * i for i in range(3)]) == [
+    0,
+    1,
+    4,
+  ]
+
+  def boom():
+    raise RuntimeError("in a thread")
+
+  with pytest.raises(RuntimeError, match="in a thread"):
+    threads.run_concurrently([lambda: 1, boom])

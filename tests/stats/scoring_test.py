@@ -202,14 +202,14 @@ def test_score_many_progress_bar(case, capsys):
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_score_many_layer_groups_in_threads(case, n_threads, monkeypatch):
   """On one CPU device the layer groups of a chunk run as concurrent
-  programs (`reference.SCORE_THREADS`): the same result as one program,
+  programs (`reference.LAYER_THREADS`): the same result as one program,
   for NumPy and device batches, and a NaN is named by batch and layer."""
   from ctjax import reference  # pylint: disable=g-import-not-at-top
 
   ref, gens = case
-  monkeypatch.setattr(reference, "SCORE_THREADS", 1)
+  monkeypatch.setattr(reference, "LAYER_THREADS", 1)
   want = ref.score_many(gens, batch_size=2)
-  monkeypatch.setattr(reference, "SCORE_THREADS", n_threads)
+  monkeypatch.setattr(reference, "LAYER_THREADS", n_threads)
   assert len(ref._score_groups()) > 1  # pylint: disable=protected-access
   for g in (gens, gens, jax.device_put(gens)):  # the first call compiles
     got = ref.score_many(g, batch_size=2)
