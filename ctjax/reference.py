@@ -318,9 +318,14 @@ def _fit_in_threads(train, test, keys, config):
     )
     bar.update(1)
 
+  # The program's shapes: the first fit of them runs layer 0 alone (two
+  # threads would compile the program twice), later ones start at once.
+  shape = (train.shape[1:], test.shape[1:], str(dtype), config)
+  first = shape not in _THREADED_FITS
+
   def worker(t):
     for l in range(t, n_layers, n_threads):
-      if l:
+      if l or not first:
         fit_layer(t, l)
 
   with tqdm(
@@ -330,11 +335,16 @@ def _fit_in_threads(train, test, keys, config):
     disable=n_layers < 4,
     leave=False,
   ) as bar:
-    fit_layer(0, 0)
+    if first:
+      fit_layer(0, 0)
+      _THREADED_FITS.add(shape)
     threads.run_concurrently(
       [functools.partial(worker, t) for t in range(n_threads)]
     )
   return _concat_on_host(parts, n_layers)
+
+
+_THREADED_FITS = set()
 
 
 @functools.cache
