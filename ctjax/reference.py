@@ -318,10 +318,10 @@ def _fit_in_threads(train, test, keys, config):
     )
     bar.update(1)
 
-  # The program's shapes: the first fit of them runs layer 0 alone (two
-  # threads would compile the program twice), later ones start at once.
-  shape = (train.shape[1:], test.shape[1:], str(dtype), config)
-  first = shape not in _THREADED_FITS
+  # The first fit of these shapes runs layer 0 alone (`threads.first_run`).
+  first = threads.first_run(
+    ("fit", train.shape[1:], test.shape[1:], str(dtype), config)
+  )
 
   def worker(t):
     for l in range(t, n_layers, n_threads):
@@ -337,14 +337,10 @@ def _fit_in_threads(train, test, keys, config):
   ) as bar:
     if first:
       fit_layer(0, 0)
-      _THREADED_FITS.add(shape)
     threads.run_concurrently(
       [functools.partial(worker, t) for t in range(n_threads)]
     )
   return _concat_on_host(parts, n_layers)
-
-
-_THREADED_FITS = set()
 
 
 @functools.cache
@@ -471,6 +467,17 @@ def _batch_to_device(gen, m_pad, n_layers_pad=None):
     return jax.device_put(_host_padded(gen, m_pad, n_layers_pad))
   return _device_padded(
     jax.device_put(gen), shape=(n_layers_pad, m_pad, dim), layer_major=False
+  )
+
+
+def _program_key(fitted, tiles) -> tuple:
+  """What, besides the batch's shape, selects a compiled score program: the
+  fitted reference's structure and leaf shapes/dtypes, and the tiles."""
+  leaves, treedef = jax.tree_util.tree_flatten(fitted)
+  return (
+    treedef,
+    tuple((x.shape, str(x.dtype)) for x in leaves),
+    tuple(sorted(tiles.items())),
   )
 
 
@@ -1497,17 +1504,17 @@ class CTReference:
       """Pads chunk ``start`` and starts its (asynchronous) score."""
       part = gens[start : start + chunk]
       b = part.shape[0]
+      valid = np.zeros((chunk, m_pad), bool)
+      valid[:b, :m] = True
       if groups is not None:
-        valid = np.zeros((chunk, m_pad), bool)
-        valid[:b, :m] = True
         fns = [
           functools.partial(group_task, part, valid, i)
           for i in range(len(groups))
         ]
-        key = (tuple(groups), group_shape, tuple(sorted(tiles.items())))
-        if self._first_threaded("score_many", *key):
-          done = [f() for f in fns]
-          return start, b, None, done
+        if threads.first_run(
+          ("score_many", group_shape, _program_key(parts[0], tiles))
+        ):
+          return start, b, None, [f() for f in fns]
         return start, b, None, threads.submit_all(fns)
       # Padded (and transposed) on the device: a host copy into a fresh
       # buffer cost more (CPU, L = 13, 16 batches: 130 against 102 ms a
@@ -1515,8 +1522,6 @@ class CTReference:
       buf = _device_padded(
         jax.device_put(part), shape=shape, layer_major=mode == "merge"
       )
-      valid = np.zeros((chunk, m_pad), bool)
-      valid[:b, :m] = True
       if split is not None:
         finite, out = _split_chunk(split, tuple(sorted(tiles.items())))(
           self._split_fitted(split),
@@ -1635,16 +1640,6 @@ class CTReference:
       cache[key] = _slice_groups(self.fitted, groups=key)
     return cache[key]
 
-  def _first_threaded(self, *key) -> bool:
-    """True the first time ``key`` (a program's shapes) is seen: that call
-    runs its groups one after another, compiling the program once (two
-    threads would compile it twice)."""
-    seen = self.__dict__.setdefault("_threaded_shapes", set())
-    if key in seen:
-      return False
-    seen.add(key)
-    return True
-
   def _score_in_threads(self, groups, padded, valid, tau, tiles):
     """`_score_finite` of each layer group of the host batch ``padded
     [L, m_pad, D]``, one thread each, merged (on the host) to the outputs
@@ -1661,8 +1656,9 @@ class CTReference:
       )
 
     fns = [functools.partial(one, i) for i in range(len(groups))]
-    key = (tuple(groups), padded.shape, tuple(sorted(tiles.items())))
-    if self._first_threaded("score", *key):
+    size = groups[0][1] - groups[0][0]
+    key = ("score", (size,) + padded.shape[1:], _program_key(parts[0], tiles))
+    if threads.first_run(key):
       res = [f() for f in fns]
     else:
       res = threads.run_concurrently(fns)

@@ -64,13 +64,19 @@ def layer_groups(n_layers: int, n_groups: int) -> list[tuple[int, int]]:
   return [(s, s + size) for s in starts]
 
 
-def owner(groups: list[tuple[int, int]], layer: int) -> tuple[int, int]:
-  """(group, position in it) whose result layer ``layer`` takes: the first
-  group holding it."""
-  for i, (start, stop) in enumerate(groups):
-    if start <= layer < stop:
-      return i, layer - start
-  raise ValueError(f"layer {layer} is in no group {groups}")
+# Programs already run once in this process (`first_run`).
+_RUN = set()
+
+
+def first_run(key) -> bool:
+  """True the first time ``key`` (a program's name and shapes) is seen in
+  this process. That call runs its groups one after another, so the
+  program is compiled once (two threads starting together would both
+  compile it); later calls start every thread at once."""
+  if key in _RUN:
+    return False
+  _RUN.add(key)
+  return True
 
 
 @functools.cache
