@@ -135,6 +135,39 @@ def test_batch_padded_on_host_or_device_scores_the_same(
   assert not np.asarray(padded)[:, 150:].any()
 
 
+def test_score_programs_compile_with_their_cpu_options_to_the_same_result(
+  fitted,
+):
+  """`score` and `score_many` run programs compiled with
+  `reference.SCORE_CPU_OPTIONS` on a CPU (faster to compile); the same
+  programs under XLA's defaults give the same neighbours and 2U."""
+  from ctjax import reference  # pylint: disable=g-import-not-at-top
+
+  ref, _, _, gen = fitted
+  progs = (reference._score_finite, reference._score_chunk)  # pylint: disable=protected-access
+  tuned = [p._tuned._cache_size() for p in progs]  # pylint: disable=protected-access
+  got = ref.score(gen[:, :150], tau=0.05, return_neighbors=True)
+  many = ref.score_many(np.stack([gen[:, :150]] * 2), tau=0.05)
+  if jax.default_backend() == "cpu":
+    assert all(
+      p._tuned._cache_size() > t  # pylint: disable=protected-access
+      for p, t in zip(progs, tuned)
+    )
+  plain = jax.jit(
+    reference._score_finite_impl,  # pylint: disable=protected-access
+    static_argnames=reference._STATIC,  # pylint: disable=protected-access
+  )
+  padded = np.zeros((L, 256, gen.shape[-1]), np.float32)
+  padded[:, :150] = gen[:, :150]
+  valid = np.arange(256) < 150
+  _, (want, _, dist, _) = plain(ref.fitted, padded, valid, 0.05)
+  np.testing.assert_array_equal(got.u * 2, np.asarray(want.u2))
+  np.testing.assert_array_equal(many.u[0], got.u)
+  np.testing.assert_array_equal(
+    got.neighbors.gen_dist, np.asarray(dist)[:, :150]
+  )
+
+
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_layer_groups_in_threads_score_the_same(fitted, n_threads, monkeypatch):
   """`score` on one CPU device runs layer groups as concurrent programs
