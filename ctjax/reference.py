@@ -103,16 +103,18 @@ _query_parts = jax.jit(score_lib.query_parts, static_argnames=_STATIC)
 _cell_scores = jax.jit(score_lib.cell_scores)
 
 
-# XLA:CPU options of ctjax's own scoring programs (`_score_finite`,
-# `_score_chunk` and their layer-split forms): the fit's
-# (`fitted.CPU_COMPILER_OPTIONS`, the older loop emitters and LLVM -O1).
-# The score's run time is the search's library fusions, which these options
-# leave alone; its compile time is its many small loops. Measured here (2-core
-# CPU, same script, alternating processes): L = 13, N = 50k, D = 768 first
-# call 1.34-1.36 -> 0.80 s, warm batch 131/142 -> 136/132 ms (noise); a
-# one-layer [1200, 16] reference 0.94-0.95 -> 0.57-0.58 s; C_T and 2U
-# bitwise the same. A user's own `jax.jit` of `ctjax.stats.score` keeps its
-# own options.
+# XLA:CPU options of `_score_finite` (one batch; `CTReference.score`) and
+# its layer-split form: the fit's (`fitted.CPU_COMPILER_OPTIONS`, the older
+# loop emitters and LLVM -O1). Measured on this project's 2-core CPU, one
+# process, L = 13, N = 50k, D = 768, medians of 4 rounds, against XLA's
+# defaults: first call (compilation) 1.35 -> 0.66 s, the batch 126.7 ->
+# 128.2 ms (level); a [1200, 16] layer's first call 0.94 -> 0.57 s; C_T
+# and 2U bitwise the same. `score_many`'s merged search (`_score_chunk`)
+# keeps XLA's defaults: these options ran it slower (72.2 -> 77.8 ms a
+# batch). LLVM -O1 alone, with the fusion emitters on, ran both faster
+# (113.7 and 67.1 ms) but crashed LLVM's instruction selection
+# ("Cannot select ... SUBV_BROADCAST_LOAD", the process aborted) on the
+# tests' [3, 200, 12] batches, so it is not used.
 SCORE_CPU_OPTIONS = fitted_lib.CPU_COMPILER_OPTIONS
 
 
@@ -143,10 +145,8 @@ def _score_chunk_impl(fitted, gens, valid, tau, *, on_device, mode, **kw):
   return finite, jax.lax.map(lambda a: one(*a), (gens, valid))
 
 
-_score_chunk = compiling.cpu_jit(
-  _score_chunk_impl,
-  SCORE_CPU_OPTIONS,
-  static_argnames=_STATIC + ("on_device", "mode"),
+_score_chunk = jax.jit(
+  _score_chunk_impl, static_argnames=_STATIC + ("on_device", "mode")
 )
 
 
@@ -555,7 +555,6 @@ def _split_chunk(mesh, tiles: tuple):
     mesh,
     (lay, lay, P(), P()),
     (per_batch, per_batch),
-    cpu_options=SCORE_CPU_OPTIONS,
   )
 
 
