@@ -211,7 +211,8 @@ def test_score_many_layer_groups_in_threads(case, n_threads, monkeypatch):
   want = ref.score_many(gens, batch_size=2)
   monkeypatch.setattr(reference, "LAYER_THREADS", n_threads)
   assert len(ref._score_groups()) > 1  # pylint: disable=protected-access
-  for g in (gens, gens, jax.device_put(gens)):  # the first call compiles
+  # The first call compiles; float64 NumPy batches are cast as JAX casts them.
+  for g in (gens, gens, jax.device_put(gens), gens.astype(np.float64)):
     got = ref.score_many(g, batch_size=2)
     for name in ("ct", "z", "u", "n_gen", "included"):
       np.testing.assert_array_equal(
