@@ -154,10 +154,14 @@ def main():
     flush=True,
   )
   train, test, gen = data(shape)
-  results = [
-    one_setting(s, train, test, gen, args.batches)
-    for s in args.settings.split(",")
-  ]
+  setting = pca_lib.PROJECTION
+  try:
+    results = [
+      one_setting(s, train, test, gen, args.batches)
+      for s in args.settings.split(",")
+    ]
+  finally:  # the process-wide setting as it was (tests call main in-process)
+    pca_lib.PROJECTION = setting
   if args.json:
     with open(args.json, "w") as fh:
       json.dump(

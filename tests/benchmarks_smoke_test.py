@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ctjax
+from ctjax.stats import pca as pca_lib
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -52,7 +53,11 @@ def test_consistency_script_counts_the_same_2u(tmp_path, monkeypatch):
       str(out),
     ],
   )
+  before = pca_lib.PROJECTION
   mod.main()
+  # The script sets the process-wide projection per setting; it must leave
+  # it as it found it (tests after this one in the worker read the default).
+  assert pca_lib.PROJECTION == before
   (res,) = json.loads(out.read_text())["results"]
   assert res["projection"] == "dot"
   assert set(res["u2_cells_differing_from_ref_score"].values()) == {0}
