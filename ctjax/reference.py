@@ -1532,15 +1532,14 @@ class CTReference:
       valid = np.zeros((chunk, m_pad), bool)
       valid[:b, :m] = True
       if groups is not None:
-        fns = [
-          functools.partial(group_task, part, valid, i)
-          for i in range(len(groups))
-        ]
-        if threads.first_run(
-          ("score_many", group_shape, _program_key(parts[0], tiles))
-        ):
-          return start, b, None, [f() for f in fns]
-        return start, b, None, threads.submit_all(fns)
+        futures = threads.start_groups(
+          ("score_many", group_shape, _program_key(parts[0], tiles)),
+          [
+            functools.partial(group_task, part, valid, i)
+            for i in range(len(groups))
+          ],
+        )
+        return start, b, None, futures
       # Padded (and transposed) on the device: a host copy into a fresh
       # buffer cost more (CPU, L = 13, 16 batches: 130 against 102 ms a
       # batch, same process), and a device array never leaves its device.
@@ -1573,8 +1572,8 @@ class CTReference:
 
     def collect(start, b, finite, out):
       """Waits for a dispatched chunk; checks it and keeps its sums."""
-      if groups is not None:  # out: the groups' results or futures
-        res = [r.result() if hasattr(r, "result") else r for r in out]
+      if groups is not None:  # out: the groups' futures
+        res = [r.result() for r in out]
         finite, out = threads.merge_groups(groups, res, axis=1)
       else:
         finite, out = jax.device_get((finite, out))
@@ -1680,14 +1679,12 @@ class CTReference:
         )
       )
 
-    fns = [functools.partial(one, i) for i in range(len(groups))]
     size = groups[0][1] - groups[0][0]
     key = ("score", (size,) + padded.shape[1:], _program_key(parts[0], tiles))
-    if threads.first_run(key):
-      res = [f() for f in fns]
-    else:
-      res = threads.run_concurrently(fns)
-    return threads.merge_groups(groups, res)
+    futures = threads.start_groups(
+      key, [functools.partial(one, i) for i in range(len(groups))]
+    )
+    return threads.merge_groups(groups, [f.result() for f in futures])
 
   def _layer_mesh(self, split_layers: bool | None):
     """The mesh `score` splits the layers over (None: one device)."""

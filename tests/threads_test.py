@@ -68,3 +68,28 @@ def test_run_concurrently_returns_in_order_and_raises():
 
   with pytest.raises(RuntimeError, match="in a thread"):
     threads.run_concurrently([lambda: 1, boom])
+
+
+def test_start_groups_runs_the_first_call_here_then_in_the_pool():
+  """The first call of a key runs its functions one after another in the
+  calling thread (one compilation); later calls run in the pool. Results
+  come back in order either way."""
+  import threading  # pylint: disable=g-import-not-at-top
+
+  key = ("start_groups test", object())
+
+  def where(i):
+    return i, threading.current_thread().name
+
+  first = [
+    f.result()
+    for f in threads.start_groups(key, [lambda i=i: where(i) for i in range(3)])
+  ]
+  assert [i for i, _ in first] == [0, 1, 2]
+  assert {name for _, name in first} == {threading.current_thread().name}
+  later = [
+    f.result()
+    for f in threads.start_groups(key, [lambda i=i: where(i) for i in range(3)])
+  ]
+  assert [i for i, _ in later] == [0, 1, 2]
+  assert all(name.startswith("ctjax-layers") for _, name in later)
