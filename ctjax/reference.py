@@ -819,8 +819,8 @@ class CTReference:
         layers...); it is part of `identity`.
       layer_names: names used in messages (default "0", "1", ...).
       tile_queries, tile_train: nearest-neighbour tile sizes.
-      search: "auto", "tiled" or "dense" nearest-neighbour search (the
-        result is the same).
+      search: "auto", "tiled", "dense" or "native" nearest-neighbour
+        search (`neighbors.resolve_search`; the result is the same).
       mesh: ``None`` (one device), ``"all"`` (every device) or a
         `jax.sharding.Mesh` with a ``"data"`` axis: the test set's nearest
         neighbours are searched with the projected training points sharded
@@ -1229,8 +1229,8 @@ class CTReference:
       tau: threshold on a cell's generated share; ``None`` = 20/m.
       return_neighbors: also return, per layer, each generated and test
         point's nearest same-cell training index and distance.
-      search: "auto", "tiled" or "dense" search; ``None`` uses the fit's
-        (`FitConfig.search`). The result is the same.
+      search: "auto", "tiled", "dense" or "native" search; ``None`` uses
+        the fit's (`FitConfig.search`). The result is the same.
       mesh: ``None`` (one device), ``"all"`` or a `jax.sharding.Mesh` with a
         ``"data"`` axis: the projected training points are sharded over the
         mesh (dealt out once per mesh and cached) and the nearest neighbours

@@ -30,7 +30,7 @@ DEFAULT_COMPONENTS = 64
 # A layer whose total variance is below this fraction of its squared mean norm
 # is constant up to rounding (e.g. a ViT's layer-0 CLS token): C_T is NaN there.
 DEGENERATE_RTOL = 1e-10
-SEARCHES = ("auto", "tiled", "dense")
+SEARCHES = ("auto",) + nb.SEARCHES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +47,9 @@ class FitConfig:
     tile_queries: queries per nearest-neighbour tile (``None`` materialises
       the ``[m, N]`` scores).
     tile_train: training rows scanned per step.
-    search: "auto", "tiled" or "dense" (how the cell-restricted search is
-      run; every choice gives the same neighbours).
+    search: "auto", "tiled", "dense" or "native" (how the cell-restricted
+      search is run, `neighbors.resolve_search`; every choice gives the
+      same neighbours).
     kmeans_sample: training points k-means was fitted on, when a streamed
       fit used a sample smaller than N; ``None`` otherwise.
   """

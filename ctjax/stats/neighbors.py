@@ -14,6 +14,11 @@ contiguous run of rows ``starts[c]:starts[c+1]``. Three searches give the same
     training row, ``tile_train`` rows per step, pairs of different cells
     masked out. k times the pairs of the tiled search, in a few large
     products.
+  - ``"native"`` (a CPU, float32): the tiled search's work in one compiled
+    C++ kernel (`ctjax.stats.native`), an XLA FFI call that keeps each
+    product block in registers and reduces it there instead of writing it
+    to memory; built on first use, skipped (with the reason in
+    `native.reason`) where no compiler is found.
   - materialised (``tile_queries=None``): the whole ``[N, m]`` score matrix;
     the reference the others are tested against.
 
@@ -37,10 +42,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ctjax.stats import distances
+from ctjax.stats import distances, native
 
 METRICS = ("l2", "cosine")
-SEARCHES = ("tiled", "dense")
+SEARCHES = ("tiled", "dense", "native")
 # The one place for the default tile sizes (FitConfig, CTReference and the
 # score use these): queries per tile, training rows per step, and the smaller
 # step of a streamed fit, which keeps a larger T at d dimensions beside one
@@ -157,28 +162,45 @@ def resolve_search(
   *,
   backend: str | None = None,
 ) -> str:
-  """Maps ``search`` ("auto", "tiled" or "dense") to "tiled" or "dense".
+  """Maps ``search`` ("auto", "tiled", "dense" or "native") to one of
+  `SEARCHES`.
 
-  "auto" is "dense" on an accelerator (a few large products beat many small
-  ones there) when one ``[tile_train, n_queries]`` float32 score block fits in
-  `DENSE_BYTES`, and "tiled" otherwise (a CPU gains nothing from scoring
-  pairs of different cells).
+  "auto" is "native" on a CPU where the kernel is available
+  (`native.available`; it is built on the first call) and "tiled" on a CPU
+  without it (a CPU gains nothing from scoring pairs of different cells);
+  on an accelerator it is "dense" (a few large products beat many small
+  ones there) when one ``[tile_train, n_queries]`` float32 score block fits
+  in `DENSE_BYTES`, and "tiled" otherwise.
 
   Args:
-    search: "auto", "tiled" or "dense".
+    search: "auto", "tiled", "dense" or "native".
     n_queries: queries searched at once (None: unknown, memory not checked).
     tile_train: training rows per step.
     backend: default ``jax.default_backend()``.
+
+  Raises:
+    ValueError: an unknown ``search``, or "native" on another backend than
+      a CPU or where the kernel cannot be built (the message says why).
   """
-  if search in SEARCHES:
-    return search
-  if search != "auto":
+  if search not in SEARCHES and search != "auto":
     raise ValueError(
       f"search must be 'auto' or one of {SEARCHES}, got {search!r}"
     )
   backend = backend or jax.default_backend()
+  if search == "native":
+    if backend != "cpu":
+      raise ValueError(
+        f"search='native' runs on a CPU backend only, not {backend!r}"
+      )
+    if not native.available():
+      raise ValueError(
+        f"search='native' is unavailable here: {native.reason()}"
+      )
+    return search
+  if search in SEARCHES:
+    return search
   if backend == "cpu":
-    return "tiled"
+    return "native" if native.available() else "tiled"
   if n_queries is not None and 4 * n_queries * tile_train > DENSE_BYTES:
     return "tiled"
   return "dense"
@@ -402,8 +424,9 @@ def nearest_in_cell(
     tile_queries: queries per tile of the tiled search; ``None`` materialises
       the ``[N, m]`` scores (whatever ``search``).
     tile_train: training rows scanned per step (capped at N).
-    search: "tiled", "dense" or "auto" (see `resolve_search`); all give the
-      same result.
+    search: "tiled", "dense", "native" or "auto" (see `resolve_search`);
+      all give the same result. "native" with other than float32 points
+      and queries runs "tiled".
     points: the training rows when ``index.points`` is left out (None): an
       ``[R, d]`` array holding this index's N rows at ``row_base`` (an int
       or int32 scalar), e.g. every layer's rows stacked, so that a loop over
@@ -431,7 +454,16 @@ def nearest_in_cell(
     sc = jnp.where(same, sc, jnp.inf)
     best, pos = _first_min(sc, jnp.arange(n, dtype=jnp.int32))
   else:
-    if resolve_search(search, m, tile_train) == "dense":
+    kind = resolve_search(search, m, tile_train)
+    if kind == "native" and not all(
+      x.dtype == jnp.float32 for x in (t, t_aux, queries)
+    ):
+      kind = "tiled"  # the kernel is float32 only
+    if kind == "native":
+      best, pos = native.nearest(
+        t, row_base, t_aux, index.starts, queries, q_cells, metric
+      )
+    elif kind == "dense":
       best, start = _dense(
         metric, t, t_aux, index, queries, q_cells, tile_train, row_base
       )
@@ -447,7 +479,10 @@ def nearest_in_cell(
         tile_train,
         row_base,
       )
-    pos = _block_winner(index, t, row_base, queries, q_cells, start, tile_train)
+    if kind != "native":
+      pos = _block_winner(
+        index, t, row_base, queries, q_cells, start, tile_train
+      )
   found = jnp.isfinite(best)
   pos = jnp.where(found, pos, 0)
   dist = exact_distance(queries, t[row_base + pos], metric)

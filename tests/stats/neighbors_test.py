@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ctjax.stats import native
 from ctjax.stats import neighbors as nb
 from tests.stats import oracle
 
@@ -148,15 +149,18 @@ def test_vmap_over_layers_equals_one_layer_at_a_time(rng):
 def test_resolve_search():
   assert nb.resolve_search("tiled") == "tiled"
   assert nb.resolve_search("dense", backend="cpu") == "dense"
-  assert nb.resolve_search("auto", 500, backend="cpu") == "tiled"
+  on_cpu = "native" if native.available() else "tiled"
+  assert nb.resolve_search("auto", 500, backend="cpu") == on_cpu
   assert nb.resolve_search("auto", 500, backend="gpu") == "dense"
   assert nb.resolve_search("auto", 500, backend="tpu") == "dense"
   huge = nb.DENSE_BYTES // (4 * nb.TILE_TRAIN) + 1
   assert nb.resolve_search("auto", huge - 1, backend="gpu") == "dense"
   assert nb.resolve_search("auto", huge, backend="gpu") == "tiled"
   assert nb.resolve_search("auto") == (
-    "tiled" if jax.default_backend() == "cpu" else "dense"
+    on_cpu if jax.default_backend() == "cpu" else "dense"
   )
+  with pytest.raises(ValueError, match="CPU backend only"):
+    nb.resolve_search("native", backend="gpu")
   with pytest.raises(ValueError, match="search must be"):
     nb.resolve_search("fast")
 

@@ -1,0 +1,210 @@
+"""The compiled CPU kernel of the same-cell search (``search="native"``).
+
+XLA:CPU runs the search's products at the GEMM rate but writes each
+``[rows, queries]`` block to memory and reads it back for the minimum, which
+costs as much again (README, "C_T engine"). ``nearest.cc`` keeps the
+products of a few rows with a block of queries in registers and reduces them
+there; it is an XLA FFI handler, so it runs inside ctjax's jitted programs
+(and a user's `jax.jit`, `jax.vmap`, `lax.scan`) like any other operation.
+
+It is compiled on first use by the host's C++ compiler (``$CXX``, else
+``c++``/``g++``/``clang++``) with ``-O3 -march=native`` against the FFI
+headers that ship with jaxlib, into ``$CTJAX_NATIVE_CACHE`` (default
+``~/.cache/ctjax/native``), once per source, compiler, jaxlib and CPU, in
+about 3 s. The file is written atomically, so concurrent processes are
+safe. Where there is no compiler, or it fails, or ``CTJAX_NATIVE=0``,
+`available` is False (`reason` says why) and ``search="auto"`` keeps XLA's
+tiled search: results are the same either way (both rank with the same
+scores and break ties to the lowest index; only rounding of the ranking
+score differs, and the returned distance is recomputed from the winner).
+
+Only float32 on a CPU backend: other dtypes (``jax_enable_x64``) and other
+backends use the XLA searches.
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = Path(__file__).with_name("nearest.cc")
+TARGET = "ctjax_nearest_in_cell"
+_SYMBOL = "CtjaxNearestInCell"
+FLAGS = (
+  "-O3",
+  "-march=native",
+  "-std=c++17",
+  "-ffp-contract=fast",
+  "-shared",
+  "-fPIC",
+  "-w",
+)
+METRIC_CODES = {"l2": 0, "cosine": 1}
+
+_lock = threading.Lock()
+_state = {"loaded": None, "reason": None}
+
+
+def cache_dir() -> Path:
+  """Where compiled kernels are kept (``$CTJAX_NATIVE_CACHE``)."""
+  env = os.environ.get("CTJAX_NATIVE_CACHE")
+  if env:
+    return Path(env)
+  return Path.home() / ".cache" / "ctjax" / "native"
+
+
+def _compiler() -> str | None:
+  cxx = os.environ.get("CXX")
+  if cxx:
+    return cxx
+  for name in ("c++", "g++", "clang++"):
+    if shutil.which(name):
+      return name
+  return None
+
+
+def _cpu_signature() -> str:
+  """The CPU's model and feature flags (-march=native code runs only on a
+  CPU that has them)."""
+  try:
+    text = Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return platform.processor() or platform.machine()
+  keep = [
+    line
+    for line in text.splitlines()
+    if line.startswith(("model name", "flags", "Features", "CPU part"))
+  ]
+  return "\n".join(sorted(set(keep)))
+
+
+def _build(cxx: str) -> Path:
+  """Compiles `SOURCE` (or finds it compiled) and returns the library."""
+  version = subprocess.run(
+    [cxx, "--version"], capture_output=True, text=True, timeout=60
+  ).stdout
+  key = hashlib.sha256(
+    "\0".join(
+      [
+        SOURCE.read_text(),
+        version,
+        " ".join(FLAGS),
+        jax.__version__,
+        platform.machine(),
+        _cpu_signature(),
+      ]
+    ).encode()
+  ).hexdigest()[:20]
+  out = cache_dir() / f"nearest-{key}.so"
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
+  os.close(fd)
+  try:
+    cmd = [
+      cxx,
+      *FLAGS,
+      f"-I{jax.ffi.include_dir()}",
+      str(SOURCE),
+      "-o",
+      tmp,
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+      raise RuntimeError(
+        f"{' '.join(cmd)} failed ({run.returncode}): {run.stderr[-2000:]}"
+      )
+    os.replace(tmp, out)  # atomic: a concurrent process sees all or nothing
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return out
+
+
+def _load() -> bool:
+  if os.environ.get("CTJAX_NATIVE", "1") == "0":
+    _state["reason"] = "disabled by CTJAX_NATIVE=0"
+    return False
+  cxx = _compiler()
+  if cxx is None:
+    _state["reason"] = "no C++ compiler found ($CXX, c++, g++, clang++)"
+    return False
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
+    if "lib" not in _state:  # XLA keeps the first handler of a name
+      jax.ffi.register_ffi_target(
+        TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu"
+      )
+      _state["lib"] = lib  # keep the registered library loaded
+  except Exception as e:  # pylint: disable=broad-except
+    _state["reason"] = f"{type(e).__name__}: {e}"
+    return False
+  return True
+
+
+def available() -> bool:
+  """Whether the kernel is compiled, loaded and registered (builds it on the
+  first call; False, with `reason`, where it cannot be)."""
+  with _lock:
+    if _state["loaded"] is None:
+      _state["loaded"] = _load()
+    return _state["loaded"]
+
+
+def reason() -> str | None:
+  """Why `available` is False (None when it is True or was not asked)."""
+  return _state["reason"]
+
+
+def _reset_for_tests():
+  with _lock:
+    _state.update(loaded=None, reason=None)
+
+
+def nearest(points, row_base, aux, starts, queries, q_cells, metric: str):
+  """Best sorted row of the query's own cell, for every query.
+
+  Args:
+    points: ``[R, d]`` float32 training rows; the layer's N rows start at
+      ``row_base`` (an int or int32 scalar).
+    aux: ``[N]`` the index's ``aux`` (‖t‖² for "l2", 1/‖t‖ for "cosine").
+    starts: ``[k + 2]`` int32 cell starts (`neighbors.CellIndex`).
+    queries: ``[m, d]`` float32; q_cells: ``[m]`` int32 (outside [0, k):
+      padding).
+    metric: "l2" or "cosine".
+
+  Returns:
+    ``(score [m] float32, row [m] int32)``: the winning ranking score and
+    sorted row (``inf`` / -1 where there is none). Under `jax.vmap` the
+    call runs once per batch element.
+  """
+  if not available():
+    raise RuntimeError(f"the native search is unavailable: {reason()}")
+  m = queries.shape[0]
+  call = jax.ffi.ffi_call(
+    TARGET,
+    (
+      jax.ShapeDtypeStruct((m,), jnp.float32),
+      jax.ShapeDtypeStruct((m,), jnp.int32),
+    ),
+    vmap_method="sequential",
+  )
+  return call(
+    points,
+    jnp.asarray(row_base, jnp.int32),
+    aux,
+    starts.astype(jnp.int32),
+    queries,
+    q_cells.astype(jnp.int32),
+    metric=np.int32(METRIC_CODES[metric]),
+  )

@@ -1,0 +1,191 @@
+"""The compiled CPU search kernel (`ctjax.stats.native`) against the XLA
+searches and a float64 brute force; its build, cache and fallbacks."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctjax.stats import native
+from ctjax.stats import neighbors as nb
+from tests.stats import oracle
+
+
+@pytest.fixture
+def kernel():
+  if not native.available():
+    pytest.skip(f"native kernel unavailable: {native.reason()}")
+
+
+@pytest.fixture
+def fresh_state(monkeypatch, tmp_path):
+  """A clean build state with its own cache folder; restored after."""
+  monkeypatch.setenv("CTJAX_NATIVE_CACHE", str(tmp_path / "cache"))
+  native._reset_for_tests()
+  yield tmp_path / "cache"
+  native._reset_for_tests()
+
+
+def test_builds_where_a_compiler_exists():
+  if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+    pytest.skip("no C++ compiler on this machine")
+  assert native.available(), native.reason()
+
+
+def _layer(rng, n, m, d, k, dtype=np.float32):
+  train = rng.normal(size=(n, d)).astype(dtype)
+  # Uneven cells, none a multiple of the kernel's row tile; cell 2 empty.
+  t_cells = rng.choice(
+    k, size=n, p=np.linspace(1, 3, k) / np.linspace(1, 3, k).sum()
+  )
+  t_cells[t_cells == 2] = 0
+  queries = rng.normal(size=(m, d)).astype(dtype)
+  q_cells = rng.integers(0, k + 2, m).astype(np.int32)  # k, k+1: padding
+  queries[:25] = train[100:125]  # exact copies
+  q_cells[:25] = t_cells[100:125]
+  return train, t_cells.astype(np.int32), queries, q_cells
+
+
+def _search(train, t_cells, queries, q_cells, k, metric, **kw):
+  index = nb.build_index(jnp.asarray(train), jnp.asarray(t_cells), k, metric)
+  return [
+    np.asarray(x)
+    for x in jax.jit(lambda i, q, c: nb.nearest_in_cell(i, q, c, **kw))(
+      index, jnp.asarray(queries), jnp.asarray(q_cells)
+    )
+  ]
+
+
+@pytest.mark.parametrize("metric", nb.METRICS)
+@pytest.mark.parametrize("d", [1, 5, 37, 64])
+def test_equals_xla_searches_and_brute_force(kernel, rng, metric, d):
+  k = 6
+  # 700 queries: several blocks per cell, the last one partial.
+  train, t_cells, queries, q_cells = _layer(rng, 2503, 700, d, k)
+  got = _search(train, t_cells, queries, q_cells, k, metric, search="native")
+  for kw in ({"tile_queries": None}, {"search": "tiled"}):
+    want = _search(train, t_cells, queries, q_cells, k, metric, **kw)
+    np.testing.assert_array_equal(got[1], want[1], err_msg=str(kw))
+    np.testing.assert_array_equal(got[0], want[0], err_msg=str(kw))
+  real = (q_cells < k) & (q_cells != 2)
+  assert np.all(got[1][~real] == -1) and np.all(np.isinf(got[0][~real]))
+  if d == 1:
+    # One dimension: cosine distances are all 0, and l2 neighbours closer
+    # than float32's ranking resolution tie (the lowest index wins).
+    return
+  want_d, want_i = oracle.nearest_in_cell(
+    queries[real], q_cells[real], train, t_cells, metric
+  )
+  np.testing.assert_allclose(got[0][real], want_d, rtol=2e-4, atol=2e-6)
+  np.testing.assert_array_equal(got[0][:25], 0.0)  # the copies
+  assert np.mean(got[1][real] == want_i) > 0.99
+
+
+@pytest.mark.parametrize("metric", nb.METRICS)
+def test_ties_go_to_the_lowest_index(kernel, rng, metric):
+  # Every row of cell 0 is the same vector (and for cosine, half are its
+  # negative): every row ties, and the lowest original index must win.
+  d, n = 8, 203
+  v = rng.normal(size=d).astype(np.float32)
+  train = np.tile(v, (n, 1))
+  if metric == "cosine":
+    train[::2] *= -1
+  cells = np.zeros(n, np.int32)
+  cells[:40] = 1  # the lowest indices are in another cell
+  queries = np.stack([v, 3 * v, -v] * 20).astype(np.float32)
+  q_cells = np.zeros(len(queries), np.int32)
+  dist, idx = _search(
+    train, cells, queries, q_cells, 2, metric, search="native"
+  )
+  if metric == "cosine":
+    np.testing.assert_array_equal(idx, 40)
+    np.testing.assert_allclose(dist, 0.0, atol=1e-6)  # 3v: rounding only
+  else:
+    np.testing.assert_array_equal(idx, 40)
+
+
+def test_stacked_rows_at_an_offset_in_jit_vmap_and_scan(kernel, rng):
+  k = 4
+  layers = [_layer(np.random.default_rng(s), 601, 150, 9, k) for s in range(3)]
+  idx = [
+    nb.build_index(jnp.asarray(t), jnp.asarray(c), k, "cosine")
+    for t, c, _, _ in layers
+  ]
+  want = [
+    _search(*l[:2], *l[2:], k, "cosine", tile_queries=None) for l in layers
+  ]
+  stacked = jnp.concatenate([i.points for i in idx])
+  bare = [
+    nb.CellIndex(None, i.aux, i.cells, i.starts, i.order, i.metric) for i in idx
+  ]
+  for l, (_, _, q, c) in enumerate(layers):
+    got = jax.jit(
+      lambda i, q, c, base: nb.nearest_in_cell(
+        i, q, c, search="native", points=stacked, row_base=base
+      )
+    )(bare[l], jnp.asarray(q), jnp.asarray(c), jnp.int32(601 * l))
+    np.testing.assert_array_equal(np.asarray(got[1]), want[l][1])
+  stack = lambda j: jnp.stack([jnp.asarray(l[j]) for l in layers])
+  index = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *idx)
+  search = lambda i, q, c: nb.nearest_in_cell(i, q, c, search="native")
+  by_vmap = jax.jit(jax.vmap(search))(index, stack(2), stack(3))
+  _, by_scan = jax.lax.scan(
+    lambda carry, a: (carry, search(*a)), 0, (index, stack(2), stack(3))
+  )
+  for l in range(3):
+    for got in (by_vmap, by_scan):
+      np.testing.assert_array_equal(np.asarray(got[1][l]), want[l][1])
+      np.testing.assert_allclose(np.asarray(got[0][l]), want[l][0], rtol=1e-6)
+
+
+def test_float64_runs_the_xla_search(kernel, enable_x64, rng):
+  train, t_cells, queries, q_cells = _layer(rng, 400, 90, 5, 4, np.float64)
+  got = _search(train, t_cells, queries, q_cells, 4, "l2", search="native")
+  want = _search(train, t_cells, queries, q_cells, 4, "l2", search="tiled")
+  assert got[0].dtype == np.float64
+  np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_bad_cell_starts_are_an_error(kernel):
+  pts = jnp.ones((10, 3), jnp.float32)
+  with pytest.raises(Exception, match="starts must be non-decreasing"):
+    jax.block_until_ready(
+      native.nearest(
+        pts,
+        0,
+        jnp.ones(10),
+        jnp.array([0, 7, 4, 10], jnp.int32),
+        jnp.ones((2, 3), jnp.float32),
+        jnp.zeros(2, jnp.int32),
+        "l2",
+      )
+    )
+
+
+def test_disabled_falls_back_to_tiled(fresh_state, monkeypatch):
+  monkeypatch.setenv("CTJAX_NATIVE", "0")
+  assert not native.available()
+  assert "CTJAX_NATIVE=0" in native.reason()
+  assert nb.resolve_search("auto", 500, backend="cpu") == "tiled"
+  with pytest.raises(ValueError, match="unavailable here: disabled"):
+    nb.resolve_search("native", backend="cpu")
+
+
+def test_a_failing_compiler_is_reported(fresh_state, monkeypatch):
+  monkeypatch.setenv("CXX", shutil.which("false") or "false")
+  assert not native.available()
+  assert "failed" in native.reason()
+  assert not list(fresh_state.glob("*.so"))  # nothing half-written is kept
+
+
+def test_build_is_cached_by_source_and_compiler(fresh_state, kernel):
+  assert native.available(), native.reason()
+  (lib,) = fresh_state.glob("nearest-*.so")
+  stamp = os.stat(lib).st_mtime_ns
+  native._reset_for_tests()
+  assert native.available()
+  assert [lib] == list(fresh_state.glob("nearest-*.so"))
+  assert os.stat(lib).st_mtime_ns == stamp  # not rebuilt
