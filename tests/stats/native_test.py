@@ -189,3 +189,29 @@ def test_build_is_cached_by_source_and_compiler(fresh_state, kernel):
   assert native.available()
   assert [lib] == list(fresh_state.glob("nearest-*.so"))
   assert os.stat(lib).st_mtime_ns == stamp  # not rebuilt
+
+
+def test_concurrent_calls_share_the_helpers(kernel):
+  # Calls from several host threads at once (as ctjax's layer groups make
+  # them) each get their own results, equal to the same calls made alone.
+  from concurrent.futures import ThreadPoolExecutor
+
+  k = 5
+  layers = [
+    _layer(np.random.default_rng(s), 1500, 400, 16, k) for s in range(6)
+  ]
+  search = jax.jit(lambda i, q, c: nb.nearest_in_cell(i, q, c, search="native"))
+  args = [
+    (
+      nb.build_index(jnp.asarray(t), jnp.asarray(c), k, "l2"),
+      jnp.asarray(q),
+      jnp.asarray(qc),
+    )
+    for t, c, q, qc in layers
+  ]
+  alone = [np.asarray(search(*a)[1]) for a in args]
+  with ThreadPoolExecutor(4) as pool:
+    for _ in range(3):
+      got = list(pool.map(lambda a: np.asarray(search(*a)[1]), args))
+      for g, w in zip(got, alone):
+        np.testing.assert_array_equal(g, w)

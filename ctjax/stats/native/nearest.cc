@@ -19,20 +19,30 @@
 // Outputs: score [m] f32 (inf where the cell has no training row or the row
 //          is padding), row [m] s32 (the winning sorted row, -1 there).
 //
-// Work items (a cell and a block of its queries) are shared with XLA's
-// intra-op thread pool through an atomic counter; the calling thread works
-// too and waits only for items that other threads have claimed, never for a
-// task that has not started, so a busy pool cannot stall the call.
+// Work items (a cell and a block of its queries) are shared through an
+// atomic counter with this library's own helper threads (one per CPU the
+// process may run on, less one; XLA's intra-op pool was measured to start
+// them only after the calling program had finished). The calling thread
+// works too and waits only for items that helpers have claimed, never for a
+// helper that has not started, so busy or missing helpers (e.g. after a
+// fork) cannot stall a call: it then runs on the caller alone.
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -158,7 +168,7 @@ void RunItem(const Problem& p, int64_t item, std::vector<float>& qt) {
   }
 }
 
-// Shared by the caller and the pool's tasks (kept alive by the late ones).
+// Shared by the caller and its helpers (kept alive by the late ones).
 struct Queue {
   explicit Queue(std::shared_ptr<const Problem> p) : problem(std::move(p)) {}
   std::shared_ptr<const Problem> problem;
@@ -176,7 +186,56 @@ struct Queue {
   }
 };
 
-ffi::Error NearestImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> points,
+// Helper threads shared by every call (created on first use, never joined:
+// they sleep on a condition variable between calls).
+class Helpers {
+ public:
+  static Helpers& Get() {
+    static Helpers* helpers = new Helpers();
+    return *helpers;
+  }
+  int64_t size() const { return size_; }
+  void Offer(const std::shared_ptr<Queue>& queue, int64_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int64_t i = 0; i < n; ++i) tasks_.push_back(queue);
+    }
+    if (n == 1) {
+      cv_.notify_one();
+    } else {
+      cv_.notify_all();
+    }
+  }
+
+ private:
+  Helpers() {
+    int64_t cpus = std::thread::hardware_concurrency();
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+#endif
+    size_ = std::max<int64_t>(cpus, 1) - 1;
+    for (int64_t i = 0; i < size_; ++i) std::thread([this] { Loop(); }).detach();
+  }
+  void Loop() {
+    for (;;) {
+      std::shared_ptr<Queue> queue;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !tasks_.empty(); });
+        queue = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      queue->Work();
+    }
+  }
+  int64_t size_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Queue>> tasks_;
+};
+
+ffi::Error NearestImpl(ffi::Buffer<ffi::F32> points,
                        ffi::Buffer<ffi::S32> row_base,
                        ffi::Buffer<ffi::F32> aux, ffi::Buffer<ffi::S32> starts,
                        ffi::Buffer<ffi::F32> queries,
@@ -241,7 +300,14 @@ ffi::Error NearestImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> points,
       p->order[fill[c]++] = static_cast<int32_t>(i);
     }
   }
-  for (int64_t c = 0; c < k; ++c) {
+  // Items of the largest cells first, so that the threads finish together
+  // (the cost of an item is its cell's row count).
+  std::vector<int64_t> by_size(k);
+  for (int64_t c = 0; c < k; ++c) by_size[c] = c;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](int64_t a, int64_t b) {
+    return st[a + 1] - st[a] > st[b + 1] - st[b];
+  });
+  for (int64_t c : by_size) {
     for (int64_t j = 0; j < count[c]; j += kBlock) {
       p->item_cell.push_back(c);
       p->item_first.push_back(first[c] + j);
@@ -252,14 +318,19 @@ ffi::Error NearestImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> points,
   if (total == 0) return ffi::Error::Success();
 
   auto queue = std::make_shared<Queue>(std::move(p));
-  const int64_t helpers =
-      std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 0), total - 1);
-  for (int64_t t = 0; t < helpers; ++t) {
-    pool.Schedule([queue] { queue->Work(); });
-  }
+  Helpers& helpers = Helpers::Get();
+  // Calls running at once (e.g. ctjax's layer groups, one program per host
+  // thread) share the CPUs: each asks for helpers only for the CPUs the
+  // others do not occupy.
+  static std::atomic<int64_t> active{0};
+  const int64_t others = active.fetch_add(1);
+  const int64_t n_help = std::min<int64_t>(
+      std::max<int64_t>(helpers.size() - others, 0), total - 1);
+  if (n_help > 0) helpers.Offer(queue, n_help);
   queue->Work();
-  // Items already claimed by pool threads finish; unstarted tasks find no
-  // work left and return without touching the outputs.
+  active.fetch_sub(1);
+  // Items already claimed by helpers finish; helpers that start later find
+  // no work left and return without touching the outputs.
   while (queue->done.load(std::memory_order_acquire) < total) {
     std::this_thread::yield();
   }
@@ -270,7 +341,6 @@ ffi::Error NearestImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> points,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CtjaxNearestInCell, NearestImpl,
                               ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
