@@ -50,6 +50,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 import ctjax
+from ctjax.stats import native
 from ctjax.stats import neighbors as nb
 from ctjax.stats import pca as pca_lib
 
@@ -305,8 +306,11 @@ def pure_device(ref, gen, gens, ct, reps=10):
     (f"score_merged, B={b}", merged, gl, b),
   ]
   # Every search choice on this backend, beside the resolved one.
-  for other in ("tiled", "dense"):
-    if other != nb.resolve_search(c.search, m, c.tile_train):
+  for other in nb.SEARCHES:
+    if other != nb.resolve_search(c.search, m, c.tile_train) and (
+      other != "native"
+      or (jax.default_backend() == "cpu" and native.available())
+    ):
       kw2 = dict(kw, search=other)
       cases.append(
         (
@@ -631,9 +635,24 @@ def main():
     warm.append(t)
   t_warm = float(np.median(warm))
   print(f"ctjax warm batch: {t_warm * 1e3:.1f} ms", flush=True)
+  # The same batch with XLA's tiled search, where "auto" picked the native
+  # kernel (`ctjax.stats.native`): the kernel's gain, same process.
+  search_kind = nb.resolve_search("auto", gen.shape[1])
+  t_warm_xla = None
+  if search_kind == "native" and hasattr(ref, "fitted"):
+    timed(ref.score, gen, search="tiled")
+    t_warm_xla = float(
+      np.median(
+        [
+          timed(ref.score, gen2 if i % 2 else gen, search="tiled")[1]
+          for i in range(args.warm_reps)
+        ]
+      )
+    )
+    print(f"  with search='tiled': {t_warm_xla * 1e3:.1f} ms", flush=True)
 
   # score_many: B batches in one call (compiled by a first call).
-  t_many = t_many_dev = None
+  t_many = t_many_dev = t_many_xla = None
   if hasattr(ref, "score_many"):
     gens = np.stack([gen if b % 2 else gen2 for b in range(args.batches)])
     timed(ref.score_many, gens)
@@ -658,6 +677,14 @@ def main():
       f"{t_many_dev / args.batches * 1e3:.2f} ms per batch",
       flush=True,
     )
+    t_many_xla = None
+    if t_warm_xla is not None:
+      timed(ref.score_many, gens, search="tiled")
+      t_many_xla = float(
+        np.median(
+          [timed(ref.score_many, gens, search="tiled")[1] for _ in range(3)]
+        )
+      )
 
   pure = None
   if hasattr(ref, "fitted") and not ref.groups:
@@ -747,11 +774,17 @@ def main():
     ("ctjax cold (fit+score, compiled)", cold),
     ("ctjax warm batch (fit reused)", t_warm),
   ]
+  if t_warm_xla is not None:
+    rows.append(("  the same with search='tiled' (XLA)", t_warm_xla))
   if t_many is not None:
     rows.append(
       (f"ctjax score_many, per batch (B={args.batches})", t_many / args.batches)
     )
     rows.append(("  the same batches on the device", t_many_dev / args.batches))
+    if t_many_xla is not None:
+      rows.append(
+        ("  NumPy batches, search='tiled' (XLA)", t_many_xla / args.batches)
+      )
   if two is not None:
     # Its own (b), from the same subprocess: the ratio column is against it.
     rows.append(("(b) in the 2-device subprocess", two["b"]))
@@ -886,6 +919,11 @@ def main():
     cold_s=cold,
     fit_s=t_fit,
     warm_s=t_warm,
+    search=search_kind,
+    warm_tiled_s=t_warm_xla,
+    score_many_tiled_per_batch_s=(
+      None if t_many_xla is None else t_many_xla / args.batches
+    ),
     score_many_per_batch_s=None if t_many is None else t_many / args.batches,
     score_many_device_input_per_batch_s=(
       None if t_many_dev is None else t_many_dev / args.batches

@@ -174,14 +174,23 @@ def test_layer_groups_in_threads_score_the_same(fitted, n_threads, monkeypatch):
   from ctjax import reference  # pylint: disable=g-import-not-at-top
   from ctjax import threads  # pylint: disable=g-import-not-at-top
 
+  from ctjax.stats import native  # pylint: disable=g-import-not-at-top
+
   ref, _, _, gen = fitted
-  kw = dict(tau=0.05, return_neighbors=True, n_bootstrap=20, seed=1)
+  # XLA's tiled search: the native kernel runs one program (it spreads over
+  # the CPUs itself).
+  kw = dict(
+    tau=0.05, return_neighbors=True, n_bootstrap=20, seed=1, search="tiled"
+  )
+  tiles = ref._tiles("tiled")  # pylint: disable=protected-access
   monkeypatch.setattr(reference, "LAYER_THREADS", 1)
-  assert ref._score_groups() is None  # pylint: disable=protected-access
+  assert ref._score_groups(tiles, 128) is None  # pylint: disable=protected-access
   want = ref.score(gen, **kw)
   monkeypatch.setattr(reference, "LAYER_THREADS", n_threads)
-  groups = ref._score_groups()  # pylint: disable=protected-access
+  groups = ref._score_groups(tiles, 128)  # pylint: disable=protected-access
   assert groups == threads.layer_groups(L, n_threads) and len(groups) > 1
+  if native.available():
+    assert ref._score_groups(ref._tiles("native"), 128) is None  # pylint: disable=protected-access
   for _ in range(2):  # the first call compiles, the second runs threaded
     got = ref.score(gen, **kw)
     for name in ("u", "n_gen", "ct", "ct_boot"):
@@ -193,7 +202,7 @@ def test_layer_groups_in_threads_score_the_same(fitted, n_threads, monkeypatch):
   bad = gen.copy()
   bad[L - 1, 4, 0] = np.nan
   with pytest.raises(ValueError, match=rf"layer\(s\) {L - 1}$"):
-    ref.score(bad)
+    ref.score(bad, search="tiled")
 
 
 @pytest.mark.parametrize("n_threads", [2, 3])

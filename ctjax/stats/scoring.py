@@ -194,6 +194,20 @@ def twice_u_layers(fitted: fitted_lib.Fitted, dist, cells, *, rank=None):
   )
 
 
+def _stacked_rows(fitted: fitted_lib.Fitted):
+  """``(rest, points [L·N, d], N)``: ``fitted`` without its index's points,
+  and those points stacked, for a loop over layers in which each layer's
+  search reads its own rows in place (a map over the whole index would copy
+  every layer's N x d rows out first: 1.9 ms a layer at N = 50k on a 2-core
+  CPU, 13% of a warm batch)."""
+  n_layers, n, d = fitted.index.points.shape
+  points = fitted.index.points.reshape(n_layers * n, d)
+  rest = dataclasses.replace(
+    fitted, index=dataclasses.replace(fitted.index, points=None)
+  )
+  return rest, points, n
+
+
 def query_parts(
   fitted: fitted_lib.Fitted,
   gen,
@@ -229,20 +243,12 @@ def query_parts(
       (fitted, gen),
       layers=layers,
     )
-  # One layer after another: the training rows stay stacked [L·N, d] and
-  # each layer's search reads its own rows in place (a map over the whole
-  # index would copy every layer's N x d rows out first: 1.9 ms a layer at
-  # N = 50k on a 2-core CPU, 13% of a warm batch).
-  n_layers, n, d = fitted.index.points.shape
-  points = fitted.index.points.reshape(n_layers * n, d)
-  rest = dataclasses.replace(
-    fitted, index=dataclasses.replace(fitted.index, points=None)
-  )
+  rest, points, n = _stacked_rows(fitted)
   return jax.lax.map(
     lambda a: _query_one_layer(
       a[0], a[1], valid, points=points, row_base=a[2] * n, **kw
     ),
-    (rest, gen, jnp.arange(n_layers, dtype=jnp.int32)),
+    (rest, gen, jnp.arange(fitted.n_layers, dtype=jnp.int32)),
   )
 
 
@@ -402,6 +408,65 @@ def merged_parts(fitted: fitted_lib.Fitted, gens, valid, **kw):
   )
   back = lambda x: jnp.swapaxes(x.reshape(n_layers, c, m), 0, 1)
   return back(tu), back(cells)
+
+
+def merged_batch_parts(
+  fitted: fitted_lib.Fitted,
+  batches,
+  valid,
+  *,
+  layer_start=0,
+  tile_queries=nb.TILE_QUERIES,
+  tile_train=nb.TILE_TRAIN,
+  search="auto",
+  rank=None,
+):
+  """`merged_parts` of c batches given one by one, as they arrive.
+
+  Each layer's c·m_pad queries are gathered from the c batches (and padded)
+  inside the loop over layers, so only one layer's ``[c·m_pad, D]`` is
+  copied at a time, never a layer-major copy of the whole chunk (whose fresh
+  pages cost more than the copy itself on a CPU). Layers run one after
+  another (a CPU's choice).
+
+  Args:
+    fitted: the reference (L layers).
+    batches: a tuple of c ``[L', m, D]`` arrays, batch b's embeddings (m may
+      be below m_pad); layer l of ``fitted`` is layer ``layer_start + l``.
+    valid: ``[c, m_pad]`` bool, rows to score (False beyond m).
+    layer_start: an int or int32 scalar.
+    tile_queries, tile_train, search, rank: as `query_parts`.
+
+  Returns:
+    ``(finite [c, L] bool, tu [c, L, m_pad], cells [c, L, m_pad])``.
+  """
+  c, m_pad = valid.shape
+  kw = dict(
+    tile_queries=tile_queries, tile_train=tile_train, search=search, rank=rank
+  )
+  rest, points, n = _stacked_rows(fitted)
+
+  def one(a):
+    f, l = a
+    xs = [
+      jax.lax.dynamic_index_in_dim(g, layer_start + l, keepdims=False)
+      for g in batches
+    ]
+    finite = jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])
+    x = jnp.concatenate(
+      [jnp.pad(x, ((0, m_pad - x.shape[0]), (0, 0))) for x in xs]
+    )
+    tu, cells, _, _ = _query_one_layer(
+      f, x, valid.reshape(-1), points=points, row_base=l * n, **kw
+    )
+    return finite, tu, cells
+
+  n_layers = fitted.n_layers
+  finite, tu, cells = jax.lax.map(
+    one, (rest, jnp.arange(n_layers, dtype=jnp.int32))
+  )
+  back = lambda x: jnp.swapaxes(x.reshape(n_layers, c, m_pad), 0, 1)
+  return finite.T, back(tu), back(cells)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)

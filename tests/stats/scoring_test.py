@@ -117,16 +117,25 @@ def test_score_many_equals_score(case, batch_size, vectorize):
       )
 
 
-def test_score_many_compiles_once_per_chunk_shape(case, monkeypatch):
-  ref, gens = case
+def _count_merged_traces(monkeypatch, name="merged_batch_parts") -> list:
+  """A list that grows by one each time `score_many`'s default program is
+  traced: a chunk's batches searched together, gathered layer by layer
+  from NumPy batches as they are (`merged_batch_parts`), or from a device
+  array padded and made layer-major on its device (`score_merged`)."""
   traces = []
-  inner = scoring.score_merged  # the default: batches searched together
+  inner = getattr(scoring, name)
 
   def counting(*a, **k):
     traces.append(1)
     return inner(*a, **k)
 
-  monkeypatch.setattr(scoring, "score_merged", counting)
+  monkeypatch.setattr(scoring, name, counting)
+  return traces
+
+
+def test_score_many_compiles_once_per_chunk_shape(case, monkeypatch):
+  ref, gens = case
+  traces = _count_merged_traces(monkeypatch)
   ref.score_many(gens[:, :, :130], batch_size=4)  # 2 chunks of 4
   assert len(traces) == 1
   ref.score_many(gens[:4, :, :130], batch_size=4)  # 1 chunk
@@ -175,14 +184,7 @@ def test_score_many_of_device_batches_stays_on_device(
 
 def test_score_many_device_batches_compile_the_score_once(case, monkeypatch):
   ref, gens = case
-  traces = []
-  inner = scoring.score_merged
-
-  def counting(*a, **k):
-    traces.append(1)
-    return inner(*a, **k)
-
-  monkeypatch.setattr(scoring, "score_merged", counting)
+  traces = _count_merged_traces(monkeypatch, "score_merged")
   on_device = jax.device_put(np.concatenate([gens, gens])[:, :, :120])
   for b in (5, 3, 4, 10):  # chunks of 4, the last one 1 to 4 batches
     ref.score_many(on_device[:b], batch_size=4)
@@ -207,13 +209,16 @@ def test_score_many_layer_groups_in_threads(case, n_threads, monkeypatch):
   from ctjax import reference  # pylint: disable=g-import-not-at-top
 
   ref, gens = case
+  # XLA's tiled search (the native kernel runs one program).
+  kw = dict(batch_size=2, search="tiled")
   monkeypatch.setattr(reference, "LAYER_THREADS", 1)
-  want = ref.score_many(gens, batch_size=2)
+  want = ref.score_many(gens, **kw)
   monkeypatch.setattr(reference, "LAYER_THREADS", n_threads)
-  assert len(ref._score_groups()) > 1  # pylint: disable=protected-access
+  groups = ref._score_groups(ref._tiles("tiled"), 256)  # pylint: disable=protected-access
+  assert len(groups) > 1
   # The first call compiles; float64 NumPy batches are cast as JAX casts them.
   for g in (gens, gens, jax.device_put(gens), gens.astype(np.float64)):
-    got = ref.score_many(g, batch_size=2)
+    got = ref.score_many(g, **kw)
     for name in ("ct", "z", "u", "n_gen", "included"):
       np.testing.assert_array_equal(
         getattr(got, name), getattr(want, name), err_msg=name
@@ -223,7 +228,7 @@ def test_score_many_layer_groups_in_threads(case, n_threads, monkeypatch):
   with pytest.raises(
     ValueError, match=rf"gens\[3\] has NaN.*layer\(s\) {L - 1}$"
   ):
-    ref.score_many(bad, batch_size=2)
+    ref.score_many(bad, **kw)
 
 
 def test_score_many_names_bad_batch(case):
