@@ -240,9 +240,10 @@ def main(argv):
     sys.exit(2)
   import ctjax  # pylint: disable=g-import-not-at-top
 
-  # One XLA device per core (at most 2; CTJAX_CPU_DEVICES=1 keeps one), set
-  # before JAX starts: the C_T search then runs on every core, its layers
-  # split between the devices (ctjax/devices.py).
+  # Set before JAX starts: one XLA device where the native search kernel
+  # builds (it runs on every core itself), else one per core (at most 2),
+  # the layers split between them; CTJAX_CPU_DEVICES overrides
+  # (ctjax/devices.py).
   ctjax.use_cpu_devices()
   try:
     _run(command)

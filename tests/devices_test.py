@@ -166,9 +166,15 @@ def test_use_cpu_devices_keeps_the_users_flag(monkeypatch):
 
 
 def test_default_count(monkeypatch):
+  from ctjax.stats import native  # pylint: disable=g-import-not-at-top
+
   monkeypatch.delenv("CTJAX_CPU_DEVICES", raising=False)
+  monkeypatch.setattr(native, "available", lambda: False)
   want = min(len(os.sched_getaffinity(0)), devices.MAX_DEFAULT)
   assert devices.default_count() == want
+  # The native search kernel spreads over the cores itself: one device.
+  monkeypatch.setattr(native, "available", lambda: True)
+  assert devices.default_count() == 1
   monkeypatch.setenv("CTJAX_CPU_DEVICES", "1")
   assert devices.default_count() == 1
   monkeypatch.setenv("CTJAX_CPU_DEVICES", "two")
