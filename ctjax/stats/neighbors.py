@@ -1,8 +1,9 @@
 """Nearest training point within the same cell.
 
 The training points are sorted by cell once (`build_index`), so cell c is the
-contiguous run of rows ``starts[c]:starts[c+1]``. Three searches give the same
-``(dist, idx)``:
+contiguous run of rows ``starts[c]:starts[c+1]``. The searches give the same
+``(dist, idx)`` up to the float32 rounding of the ranking score (where two
+training points are within it of the same distance, either may win):
 
   - ``"tiled"`` (right for a CPU): queries are sorted by cell and dealt into
     cell-pure tiles of ``tile_queries`` rows (no tile straddles two cells, so
