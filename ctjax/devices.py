@@ -9,9 +9,11 @@ JAX fixes the count when it first runs something, so `use_cpu_devices`
 must come before any computation; ``run.py`` calls it first thing.
 
 Where the native search kernel builds (`ctjax.stats.native`), the search
-spreads over the cores by itself and one device is the default: ``run.py``
-on this project's 2-core CPU took 40–41 s on one device against 45–49 s on
-two (alternating runs, empty compilation caches, the same results).
+spreads over the cores by itself and one device is the default. On this
+project's 2-core CPU, ``run.py`` with its trained generators and encoders
+already cached (the stages that compute C_T) took 40–41 s on one device
+against 45–49 s on two (alternating runs, empty compilation caches); from
+scratch, 97 and 103 s on one device against 104 s on two.
 """
 
 import os
