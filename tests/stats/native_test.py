@@ -215,3 +215,15 @@ def test_concurrent_calls_share_the_helpers(kernel):
       got = list(pool.map(lambda a: np.asarray(search(*a)[1]), args))
       for g, w in zip(got, alone):
         np.testing.assert_array_equal(g, w)
+
+
+def test_cxx_may_carry_arguments(fresh_state, monkeypatch, kernel):
+  # CXX is split like a shell word list ("ccache g++", "g++ -DX"); the
+  # arguments are part of the cache key.
+  cxx = next(c for c in ("c++", "g++", "clang++") if shutil.which(c))
+  plain = set(fresh_state.glob("nearest-*.so"))  # built by `kernel`
+  monkeypatch.setenv("CXX", f"{cxx} -DCTJAX_TEST_FLAG=1")
+  native._reset_for_tests()
+  assert native.available(), native.reason()
+  with_flag = set(fresh_state.glob("nearest-*.so")) - plain
+  assert len(with_flag) == 1

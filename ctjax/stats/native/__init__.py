@@ -30,6 +30,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -66,13 +67,15 @@ def cache_dir() -> Path:
   return Path.home() / ".cache" / "ctjax" / "native"
 
 
-def _compiler() -> str | None:
+def _compiler() -> list[str] | None:
+  """The compiler command: ``$CXX`` (split like a shell word list, so
+  ``CXX="ccache g++"`` works), else the first of c++, g++, clang++."""
   cxx = os.environ.get("CXX")
   if cxx:
-    return cxx
+    return shlex.split(cxx)
   for name in ("c++", "g++", "clang++"):
     if shutil.which(name):
-      return name
+      return [name]
   return None
 
 
@@ -91,17 +94,17 @@ def _cpu_signature() -> str:
   return "\n".join(sorted(set(keep)))
 
 
-def _build(cxx: str) -> Path:
+def _build(cxx: list[str]) -> Path:
   """Compiles `SOURCE` (or finds it compiled) and returns the library."""
   version = subprocess.run(
-    [cxx, "--version"], capture_output=True, text=True, timeout=60
+    [*cxx, "--version"], capture_output=True, text=True, timeout=60
   ).stdout
   key = hashlib.sha256(
     "\0".join(
       [
         SOURCE.read_text(),
         version,
-        " ".join(FLAGS),
+        " ".join(cxx + list(FLAGS)),
         jax.__version__,
         platform.machine(),
         _cpu_signature(),
@@ -116,7 +119,7 @@ def _build(cxx: str) -> Path:
   os.close(fd)
   try:
     cmd = [
-      cxx,
+      *cxx,
       *FLAGS,
       f"-I{jax.ffi.include_dir()}",
       str(SOURCE),
