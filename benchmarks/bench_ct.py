@@ -50,7 +50,6 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 import ctjax
-from ctjax.stats import native
 from ctjax.stats import neighbors as nb
 from ctjax.stats import pca as pca_lib
 
@@ -306,11 +305,8 @@ def pure_device(ref, gen, gens, ct, reps=10):
     (f"score_merged, B={b}", merged, gl, b),
   ]
   # Every search choice on this backend, beside the resolved one.
-  for other in nb.SEARCHES:
-    if other != nb.resolve_search(c.search, m, c.tile_train) and (
-      other != "native"
-      or (jax.default_backend() == "cpu" and native.available())
-    ):
+  for other in nb.usable_searches():
+    if other != nb.resolve_search(c.search, m, c.tile_train):
       kw2 = dict(kw, search=other)
       cases.append(
         (

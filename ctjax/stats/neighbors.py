@@ -156,6 +156,15 @@ def exact_distance(q: jax.Array, t: jax.Array, metric: str) -> jax.Array:
   return jnp.where(jnp.all(q == t, axis=-1), 0.0, d)
 
 
+def usable_searches(backend: str | None = None) -> tuple[str, ...]:
+  """The `SEARCHES` that run on ``backend`` (default
+  ``jax.default_backend()``): "native" only on a CPU where the kernel
+  builds (`native.available`)."""
+  backend = backend or jax.default_backend()
+  native_ok = backend == "cpu" and native.available()
+  return tuple(s for s in SEARCHES if s != "native" or native_ok)
+
+
 def resolve_search(
   search: str,
   n_queries: int | None = None,

@@ -16,6 +16,8 @@ from tests.stats import oracle
 
 @pytest.fixture
 def kernel():
+  if jax.default_backend() != "cpu":
+    pytest.skip("the native kernel runs on a CPU backend only")
   if not native.available():
     pytest.skip(f"native kernel unavailable: {native.reason()}")
 
@@ -24,6 +26,7 @@ def kernel():
 def fresh_state(monkeypatch, tmp_path):
   """A clean build state with its own cache folder; restored after."""
   monkeypatch.setenv("CTJAX_NATIVE_CACHE", str(tmp_path / "cache"))
+  monkeypatch.delenv("CTJAX_NATIVE", raising=False)
   native._reset_for_tests()
   yield tmp_path / "cache"
   native._reset_for_tests()
@@ -32,6 +35,8 @@ def fresh_state(monkeypatch, tmp_path):
 def test_builds_where_a_compiler_exists():
   if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
     pytest.skip("no C++ compiler on this machine")
+  if os.environ.get("CTJAX_NATIVE") == "0":
+    pytest.skip("CTJAX_NATIVE=0 turns the kernel off")
   assert native.available(), native.reason()
 
 
