@@ -1544,8 +1544,29 @@ class CTReference:
       size = groups[0][1] - groups[0][0]
       group_shape = (size, chunk, m_pad, self.dim)
 
-    def group_task(score_part, i):
-      finite, out = score_part(i)
+    def group_task(part, batches, valid, i):
+      """Layer group i of a chunk: from the per-batch arrays ``batches``
+      (NumPy input), else from the device array ``part``."""
+      start, stop = groups[i]
+      if batches is not None:
+        finite, out = _score_batches(
+          parts[i],
+          batches,
+          valid,
+          np.int32(start),
+          tau,
+          on_device=True,
+          **tiles,
+        )
+      else:
+        buf = _device_padded(
+          jax.device_put(part[:, start:stop]),
+          shape=group_shape,
+          layer_major=True,
+        )
+        finite, out = _score_chunk(
+          parts[i], buf, valid, tau, on_device=True, mode="merge", **tiles
+        )
       return jax.device_get((finite, (out.u2, out.n_gen)))
 
     def dispatch(start):
@@ -1554,34 +1575,12 @@ class CTReference:
       b = part.shape[0]
       valid = np.zeros((chunk, m_pad), bool)
       valid[:b, :m] = True
+      batches = None
       if by_batch:
         # The last batch stands in for the missing ones of a partial chunk
         # (no copy; their rows are not valid).
         batches = [jax.device_put(part[j]) for j in range(b)]
         batches = tuple(batches + batches[-1:] * (chunk - b))
-        score_part = lambda i: _score_batches(
-          parts[i],
-          batches,
-          valid,
-          np.int32(groups[i][0]),
-          tau,
-          on_device=True,
-          **tiles,
-        )
-      else:
-        score_part = lambda i: _score_chunk(
-          parts[i],
-          _device_padded(
-            jax.device_put(part[:, groups[i][0] : groups[i][1]]),
-            shape=group_shape,
-            layer_major=True,
-          ),
-          valid,
-          tau,
-          on_device=True,
-          mode="merge",
-          **tiles,
-        )
       if groups is not None:
         futures = threads.start_groups(
           (
@@ -1592,7 +1591,7 @@ class CTReference:
             _program_key(parts[0], tiles),
           ),
           [
-            functools.partial(group_task, score_part, i)
+            functools.partial(group_task, part, batches, valid, i)
             for i in range(len(groups))
           ],
         )
