@@ -1,13 +1,21 @@
 """PCA fitted from an exact covariance matrix.
 
-The covariance is accumulated over row chunks (static size; the last chunk is
-padded with the mean, which adds exactly zero), and, for wide inputs, only the
-upper block triangle of XᵀX can be multiplied, one product per row panel
-(``block``). That saves a quarter of the flops at D = 768 but, measured on a
-2-core x86 CPU, no time: the two smaller products run as much slower as they
-are smaller, so the default is the plain product (one GEMM per chunk, at the
-machine's GEMM rate). The eigendecomposition is
-`jnp.linalg.eigh` of the D x D covariance: no randomisation, no truncation.
+The scatter matrix is computed one of two ways (`resolve_covariance`):
+
+- "native" (float32 on a CPU where ctjax's kernels build): the compiled
+  kernel `ctjax.stats.native.scatter`, which multiplies only the register
+  tiles that touch the upper triangle (about half the flops of xᵀx), reads
+  x once and sums in float64 across panels of 256 rows.
+- "xla": accumulated over row chunks (static size; the last chunk is padded
+  with the mean, which adds exactly zero), and, for wide inputs, only the
+  upper block triangle of XᵀX can be multiplied, one product per row panel
+  (``block``). That saves a quarter of the flops at D = 768 but, measured on
+  a 2-core x86 CPU, no time: the two smaller products run as much slower as
+  they are smaller, so the default is the plain product (one GEMM per chunk,
+  at the machine's GEMM rate).
+
+The eigendecomposition is `jnp.linalg.eigh` of the D x D covariance: no
+randomisation, no truncation.
 """
 
 import dataclasses
@@ -15,6 +23,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from ctjax.stats import native
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -69,6 +79,39 @@ CHUNK = 10_000  # rows per step of the covariance and the projection
 # Panels of 384 at D = 768 (3/4 of the work) took the same time as the plain
 # product on this project's 2-core CPU (262 vs 267 ms per 50k x 768 layer).
 BLOCK = None
+# How `covariance` computes: "auto", "native" or "xla" (`resolve_covariance`).
+COVARIANCE = "auto"
+
+
+def resolve_covariance(
+  method: str | None = None, dtype=jnp.float32, backend: str | None = None
+) -> str:
+  """``method`` (default `COVARIANCE`) as "native" or "xla".
+
+  "auto" is "native" for float32 data on a CPU backend where ctjax's
+  kernels are available (`native.available`; built on the first call), else
+  "xla". "native" elsewhere is an error that says why.
+  """
+  method = COVARIANCE if method is None else method
+  if method not in ("auto", "native", "xla"):
+    raise ValueError(
+      f"covariance method must be 'auto', 'native' or 'xla', got {method!r}"
+    )
+  if method == "xla":
+    return method
+  backend = backend or jax.default_backend()
+  why = None
+  if backend != "cpu":
+    why = f"it runs on a CPU backend only, not {backend!r}"
+  elif jnp.dtype(dtype) != jnp.float32:
+    why = f"it takes float32 data, not {jnp.dtype(dtype).name}"
+  elif not native.available():
+    why = f"the kernels are unavailable: {native.reason()}"
+  if why is None:
+    return "native"
+  if method == "native":
+    raise ValueError(f"covariance method 'native' cannot run: {why}")
+  return "xla"
 
 
 def covariance(
@@ -77,19 +120,25 @@ def covariance(
   *,
   chunk: int = CHUNK,
   block: int | None = BLOCK,
+  method: str | None = None,
 ) -> jax.Array:
   """Unnormalised scatter matrix Σ (x_i − mean)(x_i − mean)ᵀ.
 
   Args:
     x: ``[N, D]`` data.
     mean: ``[D]`` centre.
-    chunk: rows per step; memory is O(chunk · D + D²).
-    block: row panel of the symmetric product (``None`` or ``>= D``: the
-      plain xᵀx).
+    chunk: rows per step of the "xla" method; its memory is
+      O(chunk · D + D²) ("native": about 12 D² bytes per CPU thread).
+    block: row panel of the "xla" method's symmetric product (``None`` or
+      ``>= D``: the plain xᵀx).
+    method: "auto", "native" or "xla" (`resolve_covariance`).
 
   Returns:
-    ``[D, D]`` scatter matrix (divide by N − 1 for the covariance).
+    ``[D, D]`` scatter matrix (divide by N − 1 for the covariance), exactly
+    symmetric.
   """
+  if resolve_covariance(method, x.dtype) == "native":
+    return native.scatter(x, mean.astype(x.dtype))
   n, d = x.shape
   block = d if block is None else block
   chunk = max(1, min(chunk, n))
@@ -112,18 +161,22 @@ def covariance(
   return jnp.where(rows <= cols, upper, upper.T)
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "chunk", "block"))
+@functools.partial(
+  jax.jit, static_argnames=("n_components", "chunk", "block", "method")
+)
 def fit_pca(
   x: jax.Array,
   n_components: int,
   *,
   chunk: int = CHUNK,
   block: int | None = BLOCK,
+  method: str | None = None,
 ) -> PCA:
   """Fits PCA on ``x [N, D]`` (centred), keeping ``n_components`` axes.
 
   Jit-able with ``n_components`` static. Signs are fixed so that the entry of
   largest magnitude of each axis is positive (deterministic output).
+  ``chunk``, ``block``, ``method``: see `covariance`.
   """
   n, d = x.shape
   if not 1 <= n_components <= min(n, d):
@@ -132,7 +185,7 @@ def fit_pca(
       f"[1, {min(n, d)}] for data of shape {x.shape}"
     )
   mean = jnp.mean(x, axis=0)
-  scatter = covariance(x, mean, chunk=chunk, block=block)
+  scatter = covariance(x, mean, chunk=chunk, block=block, method=method)
   cov = scatter / max(n - 1, 1)
   evals, evecs = jnp.linalg.eigh(cov)
   evals = evals[::-1][:n_components]

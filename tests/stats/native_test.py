@@ -1,5 +1,6 @@
-"""The compiled CPU search kernel (`ctjax.stats.native`) against the XLA
-searches and a float64 brute force; its build, cache and fallbacks."""
+"""The compiled CPU kernels (`ctjax.stats.native`): the search against the
+XLA searches and a float64 brute force, the scatter matrix against float64
+NumPy; their build, cache and fallbacks."""
 
 import os
 import shutil
@@ -188,11 +189,11 @@ def test_a_failing_compiler_is_reported(fresh_state, monkeypatch):
 
 def test_build_is_cached_by_source_and_compiler(fresh_state, kernel):
   assert native.available(), native.reason()
-  (lib,) = fresh_state.glob("nearest-*.so")
+  (lib,) = fresh_state.glob("ctjax-native-*.so")
   stamp = os.stat(lib).st_mtime_ns
   native._reset_for_tests()
   assert native.available()
-  assert [lib] == list(fresh_state.glob("nearest-*.so"))
+  assert [lib] == list(fresh_state.glob("ctjax-native-*.so"))
   assert os.stat(lib).st_mtime_ns == stamp  # not rebuilt
 
 
@@ -226,9 +227,71 @@ def test_cxx_may_carry_arguments(fresh_state, monkeypatch, kernel):
   # CXX is split like a shell word list ("ccache g++", "g++ -DX"); the
   # arguments are part of the cache key.
   cxx = next(c for c in ("c++", "g++", "clang++") if shutil.which(c))
-  plain = set(fresh_state.glob("nearest-*.so"))  # built by `kernel`
+  plain = set(fresh_state.glob("ctjax-native-*.so"))  # built by `kernel`
   monkeypatch.setenv("CXX", f"{cxx} -DCTJAX_TEST_FLAG=1")
   native._reset_for_tests()
   assert native.available(), native.reason()
-  with_flag = set(fresh_state.glob("nearest-*.so")) - plain
+  with_flag = set(fresh_state.glob("ctjax-native-*.so")) - plain
   assert len(with_flag) == 1
+
+
+def _scatter64(x, mean):
+  xc = x.astype(np.float64) - np.asarray(mean, np.float64)
+  return xc.T @ xc
+
+
+@pytest.mark.parametrize(
+  "n,d",
+  # one row; below, at and past a panel (256) and a register tile (8 x 32);
+  # several panels per thread; D past a multiple of both tiles.
+  [(1, 1), (7, 5), (255, 37), (256, 64), (257, 33), (1000, 96), (3000, 130)],
+)
+def test_scatter_is_the_float64_scatter(kernel, n, d):
+  rng = np.random.default_rng(n * 1000 + d)
+  x = (rng.normal(size=(n, d)) * rng.uniform(0.1, 3, d) + 50).astype(np.float32)
+  mean = x.mean(axis=0)
+  got = np.asarray(native.scatter(jnp.asarray(x), jnp.asarray(mean)))
+  want = _scatter64(x, mean)
+  assert got.shape == (d, d) and got.dtype == np.float32
+  assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max()
+  np.testing.assert_array_equal(got, got.T)
+
+
+def test_scatter_takes_any_centre_and_no_rows(kernel):
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(600, 20)).astype(np.float32)
+  centre = rng.normal(size=20).astype(np.float32)  # not the mean
+  got = np.asarray(native.scatter(jnp.asarray(x), jnp.asarray(centre)))
+  want = _scatter64(x, centre)
+  assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max()
+  empty = native.scatter(jnp.zeros((0, 4)), jnp.ones(4))
+  np.testing.assert_array_equal(np.asarray(empty), np.zeros((4, 4)))
+
+
+def test_scatter_sums_many_rows_in_float64(kernel):
+  # 400k rows far from the origin: float32 running sums would drift; the
+  # kernel adds its float32 panel sums in float64.
+  rng = np.random.default_rng(4)
+  x = (rng.normal(size=(400_000, 3)) + 1000).astype(np.float32)
+  mean = x.astype(np.float64).mean(axis=0).astype(np.float32)
+  got = np.asarray(native.scatter(jnp.asarray(x), jnp.asarray(mean)))
+  want = _scatter64(x, mean)
+  assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_scatter_under_jit_vmap_and_threads(kernel):
+  from concurrent.futures import ThreadPoolExecutor
+
+  rng = np.random.default_rng(5)
+  xs = jnp.asarray(rng.normal(size=(4, 700, 40)).astype(np.float32))
+  means = xs.mean(axis=1)
+  alone = [np.asarray(native.scatter(x, m)) for x, m in zip(xs, means)]
+  batched = np.asarray(jax.jit(jax.vmap(native.scatter))(xs, means))
+  for b, a in zip(batched, alone):
+    np.testing.assert_array_equal(b, a)
+  with ThreadPoolExecutor(4) as pool:
+    got = list(
+      pool.map(lambda i: np.asarray(native.scatter(xs[i], means[i])), range(4))
+    )
+  for g, a in zip(got, alone):
+    np.testing.assert_array_equal(g, a)

@@ -7,6 +7,13 @@ from scipy.linalg import subspace_angles
 from ctjax.stats import pca as pca_lib
 
 
+def _method(method):
+  """Skips "native" where ctjax's kernels do not run."""
+  if method == "native" and pca_lib.resolve_covariance("auto") != "native":
+    pytest.skip("the native covariance does not run here")
+  return method
+
+
 def _gapped(rng, n=4000, d=96, k=8):
   # k strong directions (variances 100..30) over an isotropic floor of 1.
   basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
@@ -15,12 +22,21 @@ def _gapped(rng, n=4000, d=96, k=8):
   return x.astype(np.float32)
 
 
-@pytest.mark.parametrize("block", [256, 32, 40])  # full, and symmetric blocks
-@pytest.mark.parametrize("chunk", [10_000, 4096, 333])
-def test_variances_and_subspace(rng, block, chunk):
+@pytest.mark.parametrize(
+  "method,block,chunk",
+  [
+    ("xla", 256, 10_000),  # one chunk, plain product
+    ("xla", 32, 4096),  # symmetric blocks
+    ("xla", 40, 333),  # uneven blocks and chunks
+    ("xla", 256, 333),
+    ("native", None, None),
+  ],
+)
+def test_variances_and_subspace(rng, method, block, chunk):
   x = _gapped(rng)
   k = 8
-  fit = pca_lib.fit_pca(x, k, chunk=chunk, block=block)
+  kw = {} if chunk is None else {"chunk": chunk, "block": block}
+  fit = pca_lib.fit_pca(x, k, method=_method(method), **kw)
   x64 = x.astype(np.float64)
   cov = np.cov(x64, rowvar=False)
   evals, evecs = np.linalg.eigh(cov)
@@ -40,11 +56,15 @@ def test_variances_and_subspace(rng, block, chunk):
   )
 
 
-@pytest.mark.parametrize("block", [96, 40, 32])  # plain; panels, uneven
-def test_covariance_is_float64_scatter_and_symmetric(rng, block):
+@pytest.mark.parametrize(
+  "method,block", [("xla", 96), ("xla", 40), ("xla", 32), ("native", None)]
+)  # plain; panels, uneven
+def test_covariance_is_float64_scatter_and_symmetric(rng, method, block):
   x = _gapped(rng, n=1000, d=96)
   mean = x.mean(axis=0)
-  got = np.asarray(pca_lib.covariance(x, mean, chunk=333, block=block))
+  got = np.asarray(
+    pca_lib.covariance(x, mean, chunk=333, block=block, method=_method(method))
+  )
   xc = x.astype(np.float64) - mean
   want = xc.T @ xc
   assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()
@@ -96,6 +116,39 @@ def test_reduce_projection_matches_float64_and_row_count(rng, chunk):
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
   head = pca_lib.transform(fit, x[:37], chunk=chunk, projection="reduce")
   np.testing.assert_allclose(np.asarray(head), got[:37], rtol=1e-6, atol=1e-5)
+
+
+def test_covariance_methods_agree_on_a_fit(rng):
+  _method("native")
+  x = _gapped(rng, n=3000, d=70)
+  a = pca_lib.fit_pca(x, 6, method="xla")
+  b = pca_lib.fit_pca(x, 6, method="native")
+  np.testing.assert_allclose(
+    np.asarray(a.variances), np.asarray(b.variances), rtol=1e-5
+  )
+  assert (
+    subspace_angles(np.asarray(a.components), np.asarray(b.components)).max()
+    < 1e-3
+  )
+
+
+def test_covariance_choice(monkeypatch):
+  native_ok = pca_lib.native.available()
+  assert pca_lib.resolve_covariance() == ("native" if native_ok else "xla")
+  assert pca_lib.resolve_covariance("xla") == "xla"
+  assert pca_lib.resolve_covariance("auto", np.float64) == "xla"
+  with pytest.raises(ValueError, match="float32 data, not float64"):
+    pca_lib.resolve_covariance("native", np.float64)
+  with pytest.raises(ValueError, match="CPU backend only, not 'gpu'"):
+    pca_lib.resolve_covariance("native", backend="gpu")
+  assert pca_lib.resolve_covariance("auto", backend="gpu") == "xla"
+  with pytest.raises(ValueError, match="'auto', 'native' or 'xla'"):
+    pca_lib.resolve_covariance("syrk")
+  monkeypatch.setattr(pca_lib.native, "available", lambda: False)
+  monkeypatch.setattr(pca_lib.native, "reason", lambda: "no compiler")
+  assert pca_lib.resolve_covariance() == "xla"
+  with pytest.raises(ValueError, match="unavailable: no compiler"):
+    pca_lib.resolve_covariance("native")
 
 
 def test_projection_choice(monkeypatch):

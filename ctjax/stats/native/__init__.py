@@ -1,29 +1,37 @@
-"""The compiled CPU kernel of the same-cell search (``search="native"``).
+"""ctjax's compiled CPU kernels, called from XLA programs through its FFI.
 
-XLA:CPU runs the search's products at the GEMM rate but writes each
-``[rows, queries]`` block to memory and reads it back for the minimum, which
-costs as much again (README, "C_T engine"). ``nearest.cc`` keeps the
-products of a few rows with a block of queries in registers and reduces them
-there; it is an XLA FFI handler, so it runs inside ctjax's jitted programs
-(and a user's `jax.jit`, `jax.vmap`, `lax.scan`) like any other operation.
+Two kernels, each an XLA FFI handler, so they run inside ctjax's jitted
+programs (and a user's `jax.jit`, `jax.vmap`, `lax.scan`) like any other
+operation:
 
-It is compiled on first use by the host's C++ compiler (``$CXX``, else
-``c++``/``g++``/``clang++``) with ``-O3 -march=native`` against the FFI
-headers that ship with jaxlib, into ``$CTJAX_NATIVE_CACHE`` (default
-``~/.cache/ctjax/native``), once per source, compiler, jaxlib and CPU, in
-about 3 s. The file is written atomically, so concurrent processes are
-safe. Where there is no compiler, or it fails, or ``CTJAX_NATIVE=0``,
-`available` is False (`reason` says why) and ``search="auto"`` keeps XLA's
-tiled search. Both rank with the same score and break ties to the lowest
-index, and the returned distance is recomputed from the winner; only the
-float32 rounding of the ranking score differs (the kernel sums the d
-products in order, XLA's GEMM in blocks). So where two training points are
-within that rounding of the same distance, either may win. On the tests'
-random data the neighbours are identical, and a fresh ``run.py`` gives the
-same results.json as with XLA's search.
+- ``nearest.cc``, the same-cell search (``search="native"``). XLA:CPU runs
+  the search's products at the GEMM rate but writes each ``[rows, queries]``
+  block to memory and reads it back for the minimum, which costs as much
+  again (README, "C_T engine"); the kernel keeps the products of a few rows
+  with a block of queries in registers and reduces them there.
+- ``scatter.cc``, the PCA's scatter matrix Σ (x − mean)(x − mean)ᵀ
+  (`ctjax.stats.pca.covariance`): it multiplies only the register tiles that
+  touch the upper triangle (about half of XLA's ``xᵀx``), reads x from
+  memory once, and sums in float64 across row panels.
+
+Both share ``pool.h``'s helper threads. They are compiled together, on first
+use, by the host's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``)
+with ``-O3 -march=native`` against the FFI headers that ship with jaxlib, into
+``$CTJAX_NATIVE_CACHE`` (default ``~/.cache/ctjax/native``), once per source,
+compiler, jaxlib and CPU. The file is written atomically, so concurrent
+processes are safe. Where there is no compiler, or it fails, or
+``CTJAX_NATIVE=0``, `available` is False (`reason` says why), and
+``search="auto"`` and the covariance keep XLA's programs.
+
+The search: both rank with the same score and break ties to the lowest index,
+and the returned distance is recomputed from the winner; only the float32
+rounding of the ranking score differs (the kernel sums the d products in
+order, XLA's GEMM in blocks). So where two training points are within that
+rounding of the same distance, either may win. On the tests' random data the
+neighbours are identical.
 
 Only float32 on a CPU backend: other dtypes (``jax_enable_x64``) and other
-backends use the XLA searches.
+backends use XLA.
 """
 
 import ctypes
@@ -41,9 +49,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = Path(__file__).with_name("nearest.cc")
-TARGET = "ctjax_nearest_in_cell"
-_SYMBOL = "CtjaxNearestInCell"
+_HERE = Path(__file__).parent
+# Compiled into one library (they share pool.h's helper threads).
+SOURCES = (_HERE / "nearest.cc", _HERE / "scatter.cc")
+HEADERS = (_HERE / "pool.h",)
+# FFI target name -> the library's handler symbol.
+TARGETS = {
+  "ctjax_nearest_in_cell": "CtjaxNearestInCell",
+  "ctjax_scatter": "CtjaxScatter",
+}
 FLAGS = (
   "-O3",
   "-march=native",
@@ -95,14 +109,14 @@ def _cpu_signature() -> str:
 
 
 def _build(cxx: list[str]) -> Path:
-  """Compiles `SOURCE` (or finds it compiled) and returns the library."""
+  """Compiles `SOURCES` (or finds them compiled) and returns the library."""
   version = subprocess.run(
     [*cxx, "--version"], capture_output=True, text=True, timeout=60
   ).stdout
   key = hashlib.sha256(
     "\0".join(
       [
-        SOURCE.read_text(),
+        *(f.read_text() for f in SOURCES + HEADERS),
         version,
         " ".join(cxx + list(FLAGS)),
         jax.__version__,
@@ -111,7 +125,7 @@ def _build(cxx: list[str]) -> Path:
       ]
     ).encode()
   ).hexdigest()[:20]
-  out = cache_dir() / f"nearest-{key}.so"
+  out = cache_dir() / f"ctjax-native-{key}.so"
   if out.exists():
     return out
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +136,7 @@ def _build(cxx: list[str]) -> Path:
       *cxx,
       *FLAGS,
       f"-I{jax.ffi.include_dir()}",
-      str(SOURCE),
+      *map(str, SOURCES),
       "-o",
       tmp,
     ]
@@ -149,9 +163,10 @@ def _load() -> bool:
   try:
     lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
     if "lib" not in _state:  # XLA keeps the first handler of a name
-      jax.ffi.register_ffi_target(
-        TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu"
-      )
+      for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(
+          target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
+        )
       _state["lib"] = lib  # keep the registered library loaded
   except Exception as e:  # pylint: disable=broad-except
     _state["reason"] = f"{type(e).__name__}: {e}"
@@ -199,7 +214,7 @@ def nearest(points, row_base, aux, starts, queries, q_cells, metric: str):
     raise RuntimeError(f"the native search is unavailable: {reason()}")
   m = queries.shape[0]
   call = jax.ffi.ffi_call(
-    TARGET,
+    "ctjax_nearest_in_cell",
     (
       jax.ShapeDtypeStruct((m,), jnp.float32),
       jax.ShapeDtypeStruct((m,), jnp.int32),
@@ -215,3 +230,26 @@ def nearest(points, row_base, aux, starts, queries, q_cells, metric: str):
     q_cells.astype(jnp.int32),
     metric=np.int32(METRIC_CODES[metric]),
   )
+
+
+def scatter(x, mean):
+  """Scatter matrix Σ (x_i − mean)(x_i − mean)ᵀ ``[D, D]`` (symmetric).
+
+  Args:
+    x: ``[N, D]`` float32 rows.
+    mean: ``[D]`` float32 centre.
+
+  Returns:
+    ``[D, D]`` float32, summed in float64 across row panels of 256 and
+    rounded once. Memory: about 12 D² bytes per CPU thread. Under
+    `jax.vmap` the call runs once per batch element.
+  """
+  if not available():
+    raise RuntimeError(f"the native kernels are unavailable: {reason()}")
+  d = x.shape[1]
+  call = jax.ffi.ffi_call(
+    "ctjax_scatter",
+    jax.ShapeDtypeStruct((d, d), jnp.float32),
+    vmap_method="sequential",
+  )
+  return call(x, mean)

@@ -19,31 +19,18 @@
 // Outputs: score [m] f32 (inf where the cell has no training row or the row
 //          is padding), row [m] s32 (the winning sorted row, -1 there).
 //
-// Work items (a cell and a block of its queries) are shared through an
-// atomic counter with this library's own helper threads (one per CPU the
-// process may run on, less one; XLA's intra-op pool was measured to start
-// them only after the calling program had finished). The calling thread
-// works too and waits only for items that helpers have claimed, never for a
-// helper that has not started, so busy or missing helpers (e.g. after a
-// fork) cannot stall a call: it then runs on the caller alone.
+// Work items (a cell and a block of its queries) run on this library's
+// helper threads (pool.h; XLA's intra-op pool was measured to start them only
+// after the calling program had finished).
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <deque>
 #include <memory>
-#include <mutex>
-#include <string>
-#include <thread>
 #include <vector>
 
-#if defined(__linux__)
-#include <sched.h>
-#endif
-
+#include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -168,73 +155,6 @@ void RunItem(const Problem& p, int64_t item, std::vector<float>& qt) {
   }
 }
 
-// Shared by the caller and its helpers (kept alive by the late ones).
-struct Queue {
-  explicit Queue(std::shared_ptr<const Problem> p) : problem(std::move(p)) {}
-  std::shared_ptr<const Problem> problem;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void Work() {
-    const Problem& p = *problem;
-    const int64_t total = static_cast<int64_t>(p.item_cell.size());
-    std::vector<float> qt(p.d * kBlock);
-    for (int64_t i = next.fetch_add(1); i < total; i = next.fetch_add(1)) {
-      RunItem(p, i, qt);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
-// Helper threads shared by every call (created on first use, never joined:
-// they sleep on a condition variable between calls).
-class Helpers {
- public:
-  static Helpers& Get() {
-    static Helpers* helpers = new Helpers();
-    return *helpers;
-  }
-  int64_t size() const { return size_; }
-  void Offer(const std::shared_ptr<Queue>& queue, int64_t n) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (int64_t i = 0; i < n; ++i) tasks_.push_back(queue);
-    }
-    if (n == 1) {
-      cv_.notify_one();
-    } else {
-      cv_.notify_all();
-    }
-  }
-
- private:
-  Helpers() {
-    int64_t cpus = std::thread::hardware_concurrency();
-#if defined(__linux__)
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
-#endif
-    size_ = std::max<int64_t>(cpus, 1) - 1;
-    for (int64_t i = 0; i < size_; ++i) std::thread([this] { Loop(); }).detach();
-  }
-  void Loop() {
-    for (;;) {
-      std::shared_ptr<Queue> queue;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return !tasks_.empty(); });
-        queue = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      queue->Work();
-    }
-  }
-  int64_t size_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<Queue>> tasks_;
-};
-
 ffi::Error NearestImpl(ffi::Buffer<ffi::F32> points,
                        ffi::Buffer<ffi::S32> row_base,
                        ffi::Buffer<ffi::F32> aux, ffi::Buffer<ffi::S32> starts,
@@ -272,15 +192,15 @@ ffi::Error NearestImpl(ffi::Buffer<ffi::F32> points,
   int32_t* out_row = row->typed_data();
   const int32_t* qc = q_cells.typed_data();
 
-  auto p = std::make_shared<Problem>();
-  p->rows = points.typed_data() + base * d;
-  p->aux = aux.typed_data();
-  p->starts = st;
-  p->queries = queries.typed_data();
-  p->d = d;
-  p->metric = metric;
-  p->score = out_score;
-  p->row = out_row;
+  Problem p;
+  p.rows = points.typed_data() + base * d;
+  p.aux = aux.typed_data();
+  p.starts = st;
+  p.queries = queries.typed_data();
+  p.d = d;
+  p.metric = metric;
+  p.score = out_score;
+  p.row = out_row;
   // Queries grouped by cell (a counting sort, stable); padding rows and cells
   // without training rows get no item.
   std::vector<int64_t> count(k + 1, 0);
@@ -292,12 +212,12 @@ ffi::Error NearestImpl(ffi::Buffer<ffi::F32> points,
   }
   std::vector<int64_t> first(k + 1, 0);
   for (int64_t c = 0; c < k; ++c) first[c + 1] = first[c] + count[c];
-  p->order.resize(first[k]);
+  p.order.resize(first[k]);
   std::vector<int64_t> fill(first.begin(), first.end());
   for (int64_t i = 0; i < m; ++i) {
     const int32_t c = qc[i];
     if (c >= 0 && c < k && st[c] < st[c + 1]) {
-      p->order[fill[c]++] = static_cast<int32_t>(i);
+      p.order[fill[c]++] = static_cast<int32_t>(i);
     }
   }
   // Items of the largest cells first, so that the threads finish together
@@ -309,31 +229,18 @@ ffi::Error NearestImpl(ffi::Buffer<ffi::F32> points,
   });
   for (int64_t c : by_size) {
     for (int64_t j = 0; j < count[c]; j += kBlock) {
-      p->item_cell.push_back(c);
-      p->item_first.push_back(first[c] + j);
-      p->item_count.push_back(std::min<int64_t>(kBlock, count[c] - j));
+      p.item_cell.push_back(c);
+      p.item_first.push_back(first[c] + j);
+      p.item_count.push_back(std::min<int64_t>(kBlock, count[c] - j));
     }
   }
-  const int64_t total = static_cast<int64_t>(p->item_cell.size());
-  if (total == 0) return ffi::Error::Success();
-
-  auto queue = std::make_shared<Queue>(std::move(p));
-  Helpers& helpers = Helpers::Get();
-  // Calls running at once (e.g. ctjax's layer groups, one program per host
-  // thread) share the CPUs: each asks for helpers only for the CPUs the
-  // others do not occupy.
-  static std::atomic<int64_t> active{0};
-  const int64_t others = active.fetch_add(1);
-  const int64_t n_help = std::min<int64_t>(
-      std::max<int64_t>(helpers.size() - others, 0), total - 1);
-  if (n_help > 0) helpers.Offer(queue, n_help);
-  queue->Work();
-  active.fetch_sub(1);
-  // Items already claimed by helpers finish; helpers that start later find
-  // no work left and return without touching the outputs.
-  while (queue->done.load(std::memory_order_acquire) < total) {
-    std::this_thread::yield();
-  }
+  const Problem& problem = p;
+  ctjax_native::RunItems(
+      static_cast<int64_t>(problem.item_cell.size()), [&problem](int64_t i) {
+        thread_local std::vector<float> qt;
+        qt.resize(problem.d * kBlock);
+        RunItem(problem, i, qt);
+      });
   return ffi::Error::Success();
 }
 
