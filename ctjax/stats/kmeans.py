@@ -9,6 +9,14 @@ squared centre shift falls below ``tol`` times the mean per-feature variance
 accelerator, where float scatter-adds are atomic and change their order
 from run to run); every buffer has a static shape. Distances use the shared
 fast form of `ctjax.stats.distances`.
+
+On a CPU where ctjax's kernels build, the Lloyd iterations of all restarts
+run in one compiled kernel instead (`resolve_lloyd`, `native.lloyd`): the
+same rules (distances in the same form, ties to the lowest centre, the same
+stopping rule and empty-cell rule), with each pass over x shared by every
+restart still running and the cell sums added in float64 across chunks of
+4,096 rows. The winning restart and the final labels are computed in XLA
+as before.
 """
 
 import dataclasses
@@ -18,7 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ctjax.stats import distances
+from ctjax.stats import distances, native
 
 
 @functools.partial(
@@ -202,6 +210,7 @@ def kmeans(
   n_init: int = 10,
   max_iter: int = 300,
   tol: float = 1e-4,
+  lloyd: str | None = None,
 ) -> KMeans:
   """k-means on ``x [N, d]`` into ``k`` cells.
 
@@ -215,6 +224,8 @@ def kmeans(
     max_iter: Lloyd iteration cap per restart.
     tol: relative tolerance on the squared centre shift (scaled by the mean
       per-feature variance of ``x``, as in scikit-learn).
+    lloyd: how the Lloyd iterations run, "auto", "native" or "xla"
+      (`resolve_lloyd`).
 
   Returns:
     A `KMeans` with the winning restart's centres and the final assignment.
@@ -222,11 +233,29 @@ def kmeans(
   x = jnp.asarray(x)
   if x.shape[0] < k:
     raise ValueError(f"k-means needs at least k={k} points, got {x.shape[0]}")
-  return _kmeans(x, k, key, n_init=n_init, max_iter=max_iter, tol=tol)
+  lloyd = resolve_lloyd(lloyd, x.dtype)
+  return _kmeans(
+    x, k, key, n_init=n_init, max_iter=max_iter, tol=tol, lloyd=lloyd
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter"))
-def _kmeans(x, k, key, *, n_init, max_iter, tol):
+# How the Lloyd iterations run: "auto", "native" or "xla" (`resolve_lloyd`).
+LLOYD = "auto"
+
+
+def resolve_lloyd(
+  method: str | None = None, dtype=jnp.float32, backend: str | None = None
+) -> str:
+  """``method`` (default `LLOYD`) as "native" (the compiled kernel, float32
+  on a CPU where it builds) or "xla" (a `while_loop` per restart)."""
+  method = LLOYD if method is None else method
+  return native.resolve("Lloyd", method, dtype, backend)
+
+
+@functools.partial(
+  jax.jit, static_argnames=("k", "n_init", "max_iter", "lloyd")
+)
+def _kmeans(x, k, key, *, n_init, max_iter, tol, lloyd):
   x_sq = distances.sq_norms(x)
   tol_abs = tol * jnp.mean(jnp.var(x, axis=0))
 
@@ -237,12 +266,18 @@ def _kmeans(x, k, key, *, n_init, max_iter, tol):
     jax.random.split(key, n_init)
   )
 
-  def one_run(centers):
-    centers, n_iter = _lloyd(x, x_sq, centers, max_iter, tol_abs)
-    d2 = sq_distances(x, centers, x_sq)
-    return centers, jnp.sum(jnp.min(d2, axis=1)), n_iter
+  def inertia_of(centers):
+    return jnp.sum(jnp.min(sq_distances(x, centers, x_sq), axis=1))
 
-  centers, inertia, n_iter = jax.lax.map(one_run, seeds)
+  if lloyd == "native":
+    centers, n_iter, inertia = native.lloyd(x, x_sq, seeds, tol_abs, max_iter)
+  else:
+
+    def one_run(centers):
+      centers, n_iter = _lloyd(x, x_sq, centers, max_iter, tol_abs)
+      return centers, inertia_of(centers), n_iter
+
+    centers, inertia, n_iter = jax.lax.map(one_run, seeds)
   best = jnp.argmin(inertia)
   centers = centers[best]
   d2 = sq_distances(x, centers, x_sq)

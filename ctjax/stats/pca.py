@@ -93,25 +93,7 @@ def resolve_covariance(
   "xla". "native" elsewhere is an error that says why.
   """
   method = COVARIANCE if method is None else method
-  if method not in ("auto", "native", "xla"):
-    raise ValueError(
-      f"covariance method must be 'auto', 'native' or 'xla', got {method!r}"
-    )
-  if method == "xla":
-    return method
-  backend = backend or jax.default_backend()
-  why = None
-  if backend != "cpu":
-    why = f"it runs on a CPU backend only, not {backend!r}"
-  elif jnp.dtype(dtype) != jnp.float32:
-    why = f"it takes float32 data, not {jnp.dtype(dtype).name}"
-  elif not native.available():
-    why = f"the kernels are unavailable: {native.reason()}"
-  if why is None:
-    return "native"
-  if method == "native":
-    raise ValueError(f"covariance method 'native' cannot run: {why}")
-  return "xla"
+  return native.resolve("covariance", method, dtype, backend)
 
 
 def covariance(

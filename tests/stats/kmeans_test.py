@@ -8,6 +8,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from ctjax.stats import kmeans as km
+from ctjax.stats import native
 
 
 @pytest.mark.parametrize("k,spread", [(10, 1.0), (5, 4.0), (8, 10.0)])
@@ -130,11 +131,11 @@ def test_onehot_sums_give_the_same_fit(monkeypatch):
   # same clustering, and repeat it bit for bit from the same key.
   x, _ = make_blobs(2000, n_features=8, centers=6, random_state=2)
   x = x.astype(np.float32)
-  base = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2)
+  base = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2, lloyd="xla")
   monkeypatch.setattr(km, "SUMS", "onehot")
   jax.clear_caches()
-  one = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2)
-  again = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2)
+  one = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2, lloyd="xla")
+  again = km.kmeans(x, 6, jax.random.PRNGKey(0), n_init=2, lloyd="xla")
   np.testing.assert_array_equal(np.asarray(one.labels), np.asarray(base.labels))
   np.testing.assert_allclose(
     np.asarray(one.centers), np.asarray(base.centers), rtol=1e-5, atol=1e-5
@@ -157,3 +158,97 @@ def test_sums_auto_by_backend(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   np.testing.assert_array_equal(km.cluster_sums(x, labels, 2), [[2, 2], [2, 2]])
   assert seen == ["scatter"]
+
+
+def _native():
+  if km.resolve_lloyd("auto") != "native":
+    pytest.skip("the native Lloyd kernel does not run here")
+
+
+def _blobs(n, d, k, seed=0):
+  x, _ = make_blobs(n, n_features=d, centers=k, random_state=seed)
+  return x.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+  "n,d,k",
+  # fewer rows than a block (32); k around the kernel's centre tiles (4, 8);
+  # several row chunks (4096); d = 1 and 64.
+  [(31, 1, 3), (300, 3, 4), (777, 64, 9), (3000, 16, 10), (9000, 5, 17)],
+)
+def test_native_lloyd_equals_xla(n, d, k):
+  _native()
+  x = _blobs(n, d, k, seed=n)
+  a = km.kmeans(x, k, jax.random.PRNGKey(2), n_init=3, lloyd="xla")
+  b = km.kmeans(x, k, jax.random.PRNGKey(2), n_init=3, lloyd="native")
+  np.testing.assert_array_equal(np.asarray(b.labels), np.asarray(a.labels))
+  np.testing.assert_allclose(
+    np.asarray(b.centers), np.asarray(a.centers), rtol=1e-5, atol=1e-4
+  )
+  assert int(b.n_iter) == int(a.n_iter)
+  np.testing.assert_allclose(float(b.inertia), float(a.inertia), rtol=1e-5)
+
+
+def _lloyd_both(x, seeds, max_iter=300):
+  x = jnp.asarray(x)
+  x_sq = jnp.sum(x * x, axis=1)
+  tol = 1e-4 * jnp.mean(jnp.var(x, axis=0))
+  seeds = jnp.asarray(seeds)
+  got = native.lloyd(x, x_sq, seeds, tol, max_iter)
+  want = [km._lloyd(x, x_sq, s, max_iter, tol) for s in seeds]
+  return got, want
+
+
+def test_native_lloyd_matches_sklearn_from_the_same_start(rng):
+  _native()
+  x = _blobs(2000, 6, 5, seed=7)
+  seeds = x[rng.choice(len(x), size=(3, 5), replace=False)]
+  (centers, n_iter, inertia), _ = _lloyd_both(x, seeds)
+  for r in range(3):
+    ref = KMeans(5, init=seeds[r], n_init=1, algorithm="lloyd").fit(x)
+    np.testing.assert_allclose(
+      np.asarray(centers[r]), ref.cluster_centers_, rtol=1e-5, atol=1e-4
+    )
+    np.testing.assert_allclose(float(inertia[r]), ref.inertia_, rtol=1e-5)
+
+
+def test_native_lloyd_moves_an_empty_centre_as_xla_does():
+  _native()
+  x = _blobs(400, 2, 3, seed=1)
+  # Centre 1 is far from every point: its cell is empty after the first
+  # assignment, so it moves onto the point farthest from its centre.
+  seeds = np.stack([x[[0, 1, 2, 3]], x[[5, 6, 7, 8]]]).copy()
+  seeds[:, 1] = 1e3
+  (centers, n_iter, _), want = _lloyd_both(x, seeds)
+  for r, (c, it) in enumerate(want):
+    np.testing.assert_allclose(np.asarray(centers[r]), np.asarray(c), atol=1e-4)
+    assert int(n_iter[r]) == int(it)
+  assert np.abs(np.asarray(centers)[:, 1]).max() < 100  # moved onto data
+
+
+def test_native_lloyd_stops_at_max_iter_and_under_vmap():
+  _native()
+  x = _blobs(500, 4, 6, seed=3)
+  seeds = np.stack([x[:6], x[10:16]])
+  (centers, n_iter, _), want = _lloyd_both(x, seeds, max_iter=1)
+  np.testing.assert_array_equal(np.asarray(n_iter), [1, 1])
+  for r, (c, _) in enumerate(want):
+    np.testing.assert_allclose(np.asarray(centers[r]), np.asarray(c), atol=1e-5)
+  xs = jnp.stack([jnp.asarray(x), jnp.asarray(x[::-1])])
+  fit = jax.vmap(
+    lambda a: km.kmeans(a, 6, jax.random.PRNGKey(0), n_init=2, lloyd="native")
+  )(xs)
+  alone = km.kmeans(xs[1], 6, jax.random.PRNGKey(0), n_init=2, lloyd="native")
+  np.testing.assert_array_equal(
+    np.asarray(fit.labels[1]), np.asarray(alone.labels)
+  )
+
+
+def test_lloyd_choice(monkeypatch):
+  assert km.resolve_lloyd() == ("native" if native.available() else "xla")
+  assert km.resolve_lloyd("auto", np.float64) == "xla"
+  assert km.resolve_lloyd("auto", backend="gpu") == "xla"
+  with pytest.raises(ValueError, match="Lloyd method 'native' cannot run"):
+    km.resolve_lloyd("native", backend="tpu")
+  with pytest.raises(ValueError, match="'auto', 'native' or 'xla'"):
+    km.resolve_lloyd("elkan")

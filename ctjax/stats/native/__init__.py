@@ -9,19 +9,22 @@ operation:
   block to memory and reads it back for the minimum, which costs as much
   again (README, "C_T engine"); the kernel keeps the products of a few rows
   with a block of queries in registers and reduces them there.
+- ``lloyd.cc``, k-means' Lloyd iterations (`ctjax.stats.kmeans`) for all
+  restarts at once: x is read once per iteration for every restart still
+  running, where XLA ran them one after another.
 - ``scatter.cc``, the PCA's scatter matrix Σ (x − mean)(x − mean)ᵀ
   (`ctjax.stats.pca.covariance`): it multiplies only the register tiles that
   touch the upper triangle (about half of XLA's ``xᵀx``), reads x from
   memory once, and sums in float64 across row panels.
 
-Both share ``pool.h``'s helper threads. They are compiled together, on first
+They share ``pool.h``'s helper threads and are compiled together, on first
 use, by the host's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``)
 with ``-O3 -march=native`` against the FFI headers that ship with jaxlib, into
 ``$CTJAX_NATIVE_CACHE`` (default ``~/.cache/ctjax/native``), once per source,
 compiler, jaxlib and CPU. The file is written atomically, so concurrent
 processes are safe. Where there is no compiler, or it fails, or
 ``CTJAX_NATIVE=0``, `available` is False (`reason` says why), and
-``search="auto"`` and the covariance keep XLA's programs.
+``"auto"`` choices keep XLA's programs.
 
 The search: both rank with the same score and break ties to the lowest index,
 and the returned distance is recomputed from the winner; only the float32
@@ -51,12 +54,13 @@ import numpy as np
 
 _HERE = Path(__file__).parent
 # Compiled into one library (they share pool.h's helper threads).
-SOURCES = (_HERE / "nearest.cc", _HERE / "scatter.cc")
+SOURCES = (_HERE / "nearest.cc", _HERE / "scatter.cc", _HERE / "lloyd.cc")
 HEADERS = (_HERE / "pool.h",)
 # FFI target name -> the library's handler symbol.
 TARGETS = {
   "ctjax_nearest_in_cell": "CtjaxNearestInCell",
   "ctjax_scatter": "CtjaxScatter",
+  "ctjax_lloyd": "CtjaxLloyd",
 }
 FLAGS = (
   "-O3",
@@ -188,6 +192,40 @@ def reason() -> str | None:
   return _state["reason"]
 
 
+def why_not(dtype=jnp.float32, backend: str | None = None) -> str | None:
+  """Why the kernels cannot take ``dtype`` data on ``backend`` (default
+  ``jax.default_backend()``), or None where they can (builds them on the
+  first call)."""
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return f"they run on a CPU backend only, not {backend!r}"
+  if jnp.dtype(dtype) != jnp.float32:
+    return f"they take float32 data, not {jnp.dtype(dtype).name}"
+  if not available():
+    return f"they are unavailable: {reason()}"
+  return None
+
+
+def resolve(
+  what: str, method: str, dtype=jnp.float32, backend: str | None = None
+) -> str:
+  """``method`` ("auto", "native" or "xla") of step ``what`` as "native" or
+  "xla": "auto" is "native" where `why_not` finds nothing; "native" where
+  it finds something is a ValueError that says what."""
+  if method not in ("auto", "native", "xla"):
+    raise ValueError(
+      f"{what} method must be 'auto', 'native' or 'xla', got {method!r}"
+    )
+  if method == "xla":
+    return method
+  why = why_not(dtype, backend)
+  if why is None:
+    return "native"
+  if method == "native":
+    raise ValueError(f"{what} method 'native' cannot run: {why}")
+  return "xla"
+
+
 def _reset_for_tests():
   with _lock:
     _state.update(loaded=None, reason=None)
@@ -253,3 +291,32 @@ def scatter(x, mean):
     vmap_method="sequential",
   )
   return call(x, mean)
+
+
+def lloyd(x, x_sq, seeds, tol, max_iter: int):
+  """Lloyd iterations of every k-means restart (`ctjax.stats.kmeans`).
+
+  Args:
+    x: ``[N, d]`` float32 points; x_sq: ``[N]`` their squared norms.
+    seeds: ``[R, k, d]`` float32 starting centres of R restarts.
+    tol: ``[]`` a restart stops when the squared shift of its centres is
+      <= tol, or after ``max_iter`` iterations.
+
+  Returns:
+    ``(centers [R, k, d] float32, n_iter [R] int32, inertia [R] float32)``
+    (inertia: the sum of squared distances to the final centres).
+  """
+  if not available():
+    raise RuntimeError(f"the native kernels are unavailable: {reason()}")
+  call = jax.ffi.ffi_call(
+    "ctjax_lloyd",
+    (
+      jax.ShapeDtypeStruct(seeds.shape, jnp.float32),
+      jax.ShapeDtypeStruct(seeds.shape[:1], jnp.int32),
+      jax.ShapeDtypeStruct(seeds.shape[:1], jnp.float32),
+    ),
+    vmap_method="sequential",
+  )
+  return call(
+    x, x_sq, seeds, jnp.asarray(tol, jnp.float32), max_iter=np.int32(max_iter)
+  )
