@@ -75,9 +75,10 @@ def _count_le(sums, values):
   return jnp.sum(sums <= values[:, None], axis=1, dtype=jnp.int32)
 
 
-def _sample_d2(key, weights, trials):
-  """``trials`` indices drawn with probability proportional to ``weights
-  [n]`` (>= 0; uniform when they sum to 0), by inverting the cumulative sum.
+def _sample_d2(u, weights):
+  """Indices ``[trials]`` drawn with probability proportional to ``weights
+  [n]`` (>= 0; uniform when they sum to 0) by the uniforms ``u [trials]``,
+  by inverting the cumulative sum.
 
   Two levels, so no cumulative sum runs over all n points (XLA's CPU scan of
   50,000 values costs more than the rest of a seeding step): the block of
@@ -90,7 +91,7 @@ def _sample_d2(key, weights, trials):
   w = w.reshape(n_blocks, _BLOCK)
   block_cum = jnp.cumsum(jnp.sum(w, axis=1))
   total = block_cum[-1]
-  u = jax.random.uniform(key, (trials,), w.dtype)
+  u = u.astype(w.dtype)
   # All weights zero (every point on a centre): uniform over the n points.
   uniform = jnp.floor(u * n).astype(jnp.int32)
   target = u * total
@@ -109,26 +110,37 @@ def _sample_d2(key, weights, trials):
   return jnp.clip(idx, 0, n - 1)
 
 
-def _kmeans_plus_plus(key, x, x_sq, k):
-  """Greedy k-means++ (several candidates per step, keep the best potential)."""
-  n = x.shape[0]
+def _seed_draws(key, n, k, dtype):
+  """The random numbers of one restart's k-means++: the first centre's row
+  ``[]`` and the uniforms ``[k - 1, trials]`` of steps 1..k-1."""
   trials = 2 + int(math.log(k))
   key, sub = jax.random.split(key)
   first = jax.random.randint(sub, (), 0, n)
+
+  def step(key, _):
+    key, sub = jax.random.split(key)
+    return key, jax.random.uniform(sub, (trials,), dtype)
+
+  _, u = jax.lax.scan(step, key, None, length=k - 1)
+  return first, u
+
+
+def _kmeans_plus_plus(first, u, x, x_sq, k):
+  """Greedy k-means++ (several candidates per step, keep the best potential)
+  from one restart's `_seed_draws`."""
   centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(x[first])
   closest = sq_distances(x, x[first][None], x_sq)[:, 0]
 
   def body(i, carry):
-    centers, closest, key = carry
-    key, sub = jax.random.split(key)
-    cand = _sample_d2(sub, closest, trials)
+    centers, closest = carry
+    cand = _sample_d2(u[i - 1], closest)
     d_cand = sq_distances(x, x[cand], x_sq)  # [n, trials]
     new_closest = jnp.minimum(closest[:, None], d_cand)
     best = jnp.argmin(jnp.sum(new_closest, axis=0))
     centers = centers.at[i].set(x[cand[best]])
-    return centers, new_closest[:, best], key
+    return centers, new_closest[:, best]
 
-  centers, _, _ = jax.lax.fori_loop(1, k, body, (centers, closest, key))
+  centers, _ = jax.lax.fori_loop(1, k, body, (centers, closest))
   return centers
 
 
@@ -262,9 +274,13 @@ def _kmeans(x, k, key, *, n_init, max_iter, tol, lloyd):
   # Seeding has a fixed number of steps, so the restarts are seeded together
   # (`vmap`): each step reads x once for all of them. The Lloyd runs stop
   # after different numbers of iterations and run one after another.
-  seeds = jax.vmap(lambda key: _kmeans_plus_plus(key, x, x_sq, k))(
+  first, u = jax.vmap(lambda key: _seed_draws(key, x.shape[0], k, x.dtype))(
     jax.random.split(key, n_init)
   )
+  if lloyd == "native":
+    seeds = native.kmeans_plus_plus(x, x_sq, first, u)
+  else:
+    seeds = jax.vmap(lambda f, u: _kmeans_plus_plus(f, u, x, x_sq, k))(first, u)
 
   def inertia_of(centers):
     return jnp.sum(jnp.min(sq_distances(x, centers, x_sq), axis=1))

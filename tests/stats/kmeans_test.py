@@ -83,14 +83,17 @@ def test_d2_sampling_is_proportional_to_weights():
   w[support] = [1.0, 3.0, 0.5, 2.0, 4.0, 1.5]
   keys = jax.random.split(jax.random.PRNGKey(0), 1000)
   draws = np.asarray(
-    jax.vmap(lambda key: km._sample_d2(key, jnp.asarray(w), 4))(keys)
+    jax.vmap(
+      lambda key: km._sample_d2(jax.random.uniform(key, (4,)), jnp.asarray(w))
+    )(keys)
   ).ravel()
   assert set(np.unique(draws)) <= set(support)
   counts = np.array([(draws == i).sum() for i in support])
   expected = w[support] / w.sum() * len(draws)
   assert ((counts - expected) ** 2 / expected).sum() < 20.5  # p ~ 1e-3, 5 dof
   # All weights zero: uniform over the points.
-  zero = np.asarray(km._sample_d2(jax.random.PRNGKey(1), jnp.zeros(n), 4000))
+  u = jax.random.uniform(jax.random.PRNGKey(1), (4000,))
+  zero = np.asarray(km._sample_d2(u, jnp.zeros(n)))
   assert zero.min() >= 0 and zero.max() < n
   per_block = np.bincount(zero // km._BLOCK, minlength=4)[:3]
   np.testing.assert_allclose(per_block, 4000 * km._BLOCK / n, rtol=0.15)
@@ -252,3 +255,24 @@ def test_lloyd_choice(monkeypatch):
     km.resolve_lloyd("native", backend="tpu")
   with pytest.raises(ValueError, match="'auto', 'native' or 'xla'"):
     km.resolve_lloyd("elkan")
+
+
+@pytest.mark.parametrize(
+  "n,d,k,distinct",
+  # one chunk and several (4096 rows); 2..5 candidates a step; fewer
+  # distinct points than k (all weights zero: uniform draws).
+  [(3000, 8, 10, None), (9000, 3, 40, None), (300, 2, 5, 3), (40, 64, 2, None)],
+)
+def test_native_kmeans_plus_plus_equals_xla(n, d, k, distinct):
+  _native()
+  rng = np.random.default_rng(n + k)
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  if distinct:
+    x = x[rng.integers(0, distinct, n)]
+  x = jnp.asarray(x)
+  x_sq = jnp.sum(x * x, axis=1)
+  keys = jax.random.split(jax.random.PRNGKey(n), 4)
+  first, u = jax.vmap(lambda key: km._seed_draws(key, n, k, jnp.float32))(keys)
+  got = native.kmeans_plus_plus(x, x_sq, first, u)
+  want = jax.vmap(lambda f, u: km._kmeans_plus_plus(f, u, x, x_sq, k))(first, u)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -9,9 +9,10 @@ operation:
   block to memory and reads it back for the minimum, which costs as much
   again (README, "C_T engine"); the kernel keeps the products of a few rows
   with a block of queries in registers and reduces them there.
-- ``lloyd.cc``, k-means' Lloyd iterations (`ctjax.stats.kmeans`) for all
-  restarts at once: x is read once per iteration for every restart still
-  running, where XLA ran them one after another.
+- ``lloyd.cc``, k-means (`ctjax.stats.kmeans`): the k-means++ seeding and
+  the Lloyd iterations of all restarts at once, each pass over x shared by
+  every restart still running, where XLA ran the Lloyd iterations one
+  restart after another.
 - ``scatter.cc``, the PCA's scatter matrix Σ (x − mean)(x − mean)ᵀ
   (`ctjax.stats.pca.covariance`): it multiplies only the register tiles that
   touch the upper triangle (about half of XLA's ``xᵀx``), reads x from
@@ -61,6 +62,7 @@ TARGETS = {
   "ctjax_nearest_in_cell": "CtjaxNearestInCell",
   "ctjax_scatter": "CtjaxScatter",
   "ctjax_lloyd": "CtjaxLloyd",
+  "ctjax_kmeans_plus_plus": "CtjaxKmeansPlusPlus",
 }
 FLAGS = (
   "-O3",
@@ -320,3 +322,26 @@ def lloyd(x, x_sq, seeds, tol, max_iter: int):
   return call(
     x, x_sq, seeds, jnp.asarray(tol, jnp.float32), max_iter=np.int32(max_iter)
   )
+
+
+def kmeans_plus_plus(x, x_sq, first, draws):
+  """Greedy k-means++ seeds of R restarts (`ctjax.stats.kmeans`).
+
+  Args:
+    x: ``[N, d]`` float32 points; x_sq: ``[N]`` their squared norms.
+    first: ``[R]`` int32 row of each restart's first centre.
+    draws: ``[R, k - 1, trials]`` float32 uniforms in [0, 1): step i of
+      restart r draws its candidates with ``draws[r, i - 1]``.
+
+  Returns:
+    ``[R, k, d]`` float32 starting centres.
+  """
+  if not available():
+    raise RuntimeError(f"the native kernels are unavailable: {reason()}")
+  n_restarts, k1, _ = draws.shape
+  call = jax.ffi.ffi_call(
+    "ctjax_kmeans_plus_plus",
+    jax.ShapeDtypeStruct((n_restarts, k1 + 1, x.shape[1]), jnp.float32),
+    vmap_method="sequential",
+  )
+  return call(x, x_sq, first.astype(jnp.int32), draws.astype(jnp.float32))

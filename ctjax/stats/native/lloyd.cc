@@ -63,13 +63,12 @@ struct Problem {
   std::vector<float> min_d2;  // [R][N]
 };
 
-// Folds centres [c0, c0 + C) of restart ``ri`` into the running nearest
-// centre (``best``, ``arg``) of block ``b``'s rows: squared distances
-// computed as XLA's distances.sq_l2 does, max((|x|^2 - 2 x.c) + |c|^2, 0),
-// ties to the lowest centre.
+// Squared distances ``d2`` of block ``b``'s rows to centres [c0, c0 + C)
+// of restart ``ri``, computed as XLA's distances.sq_l2 does:
+// max((|x|^2 - 2 x.c) + |c|^2, 0).
 template <int C>
-void Fold(const Problem& p, int64_t ri, int64_t b, int64_t c0,
-          const VecF xsq[kVecs], VecF best[kVecs], VecI arg[kVecs]) {
+inline void Distances(const Problem& p, int64_t ri, int64_t b, int64_t c0,
+                      const VecF xsq[kVecs], VecF d2[C][kVecs]) {
   const int64_t d = p.d, kp = p.k_pad;
   const float* xtb = p.xt.data() + b * d * kRows;
   const float* ct = p.ct.data() + ri * d * kp;
@@ -88,10 +87,30 @@ void Fold(const Problem& p, int64_t ri, int64_t b, int64_t c0,
   }
   for (int c = 0; c < C; ++c) {
     for (int v = 0; v < kVecs; ++v) {
-      VecF d2 = (xsq[v] - 2.0f * acc[c][v]) + csq[c0 + c];
-      d2 = d2 > 0.0f ? d2 : VecF{};
-      VecI better = d2 < best[v];
-      best[v] = better ? d2 : best[v];
+      const VecF e = (xsq[v] - 2.0f * acc[c][v]) + csq[c0 + c];
+      d2[c][v] = e > 0.0f ? e : VecF{};
+    }
+  }
+}
+
+inline void LoadSq(const Problem& p, int64_t b, VecF xsq[kVecs]) {
+  for (int v = 0; v < kVecs; ++v) {
+    std::memcpy(&xsq[v], p.xt_sq.data() + b * kRows + v * kLanes,
+                sizeof(VecF));
+  }
+}
+
+// Folds centres [c0, c0 + C) into the running nearest centre (``best``,
+// ``arg``) of block ``b``'s rows, ties to the lowest centre.
+template <int C>
+void Fold(const Problem& p, int64_t ri, int64_t b, int64_t c0,
+          const VecF xsq[kVecs], VecF best[kVecs], VecI arg[kVecs]) {
+  VecF d2[C][kVecs];
+  Distances<C>(p, ri, b, c0, xsq, d2);
+  for (int c = 0; c < C; ++c) {
+    for (int v = 0; v < kVecs; ++v) {
+      VecI better = d2[c][v] < best[v];
+      best[v] = better ? d2[c][v] : best[v];
       arg[v] = better ? (VecI{} + static_cast<int32_t>(c0 + c)) : arg[v];
     }
   }
@@ -104,9 +123,8 @@ void Fold(const Problem& p, int64_t ri, int64_t b, int64_t c0,
 void Assign(const Problem& p, int64_t ri, int64_t b, VecF best[kVecs],
             VecI arg[kVecs]) {
   VecF xsq[kVecs];
+  LoadSq(p, b, xsq);
   for (int v = 0; v < kVecs; ++v) {
-    std::memcpy(&xsq[v], p.xt_sq.data() + b * kRows + v * kLanes,
-                sizeof(VecF));
     best[v] = VecF{} + INFINITY;
     arg[v] = VecI{};
   }
@@ -150,9 +168,23 @@ void RunChunk(Problem& p, int64_t chunk) {
   }
 }
 
-// One pass over x for the restarts in ``p.running`` with the centres in
-// ``centres`` ([R, k, d]): their nearest centres, cell sums and counts.
-void Pass(Problem& p, const float* centres) {
+// x in blocks of kRows rows, transposed, and their |x|^2.
+void Transpose(Problem& p) {
+  const int64_t n = p.n, d = p.d;
+  p.n_blocks = (n + kRows - 1) / kRows;
+  p.xt.assign(p.n_blocks * d * kRows, 0.0f);
+  p.xt_sq.assign(p.n_blocks * kRows, 0.0f);
+  std::copy(p.x_sq, p.x_sq + n, p.xt_sq.begin());
+  for (int64_t r = 0; r < n; ++r) {
+    float* dst = p.xt.data() + (r / kRows) * d * kRows + r % kRows;
+    for (int64_t j = 0; j < d; ++j) dst[j * kRows] = p.x[r * d + j];
+  }
+}
+
+// The centres ([R, k, d]) of the restarts in ``p.running``, transposed
+// into ``p.ct`` with their |c|^2; centres at and past ``k_real`` (and the
+// padding to k_pad) get |c|^2 = +inf: no row is ever nearer to them.
+void LoadCentres(Problem& p, const float* centres, int64_t k_real) {
   const int64_t n_run = static_cast<int64_t>(p.running.size());
   const int64_t d = p.d, k = p.k, kp = p.k_pad;
   p.ct.assign(n_run * d * kp, 0.0f);
@@ -165,9 +197,17 @@ void Pass(Problem& p, const float* centres) {
         p.ct[(ri * d + j) * kp + ci] = c[ci * d + j];
         sq += c[ci * d + j] * c[ci * d + j];
       }
-      p.c_sq[ri * kp + ci] = sq;
+      p.c_sq[ri * kp + ci] = ci < k_real ? sq : INFINITY;
     }
   }
+}
+
+// One pass over x for the restarts in ``p.running`` with the centres in
+// ``centres`` ([R, k, d]): their nearest centres, cell sums and counts.
+void Pass(Problem& p, const float* centres) {
+  LoadCentres(p, centres, p.k);
+  const int64_t n_run = static_cast<int64_t>(p.running.size());
+  const int64_t d = p.d, k = p.k;
   const int64_t n_chunks = (p.n + kChunk - 1) / kChunk;
   p.sums.resize(n_chunks * n_run * k * d);
   p.counts.resize(n_chunks * n_run * k);
@@ -193,7 +233,6 @@ ffi::Error LloydImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
   p.d = xd[1];
   p.k = sd[1];
   p.k_pad = (p.k + kC / 2 - 1) / (kC / 2) * (kC / 2);
-  p.n_blocks = (p.n + kRows - 1) / kRows;
   const int64_t n_restarts = sd[0], n = p.n, d = p.d, k = p.k;
   const float tol_abs = tol.typed_data()[0];
   float* out = centers->typed_data();
@@ -204,13 +243,7 @@ ffi::Error LloydImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
   std::fill(inert, inert + n_restarts, 0.0f);
   if (n == 0 || n_restarts == 0) return ffi::Error::Success();
 
-  p.xt.assign(p.n_blocks * d * kRows, 0.0f);
-  p.xt_sq.assign(p.n_blocks * kRows, 0.0f);
-  std::copy(p.x_sq, p.x_sq + n, p.xt_sq.begin());
-  for (int64_t r = 0; r < n; ++r) {
-    float* dst = p.xt.data() + (r / kRows) * d * kRows + r % kRows;
-    for (int64_t j = 0; j < d; ++j) dst[j * kRows] = p.x[r * d + j];
-  }
+  Transpose(p);
   p.min_d2.assign(n_restarts * n, 0.0f);
   const int64_t n_chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> total(k * d);
@@ -286,6 +319,183 @@ ffi::Error LloydImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
   return ffi::Error::Success();
 }
 
+
+// ---------------------------------------------------------------- seeding
+// Greedy k-means++ of every restart at once (kmeans._kmeans_plus_plus): at
+// step i each restart draws ``trials`` candidate rows with probability
+// proportional to their squared distance to the nearest centre so far
+// (with the uniform draws u[r, i - 1] that XLA would use), and keeps the
+// candidate that leaves the lowest potential (sum of those distances). One
+// pass over x per step serves every restart and candidate.
+
+constexpr int kT = 4;  // candidates per register tile
+
+struct Seeding {
+  int64_t tp = 0;  // candidates per restart, padded to kT
+  std::vector<float> closest;       // [R][N]
+  std::vector<float> fresh;         // [R][tp][N]: min(closest, d2)
+  std::vector<double> pot;          // [chunks][R][tp]
+  std::vector<double> chunk_total;  // [R][chunks]: sum of closest per chunk
+};
+
+void SeedChunk(const Problem& p, Seeding& sd, int64_t chunk) {
+  const int64_t b0 = chunk * (kChunk / kRows);
+  const int64_t b1 = std::min(p.n_blocks, b0 + kChunk / kRows);
+  const int64_t n_run = static_cast<int64_t>(p.running.size()), n = p.n;
+  const int64_t tp = sd.tp;
+  double* pot = sd.pot.data() + chunk * n_run * tp;
+  std::fill(pot, pot + n_run * tp, 0.0);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t rows = std::min<int64_t>(kRows, n - b * kRows);
+    VecF xsq[kVecs];
+    LoadSq(p, b, xsq);
+    for (int64_t ri = 0; ri < n_run; ++ri) {
+      const float* cl = sd.closest.data() + ri * n + b * kRows;
+      for (int64_t t0 = 0; t0 < tp; t0 += kT) {
+        VecF d2[kT][kVecs];
+        Distances<kT>(p, ri, b, t0, xsq, d2);
+        for (int t = 0; t < kT; ++t) {
+          float* fr = sd.fresh.data() + (ri * tp + t0 + t) * n + b * kRows;
+          if (rows == kRows) {  // a full block: in vectors
+            VecF sum{};
+            for (int v = 0; v < kVecs; ++v) {
+              VecF c;
+              std::memcpy(&c, cl + v * kLanes, sizeof(VecF));
+              const VecF m = c < d2[t][v] ? c : d2[t][v];
+              std::memcpy(fr + v * kLanes, &m, sizeof(VecF));
+              sum += m;
+            }
+            double s = 0.0;
+            for (int i = 0; i < kLanes; ++i) s += sum[i];
+            pot[ri * tp + t0 + t] += s;
+          } else {  // the last rows of x
+            float lane[kRows];
+            std::memcpy(lane, d2[t], sizeof(lane));
+            double s = 0.0;
+            for (int64_t i = 0; i < rows; ++i) {
+              fr[i] = std::min(cl[i], lane[i]);
+              s += fr[i];
+            }
+            pot[ri * tp + t0 + t] += s;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The row drawn by ``u`` in [0, 1) with probability proportional to
+// ``w [N]`` (>= 0), from its per-chunk totals ``tot``: the first row whose
+// running sum exceeds u * total; past the end by rounding, the last row of
+// positive weight; all zero, uniform.
+int64_t Draw(const float* w, const double* tot, int64_t n, float u) {
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+  double total = 0.0;
+  for (int64_t c = 0; c < n_chunks; ++c) total += tot[c];
+  if (!(total > 0.0)) {
+    return std::min<int64_t>(static_cast<int64_t>(u * n), n - 1);
+  }
+  const double target = double{u} * total;
+  double acc = 0.0;
+  int64_t c = 0;
+  while (c + 1 < n_chunks && acc + tot[c] <= target) acc += tot[c++];
+  for (int64_t i = c * kChunk; i < n; ++i) {
+    acc += w[i];
+    if (acc > target && w[i] > 0.0f) return i;
+  }
+  for (int64_t i = n - 1; i > 0; --i) {
+    if (w[i] > 0.0f) return i;
+  }
+  return 0;
+}
+
+ffi::Error SeedImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
+                    ffi::Buffer<ffi::S32> first, ffi::Buffer<ffi::F32> draws,
+                    ffi::ResultBuffer<ffi::F32> seeds) {
+  auto xd = x.dimensions();
+  auto ud = draws.dimensions();
+  const int64_t n_restarts = static_cast<int64_t>(first.element_count());
+  if (xd.size() != 2 || ud.size() != 3 || ud[0] != n_restarts ||
+      static_cast<int64_t>(x_sq.element_count()) != xd[0] || xd[0] < 1) {
+    return ffi::Error::InvalidArgument(
+        "ctjax kmeans++: x [N >= 1, d], x_sq [N], first [R] and draws "
+        "[R, k - 1, trials] out of shape");
+  }
+  Problem p;
+  p.x = x.typed_data();
+  p.x_sq = x_sq.typed_data();
+  p.n = xd[0];
+  p.d = xd[1];
+  const int64_t n = p.n, d = p.d, k = ud[1] + 1, trials = ud[2];
+  const int32_t* fi = first.typed_data();
+  const float* u = draws.typed_data();
+  float* out = seeds->typed_data();
+  for (int64_t r = 0; r < n_restarts; ++r) {
+    if (fi[r] < 0 || fi[r] >= n) {
+      return ffi::Error::InvalidArgument("ctjax kmeans++: first out of range");
+    }
+  }
+  if (n_restarts == 0) return ffi::Error::Success();
+  Transpose(p);
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+  Seeding sd;
+  sd.tp = (std::max<int64_t>(trials, 1) + kT - 1) / kT * kT;
+  sd.closest.assign(n_restarts * n, INFINITY);
+  sd.fresh.assign(n_restarts * sd.tp * n, 0.0f);
+  sd.pot.assign(n_chunks * n_restarts * sd.tp, 0.0);
+  sd.chunk_total.assign(n_restarts * n_chunks, 0.0);
+  p.running.resize(n_restarts);
+  std::iota(p.running.begin(), p.running.end(), 0);
+  p.k = sd.tp;
+  p.k_pad = sd.tp;
+  std::vector<float> cand_rows(n_restarts * sd.tp * d, 0.0f);
+  std::vector<int64_t> cand(n_restarts * sd.tp, 0);
+  for (int64_t i = 0; i < k; ++i) {
+    // Candidates: the first centre, then draws from the current potential.
+    const int64_t n_cand = i == 0 ? 1 : trials;
+    for (int64_t r = 0; r < n_restarts; ++r) {
+      for (int64_t t = 0; t < n_cand; ++t) {
+        const int64_t row =
+            i == 0 ? fi[r]
+                   : Draw(sd.closest.data() + r * n,
+                          sd.chunk_total.data() + r * n_chunks, n,
+                          u[(r * (k - 1) + i - 1) * trials + t]);
+        cand[r * sd.tp + t] = row;
+        std::memcpy(&cand_rows[(r * sd.tp + t) * d], p.x + row * d,
+                    d * sizeof(float));
+      }
+    }
+    LoadCentres(p, cand_rows.data(), n_cand);
+    ctjax_native::RunItems(n_chunks, [&p, &sd](int64_t c) {
+      SeedChunk(p, sd, c);
+    });
+    for (int64_t r = 0; r < n_restarts; ++r) {
+      // The candidate of lowest potential, ties to the first drawn.
+      int64_t best = 0;
+      double best_pot = INFINITY;
+      for (int64_t t = 0; t < n_cand; ++t) {
+        double s = 0.0;
+        for (int64_t c = 0; c < n_chunks; ++c) {
+          s += sd.pot[(c * n_restarts + r) * sd.tp + t];
+        }
+        if (s < best_pot) {
+          best_pot = s;
+          best = t;
+        }
+      }
+      std::memcpy(sd.closest.data() + r * n,
+                  sd.fresh.data() + (r * sd.tp + best) * n, n * sizeof(float));
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        sd.chunk_total[r * n_chunks + c] =
+            sd.pot[(c * n_restarts + r) * sd.tp + best];
+      }
+      std::memcpy(out + (r * k + i) * d, p.x + cand[r * sd.tp + best] * d,
+                  d * sizeof(float));
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CtjaxLloyd, LloydImpl,
@@ -297,4 +507,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CtjaxLloyd, LloydImpl,
                                   .Attr<int32_t>("max_iter")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CtjaxKmeansPlusPlus, SeedImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
