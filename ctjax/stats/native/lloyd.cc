@@ -47,9 +47,11 @@ typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 struct Problem {
+  Problem(const float* x, const float* x_sq, int64_t n, int64_t d)
+      : x(x), x_sq(x_sq), n(n), d(d) {}
   const float* x;     // [N, d]
   const float* x_sq;  // [N]
-  int64_t n, d, k, k_pad, n_blocks;
+  int64_t n, d, k = 0, k_pad = 0, n_blocks = 0;
   std::vector<float> xt;     // [blocks][d][kRows], rows past N are zero
   std::vector<float> xt_sq;  // [blocks][kRows]
   // Per iteration: the running restarts, each one's centres transposed
@@ -226,11 +228,7 @@ ffi::Error LloydImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
     return ffi::Error::InvalidArgument(
         "ctjax lloyd: x [N, d], x_sq [N] and seeds [R, k, d] out of shape");
   }
-  Problem p;
-  p.x = x.typed_data();
-  p.x_sq = x_sq.typed_data();
-  p.n = xd[0];
-  p.d = xd[1];
+  Problem p(x.typed_data(), x_sq.typed_data(), xd[0], xd[1]);
   p.k = sd[1];
   p.k_pad = (p.k + kC / 2 - 1) / (kC / 2) * (kC / 2);
   const int64_t n_restarts = sd[0], n = p.n, d = p.d, k = p.k;
@@ -421,11 +419,7 @@ ffi::Error SeedImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
         "ctjax kmeans++: x [N >= 1, d], x_sq [N], first [R] and draws "
         "[R, k - 1, trials] out of shape");
   }
-  Problem p;
-  p.x = x.typed_data();
-  p.x_sq = x_sq.typed_data();
-  p.n = xd[0];
-  p.d = xd[1];
+  Problem p(x.typed_data(), x_sq.typed_data(), xd[0], xd[1]);
   const int64_t n = p.n, d = p.d, k = ud[1] + 1, trials = ud[2];
   const int32_t* fi = first.typed_data();
   const float* u = draws.typed_data();
