@@ -129,6 +129,8 @@ def _kmeans_plus_plus(first, u, x, x_sq, k):
   """Greedy k-means++ (several candidates per step, keep the best potential)
   from one restart's `_seed_draws`."""
   centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(x[first])
+  if k == 1:  # no draws (u is [0, trials])
+    return centers
   closest = sq_distances(x, x[first][None], x_sq)[:, 0]
 
   def body(i, carry):

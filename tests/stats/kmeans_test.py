@@ -260,8 +260,14 @@ def test_lloyd_choice(monkeypatch):
 @pytest.mark.parametrize(
   "n,d,k,distinct",
   # one chunk and several (4096 rows); 2..5 candidates a step; fewer
-  # distinct points than k (all weights zero: uniform draws).
-  [(3000, 8, 10, None), (9000, 3, 40, None), (300, 2, 5, 3), (40, 64, 2, None)],
+  # distinct points than k (all weights zero: uniform draws); k = 1.
+  [
+    (3000, 8, 10, None),
+    (9000, 3, 40, None),
+    (300, 2, 5, 3),
+    (40, 64, 2, None),
+    (50, 4, 1, None),  # one centre: no draws
+  ],
 )
 def test_native_kmeans_plus_plus_equals_xla(n, d, k, distinct):
   _native()
