@@ -10,13 +10,13 @@ accelerator, where float scatter-adds are atomic and change their order
 from run to run); every buffer has a static shape. Distances use the shared
 fast form of `ctjax.stats.distances`.
 
-On a CPU where ctjax's kernels build, the Lloyd iterations of all restarts
-run in one compiled kernel instead (`resolve_lloyd`, `native.lloyd`): the
-same rules (distances in the same form, ties to the lowest centre, the same
-stopping rule and empty-cell rule), with each pass over x shared by every
-restart still running and the cell sums added in float64 across chunks of
-4,096 rows. The winning restart and the final labels are computed in XLA
-as before.
+On a CPU where ctjax's kernels build, the seeding and the Lloyd iterations
+of all restarts run in compiled kernels instead (`resolve_lloyd`,
+`native.kmeans_plus_plus`, `native.lloyd`): the same random draws and rules
+(distances in the same form, ties to the lowest centre, the same stopping
+and empty-cell rules), with each pass over x shared by every restart still
+running and the cell sums added in float64 across chunks of 4,096 rows.
+The final labels are computed in XLA as before.
 """
 
 import dataclasses
@@ -238,8 +238,8 @@ def kmeans(
     max_iter: Lloyd iteration cap per restart.
     tol: relative tolerance on the squared centre shift (scaled by the mean
       per-feature variance of ``x``, as in scikit-learn).
-    lloyd: how the Lloyd iterations run, "auto", "native" or "xla"
-      (`resolve_lloyd`).
+    lloyd: how the seeding and Lloyd iterations run, "auto", "native" or
+      "xla" (`resolve_lloyd`).
 
   Returns:
     A `KMeans` with the winning restart's centres and the final assignment.
@@ -253,15 +253,17 @@ def kmeans(
   )
 
 
-# How the Lloyd iterations run: "auto", "native" or "xla" (`resolve_lloyd`).
+# How the seeding and Lloyd iterations run: "auto", "native" or "xla"
+# (`resolve_lloyd`).
 LLOYD = "auto"
 
 
 def resolve_lloyd(
   method: str | None = None, dtype=jnp.float32, backend: str | None = None
 ) -> str:
-  """``method`` (default `LLOYD`) as "native" (the compiled kernel, float32
-  on a CPU where it builds) or "xla" (a `while_loop` per restart)."""
+  """``method`` (default `LLOYD`) as "native" (the compiled kernels, float32
+  on a CPU where they build) or "xla" (vmapped seeding, then a `while_loop`
+  per restart)."""
   method = LLOYD if method is None else method
   return native.resolve("Lloyd", method, dtype, backend)
 
