@@ -1,6 +1,6 @@
 """ctjax's compiled CPU kernels, called from XLA programs through its FFI.
 
-Two kernels, each an XLA FFI handler, so they run inside ctjax's jitted
+Three kernels, each an XLA FFI handler, so they run inside ctjax's jitted
 programs (and a user's `jax.jit`, `jax.vmap`, `lax.scan`) like any other
 operation:
 
