@@ -160,8 +160,7 @@ def usable_searches(backend: str | None = None) -> tuple[str, ...]:
   """The `SEARCHES` that run on ``backend`` (default
   ``jax.default_backend()``): "native" only on a CPU where the kernel
   builds (`native.available`)."""
-  backend = backend or jax.default_backend()
-  native_ok = backend == "cpu" and native.available()
+  native_ok = native.why_not(backend=backend) is None
   return tuple(s for s in SEARCHES if s != "native" or native_ok)
 
 

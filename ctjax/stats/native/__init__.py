@@ -194,6 +194,12 @@ def reason() -> str | None:
   return _state["reason"]
 
 
+def _require():
+  """Raises where the kernels are not available (with `reason`)."""
+  if not available():
+    raise RuntimeError(f"the native kernels are unavailable: {reason()}")
+
+
 def why_not(dtype=jnp.float32, backend: str | None = None) -> str | None:
   """Why the kernels cannot take ``dtype`` data on ``backend`` (default
   ``jax.default_backend()``), or None where they can (builds them on the
@@ -250,8 +256,7 @@ def nearest(points, row_base, aux, starts, queries, q_cells, metric: str):
     sorted row (``inf`` / -1 where there is none). Under `jax.vmap` the
     call runs once per batch element.
   """
-  if not available():
-    raise RuntimeError(f"the native search is unavailable: {reason()}")
+  _require()
   m = queries.shape[0]
   call = jax.ffi.ffi_call(
     "ctjax_nearest_in_cell",
@@ -284,8 +289,7 @@ def scatter(x, mean):
     rounded once. Memory: about 12 D² bytes per CPU thread. Under
     `jax.vmap` the call runs once per batch element.
   """
-  if not available():
-    raise RuntimeError(f"the native kernels are unavailable: {reason()}")
+  _require()
   d = x.shape[1]
   call = jax.ffi.ffi_call(
     "ctjax_scatter",
@@ -308,8 +312,7 @@ def lloyd(x, x_sq, seeds, tol, max_iter: int):
     ``(centers [R, k, d] float32, n_iter [R] int32, inertia [R] float32)``
     (inertia: the sum of squared distances to the final centres).
   """
-  if not available():
-    raise RuntimeError(f"the native kernels are unavailable: {reason()}")
+  _require()
   call = jax.ffi.ffi_call(
     "ctjax_lloyd",
     (
@@ -336,8 +339,7 @@ def kmeans_plus_plus(x, x_sq, first, draws):
   Returns:
     ``[R, k, d]`` float32 starting centres.
   """
-  if not available():
-    raise RuntimeError(f"the native kernels are unavailable: {reason()}")
+  _require()
   n_restarts, k1, _ = draws.shape
   call = jax.ffi.ffi_call(
     "ctjax_kmeans_plus_plus",
