@@ -135,7 +135,9 @@ void Assign(const Problem& p, int64_t ri, int64_t b, VecF best[kVecs],
   if (c0 < p.k_pad) Fold<kC / 2>(p, ri, b, c0, xsq, best, arg);
 }
 
-void RunChunk(Problem& p, int64_t chunk) {
+// One chunk of a pass: every row's nearest centre and its distance, and
+// (``with_sums``) the cell sums and counts.
+void RunChunk(Problem& p, int64_t chunk, bool with_sums) {
   const int64_t d = p.d, k = p.k;
   const int64_t b0 = chunk * (kChunk / kRows);
   const int64_t b1 = std::min(p.n_blocks, b0 + kChunk / kRows);
@@ -155,6 +157,10 @@ void RunChunk(Problem& p, int64_t chunk) {
       std::memcpy(bl, best, sizeof(bl));
       std::memcpy(al, arg, sizeof(al));
       float* md = p.min_d2.data() + p.running[ri] * p.n + b * kRows;
+      if (!with_sums) {
+        std::copy(bl, bl + rows, md);
+        continue;
+      }
       float* s = sums + ri * k * d;
       int64_t* cnt = counts + ri * k;
       for (int64_t i = 0; i < rows; ++i) {
@@ -205,15 +211,18 @@ void LoadCentres(Problem& p, const float* centres, int64_t k_real) {
 }
 
 // One pass over x for the restarts in ``p.running`` with the centres in
-// ``centres`` ([R, k, d]): their nearest centres, cell sums and counts.
-void Pass(Problem& p, const float* centres) {
+// ``centres`` ([R, k, d]): their nearest centres (distances in p.min_d2)
+// and, ``with_sums``, the cell sums and counts.
+void Pass(Problem& p, const float* centres, bool with_sums) {
   LoadCentres(p, centres, p.k);
   const int64_t n_run = static_cast<int64_t>(p.running.size());
   const int64_t d = p.d, k = p.k;
   const int64_t n_chunks = (p.n + kChunk - 1) / kChunk;
   p.sums.resize(n_chunks * n_run * k * d);
   p.counts.resize(n_chunks * n_run * k);
-  ctjax_native::RunItems(n_chunks, [&p](int64_t c) { RunChunk(p, c); });
+  ctjax_native::RunItems(n_chunks, [&p, with_sums](int64_t c) {
+    RunChunk(p, c, with_sums);
+  });
 }
 
 ffi::Error LloydImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
@@ -256,7 +265,7 @@ ffi::Error LloydImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
     }
     const int64_t n_run = static_cast<int64_t>(p.running.size());
     if (n_run == 0) break;
-    Pass(p, out);
+    Pass(p, out, /*with_sums=*/true);
 
     for (int64_t ri = 0; ri < n_run; ++ri) {
       const int64_t r = p.running[ri];
@@ -309,7 +318,7 @@ ffi::Error LloydImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
   // The final inertia of every restart: one more pass, all of them at once.
   p.running.resize(n_restarts);
   std::iota(p.running.begin(), p.running.end(), 0);
-  Pass(p, out);
+  Pass(p, out, /*with_sums=*/false);
   for (int64_t r = 0; r < n_restarts; ++r) {
     const float* md = p.min_d2.data() + r * n;
     inert[r] = static_cast<float>(std::accumulate(md, md + n, 0.0));
