@@ -91,10 +91,13 @@ def test_equals_xla_searches_and_brute_force(kernel, rng, metric, d):
 
 
 @pytest.mark.parametrize("metric", nb.METRICS)
-def test_ties_go_to_the_lowest_index(kernel, rng, metric):
+@pytest.mark.parametrize("n", [203, 2603])
+def test_ties_go_to_the_lowest_index(kernel, rng, metric, n):
   # Every row of cell 0 is the same vector (and for cosine, half are its
-  # negative): every row ties, and the lowest original index must win.
-  d, n = 8, 203
+  # negative): every row ties, and the lowest original index must win, also
+  # where the cell's rows span several of the kernel's work items (1000
+  # rows each, merged afterwards).
+  d = 8
   v = rng.normal(size=d).astype(np.float32)
   train = np.tile(v, (n, 1))
   if metric == "cosine":
@@ -111,6 +114,27 @@ def test_ties_go_to_the_lowest_index(kernel, rng, metric):
     np.testing.assert_allclose(dist, 0.0, atol=1e-6)  # 3v: rounding only
   else:
     np.testing.assert_array_equal(idx, 40)
+
+
+@pytest.mark.parametrize("metric", nb.METRICS)
+def test_cells_of_many_rows_and_any_query_count(kernel, rng, metric):
+  # Cells of 1-3 work items of rows, with query counts that leave every
+  # remainder kind: none, <= 16 (a one-vector block), 17-31 (a full block).
+  d, k = 24, 7
+  sizes = [2999, 1000, 1001, 1, 2500, 0, 40]
+  t_cells = np.repeat(np.arange(k), sizes).astype(np.int32)
+  train = rng.normal(size=(len(t_cells), d)).astype(np.float32)
+  counts = [33, 16, 17, 1, 64, 5, 48]
+  q_cells = np.repeat(np.arange(k), counts).astype(np.int32)
+  rng.shuffle(q_cells)
+  queries = rng.normal(size=(len(q_cells), d)).astype(np.float32)
+  queries[:10] = train[rng.integers(0, len(train), 10)]  # a few copies
+  got = _search(train, t_cells, queries, q_cells, k, metric, search="native")
+  want = _search(train, t_cells, queries, q_cells, k, metric, tile_queries=None)
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_array_equal(got[0], want[0])
+  assert np.all(got[1][q_cells == 5] == -1)  # an empty cell
+  assert np.all(got[1][q_cells != 5] >= 0)
 
 
 def test_stacked_rows_at_an_offset_in_jit_vmap_and_scan(kernel, rng):
