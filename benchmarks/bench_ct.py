@@ -246,16 +246,26 @@ def warm_parts(ref, gen, reps=5):
   g = jnp.asarray(np.pad(gen, ((0, 0), (0, m_pad - m), (0, 0))))
   valid = jnp.arange(m_pad) < m
   project = jax.jit(scoring.project_layers)
-  search = jax.jit(
-    lambda index, q, cells: fitted_lib.search_layers(
-      index,
-      q,
-      cells,
-      tile_queries=c.tile_queries,
-      tile_train=c.tile_train,
-      search=c.search,
+  # Each layer's search reads its rows in place, as the score's loop does
+  # (`scoring._stacked_rows`); `fitted.search_layers` would copy them out.
+  rest, points, n = scoring._stacked_rows(f)
+
+  def search_all(index, points, q, cells):
+    return jax.lax.map(
+      lambda a: fitted_lib.nearest(
+        a[0],
+        a[1],
+        a[2],
+        tile_queries=c.tile_queries,
+        tile_train=c.tile_train,
+        search=c.search,
+        points=points,
+        row_base=a[3] * n,
+      ),
+      (index, q, cells, jnp.arange(f.n_layers, dtype=jnp.int32)),
     )
-  )
+
+  search = jax.jit(search_all)
   count = jax.jit(scoring.twice_u_layers)
   out = {}
 
@@ -271,7 +281,7 @@ def warm_parts(ref, gen, reps=5):
     return r
 
   pg, cells = run("project+cells", project, f, g, valid)
-  dist, _ = run("search", search, f.index, pg, cells)
+  dist, _ = run("search", search, rest.index, points, pg, cells)
   run("2U counts", count, f, dist, cells)
   return out
 

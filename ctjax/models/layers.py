@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ctjax.stats import native
+
 _init = nnx.initializers.truncated_normal(stddev=0.02)
 
 
@@ -286,9 +288,10 @@ def conv2d(x, kernel, bias, stride: int, padding, groups: int = 1):
   x ``[B, H, W, C_in]``, kernel ``[kh, kw, C_in / groups, C_out]``, bias
   ``[C_out]`` or None, padding ``(ph, pw)`` zeros on both sides ->
   ``[B, H', W', C_out]``. A depthwise convolution (``groups == C_in ==
-  C_out``) on the CPU is computed as ``kh * kw`` shifted multiply-adds, which
-  XLA fuses into one loop (its grouped convolution runs ~50x slower there),
-  a 1x1 convolution without padding as a matrix product, and an unpadded
+  C_out``) on the CPU runs, at stride 1 in float32, ctjax's compiled kernel
+  (`ctjax.stats.native.depthwise_conv2d`), else ``kh * kw`` shifted
+  multiply-adds, which XLA fuses into one loop (its grouped convolution
+  runs ~50x slower there); a 1x1 convolution without padding as a matrix product, and an unpadded
   stride-1 convolution as a padded one, cropped.
   """
   ph, pw = padding
@@ -299,6 +302,12 @@ def conv2d(x, kernel, bias, stride: int, padding, groups: int = 1):
     # the next LayerNorm's products and recomputed the whole convolution
     # there (ConvNeXt-T, batch 8: convolution + LayerNorm 14.2 -> 6.8 ms at
     # 56x56x96, 2.7 -> 1.4 ms at 7x7x768).
+    if stride == 1 and native.why_not(x.dtype) is None:
+      # ctjax's compiled kernel (ctjax.stats.native, depthwise.cc): ConvNeXt-T's
+      # 7x7 convolutions ~3x faster than XLA's fused loop (docs/performance.md).
+      if bias is None:
+        bias = jnp.zeros((c_out,), x.dtype)
+      return native.depthwise_conv2d(x, kernel[:, :, 0, :], bias, (ph, pw))
     return depthwise_conv2d(x, kernel[:, :, 0, :], stride, (ph, pw), bias)
   elif kernel.shape[:2] == (1, 1) and groups == 1 and ph == pw == 0 and cpu:
     # A 1x1 convolution is a matrix product over channels (~3x faster than

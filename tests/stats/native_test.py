@@ -319,3 +319,69 @@ def test_scatter_under_jit_vmap_and_threads(kernel):
     )
   for g, a in zip(got, alone):
     np.testing.assert_array_equal(g, a)
+
+
+def _lax_depthwise(x, w, b, padding):
+  (ph, pw) = padding
+  return (
+    jax.lax.conv_general_dilated(
+      x,
+      w[:, :, None, :],
+      (1, 1),
+      ((ph, ph), (pw, pw)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=x.shape[-1],
+      precision=jax.lax.Precision.HIGHEST,
+    )
+    + b
+  )
+
+
+@pytest.mark.parametrize(
+  "h,w,c,kernel,padding",
+  [
+    (9, 23, 35, (7, 7), (3, 3)),  # ConvNeXt's: tiles, a channel tail
+    (8, 56, 96, (7, 7), (3, 3)),  # ConvNeXt-T's first stage, narrower
+    (7, 7, 16, (7, 7), (3, 3)),  # too narrow for a tile of 8 columns
+    (5, 12, 6, (3, 3), (1, 1)),  # channels fewer than a vector
+    (6, 30, 32, (3, 5), (1, 2)),  # another width: every tap checked
+    (11, 17, 20, (7, 7), (0, 0)),  # unpadded
+    (4, 9, 17, (3, 3), (4, 2)),  # padded beyond the kernel
+  ],
+)
+def test_depthwise_equals_xla_convolution(kernel, rng, h, w, c, padding):
+  x = rng.normal(size=(2, h, w, c)).astype(np.float32)
+  k = rng.normal(size=(*kernel, c)).astype(np.float32)
+  b = rng.normal(size=(c,)).astype(np.float32)
+  got = jax.jit(lambda *a: native.depthwise_conv2d(*a, padding))(x, k, b)
+  want = _lax_depthwise(x, k, b, padding)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_puts_every_tap_in_its_place(kernel):
+  # A kernel with one tap of 1 shifts the map (exactly: the other taps add
+  # zeros); a dropped or misplaced tap leaves zeros or the wrong neighbour.
+  x = np.arange(2 * 6 * 23 * 35, dtype=np.float32).reshape(2, 6, 23, 35)
+  xp = np.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
+  conv = jax.jit(lambda x, k, b: native.depthwise_conv2d(x, k, b, (3, 3)))
+  for i in range(7):
+    for j in range(7):
+      k = np.zeros((7, 7, 35), np.float32)
+      k[i, j] = 1.0
+      got = np.asarray(conv(x, k, np.zeros(35, np.float32)))
+      np.testing.assert_array_equal(got, xp[:, i : i + 6, j : j + 23])
+
+
+def test_depthwise_under_vmap_and_the_encoder_path(kernel, rng):
+  from ctjax.models import layers
+
+  x = rng.normal(size=(3, 2, 9, 19, 16)).astype(np.float32)
+  k = rng.normal(size=(7, 7, 16)).astype(np.float32)
+  b = rng.normal(size=(16,)).astype(np.float32)
+  by_vmap = jax.jit(
+    jax.vmap(lambda x: layers.conv2d(x, k[:, :, None], b, 1, (3, 3), 16))
+  )(x)
+  for i in range(3):
+    want = layers.depthwise_conv2d(x[i], k, 1, (3, 3), b)  # XLA's loop
+    np.testing.assert_allclose(by_vmap[i], want, rtol=1e-5, atol=1e-5)
