@@ -95,3 +95,37 @@ def test_gelu_is_exact_gelu():
   # The tanh approximation differs by up to ~5e-4 here: it must not pass.
   approx = np.asarray(jax.nn.gelu(x, approximate=True), np.float64)
   assert np.abs(approx - want).max() > 1e-4
+
+
+def test_native_kernels_differentiate_as_the_xla_path():
+  # attention (no bias) and the depthwise convolution run ctjax's native
+  # kernels on a CPU; their derivatives are the XLA functions'.
+  rng = np.random.default_rng(3)
+  q, k, v = (rng.normal(size=(2, 9, 2, 16)).astype(np.float32) for _ in "qkv")
+  x = rng.normal(size=(2, 6, 10, 16)).astype(np.float32)
+  w = rng.normal(size=(7, 7, 1, 16)).astype(np.float32)
+  b = rng.normal(size=(16,)).astype(np.float32)
+  pairs = [
+    (
+      lambda q, k, v: layers.attention(q, k, v, 0.25),
+      lambda q, k, v: layers._attention_xla(q, k, v, 0.25, None),
+      (q, k, v),
+    ),
+    (
+      lambda x, w, b: layers.conv2d(x, w, b, 1, (3, 3), 16),
+      lambda x, w, b: layers.depthwise_conv2d(x, w[:, :, 0], 1, (3, 3), b),
+      (x, w, b),
+    ),
+  ]
+  for f, ref, args in pairs:
+    loss = lambda *a, f=f: jnp.sum(jnp.sin(f(*a)))
+    got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+    want = jax.grad(lambda *a, ref=ref: jnp.sum(jnp.sin(ref(*a))), (0, 1, 2))(
+      *args
+    )
+    for g, h in zip(got, want):
+      np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5)
+    tangents = tuple(np.ones_like(a) for a in args)
+    _, got_t = jax.jvp(f, args, tangents)
+    _, want_t = jax.jvp(ref, args, tangents)
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-4, atol=1e-5)

@@ -385,3 +385,42 @@ def test_depthwise_under_vmap_and_the_encoder_path(kernel, rng):
   for i in range(3):
     want = layers.depthwise_conv2d(x[i], k, 1, (3, 3), b)  # XLA's loop
     np.testing.assert_allclose(by_vmap[i], want, rtol=1e-5, atol=1e-5)
+
+
+def _attention_f64(q, k, v, scale):
+  """softmax(scale q kᵀ) v of ``[B, T, H, K]`` arrays, in float64 NumPy."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  logits = np.einsum("bqhk,bthk->bhqt", q, k) * scale
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bhqt,bthk->bqhk", p, v)
+
+
+@pytest.mark.parametrize(
+  "b,t,h,k,scale",
+  [
+    (2, 197, 3, 64, 0.125),  # ViT-B/16's tokens and head width
+    (1, 50, 2, 32, 32**-0.5),  # CLIP-like, another vector count
+    (2, 33, 2, 16, 0.25),  # one key past a block of 32; a scalar output
+    (1, 1, 1, 24, 1.0),  # a single token
+    (1, 40, 2, 64, 30.0),  # logits in the hundreds: the row max matters
+  ],
+)
+def test_attention_equals_dot_product_attention(kernel, rng, b, t, h, k, scale):
+  q, kk, v = (rng.normal(size=(b, t, h, k)).astype(np.float32) for _ in "qkv")
+  got = jax.jit(lambda *a: native.attention(*a, scale))(q, kk, v)
+  want = _attention_f64(q, kk, v, scale)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_attention_under_vmap_and_the_encoder_path(kernel, rng):
+  from ctjax.models import layers
+
+  q, kk, v = (
+    rng.normal(size=(3, 2, 20, 2, 64)).astype(np.float32) for _ in "qkv"
+  )
+  by_vmap = jax.jit(jax.vmap(lambda *a: layers.attention(*a, 0.125)))(q, kk, v)
+  for i in range(3):
+    want = _attention_f64(q[i], kk[i], v[i], 0.125)
+    np.testing.assert_allclose(by_vmap[i], want, rtol=2e-5, atol=2e-5)

@@ -1,6 +1,6 @@
 """ctjax's compiled CPU kernels, called from XLA programs through its FFI.
 
-Four kernels, each an XLA FFI handler, so they run inside ctjax's jitted
+Five kernels, each an XLA FFI handler, so they run inside ctjax's jitted
 programs (and a user's `jax.jit`, `jax.vmap`, `lax.scan`) like any other
 operation:
 
@@ -21,6 +21,11 @@ operation:
   (`ctjax.models.layers.conv2d`): channels as vector lanes, a tile of output
   columns in registers, each input vector loaded once per kernel row, where
   XLA:CPU ran one fused loop of 49 shifted multiply-adds.
+- ``attention.cc``, the ViT family's attention without a bias
+  (`ctjax.models.layers.attention`): one (batch, head) per work item, the
+  logits of a block of query rows, their softmax and the block's output
+  computed in cache, where XLA wrote the ``[B, H, T, T]`` logits to memory
+  between two batched products.
 
 They share ``pool.h``'s helper threads and are compiled together, on first
 use, by the host's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``)
@@ -64,6 +69,7 @@ SOURCES = (
   _HERE / "scatter.cc",
   _HERE / "lloyd.cc",
   _HERE / "depthwise.cc",
+  _HERE / "attention.cc",
 )
 HEADERS = (_HERE / "pool.h",)
 # FFI target name -> the library's handler symbol.
@@ -73,6 +79,7 @@ TARGETS = {
   "ctjax_lloyd": "CtjaxLloyd",
   "ctjax_kmeans_plus_plus": "CtjaxKmeansPlusPlus",
   "ctjax_depthwise": "CtjaxDepthwise",
+  "ctjax_attention": "CtjaxAttention",
 }
 FLAGS = (
   "-O3",
@@ -380,11 +387,34 @@ def depthwise_conv2d(x, w, bias, padding):
   ph, pw = padding
   out = (b, h + 2 * ph - kh + 1, wd + 2 * pw - kw + 1, c)
   if min(out) <= 0:
-    raise ValueError(f"depthwise convolution of {x.shape} by {w.shape} "
-                     f"with padding {padding} is empty")
+    raise ValueError(
+      f"depthwise convolution of {x.shape} by {w.shape} "
+      f"with padding {padding} is empty"
+    )
   call = jax.ffi.ffi_call(
     "ctjax_depthwise",
     jax.ShapeDtypeStruct(out, jnp.float32),
     vmap_method="sequential",
   )
   return call(x, w, bias, pad_h=np.int32(ph), pad_w=np.int32(pw))
+
+
+def attention(q, k, v, scale: float):
+  """Multi-head self-attention ``softmax(scale q kᵀ) v`` without a bias.
+
+  Args:
+    q, k, v: ``[B, T, H, K]`` float32.
+    scale: the logits' scale.
+
+  Returns:
+    ``[B, T, H, K]`` float32; the softmax in float32 (row maximum
+    subtracted, a polynomial exp within ~2 ulp of expf). Under `jax.vmap`
+    the call runs once per batch element.
+  """
+  _require()
+  call = jax.ffi.ffi_call(
+    "ctjax_attention",
+    jax.ShapeDtypeStruct(q.shape, jnp.float32),
+    vmap_method="sequential",
+  )
+  return call(q, k, v, scale=np.float32(scale))
