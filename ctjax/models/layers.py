@@ -77,6 +77,16 @@ class LayerNorm(nnx.Module):
 
   def __call__(self, x):
     """x: ``[..., D]`` -> ``[..., D]`` (statistics in float32)."""
+    if native.why_not(x.dtype) is None:
+      # ctjax's compiled kernel (ctjax.stats.native, layernorm.cc): 2.5-4x
+      # faster than the XLA form below at the encoders' shapes.
+      return with_xla_derivatives(
+        lambda x, s, b: native.layer_norm(x, s, b, self.eps),
+        lambda x, s, b: self._xla(x, s, b),
+      )(x, self.scale[...], self.bias[...])
+    return self._xla(x, self.scale[...], self.bias[...])
+
+  def _xla(self, x, scale, bias):
     x32 = x.astype(jnp.float32)
     # Both means as products with a [D, 1] column of 1/D rather than
     # reductions. XLA:CPU fuses a reduction with the ops that produce its
@@ -91,9 +101,7 @@ class LayerNorm(nnx.Module):
       centred * centred, avg, precision=jax.lax.Precision.HIGHEST
     )
     y = centred * jax.lax.rsqrt(var + self.eps)
-    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(
-      jnp.float32
-    )
+    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
     return y.astype(x.dtype)
 
 

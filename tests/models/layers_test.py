@@ -97,15 +97,30 @@ def test_gelu_is_exact_gelu():
   assert np.abs(approx - want).max() > 1e-4
 
 
+def _native_norm(x, scale, bias):
+  from ctjax.stats import native
+
+  return layers.with_xla_derivatives(
+    lambda x, s, b: native.layer_norm(x, s, b, 1e-5),
+    lambda x, s, b: layers.LayerNorm(16, 1e-5)._xla(x, s, b),
+  )(x, scale, bias)
+
+
 def test_native_kernels_differentiate_as_the_xla_path():
-  # attention (no bias) and the depthwise convolution run ctjax's native
-  # kernels on a CPU; their derivatives are the XLA functions'.
+  # LayerNorm, attention (no bias) and the depthwise convolution run ctjax's
+  # native kernels on a CPU; their derivatives are the XLA functions'.
   rng = np.random.default_rng(3)
   q, k, v = (rng.normal(size=(2, 9, 2, 16)).astype(np.float32) for _ in "qkv")
   x = rng.normal(size=(2, 6, 10, 16)).astype(np.float32)
   w = rng.normal(size=(7, 7, 1, 16)).astype(np.float32)
   b = rng.normal(size=(16,)).astype(np.float32)
+  norm = layers.LayerNorm(16, 1e-5)
   pairs = [
+    (
+      _native_norm,
+      norm._xla,
+      (x, w[0, 0, 0], b),
+    ),
     (
       lambda q, k, v: layers.attention(q, k, v, 0.25),
       lambda q, k, v: layers._attention_xla(q, k, v, 0.25, None),

@@ -424,3 +424,29 @@ def test_attention_under_vmap_and_the_encoder_path(kernel, rng):
   for i in range(3):
     want = _attention_f64(q[i], kk[i], v[i], 0.125)
     np.testing.assert_allclose(by_vmap[i], want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+  "shape", [(3, 7, 96), (2, 768), (5, 17), (4, 1), (0, 8)]
+)
+def test_layer_norm_equals_float64(kernel, rng, shape):
+  x = (rng.normal(size=shape) * 3 + 5).astype(np.float32)  # off-centre rows
+  d = shape[-1]
+  scale = rng.normal(size=d).astype(np.float32)
+  bias = rng.normal(size=d).astype(np.float32)
+  got = jax.jit(lambda *a: native.layer_norm(*a, 1e-5))(x, scale, bias)
+  x64 = x.astype(np.float64)
+  centred = x64 - x64.mean(-1, keepdims=True)
+  var = (centred**2).mean(-1, keepdims=True)
+  want = centred / np.sqrt(var + 1e-5) * scale + bias
+  assert got.shape == shape
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_layer_norm_under_vmap(kernel, rng):
+  x = rng.normal(size=(3, 4, 40)).astype(np.float32)
+  s, b = (rng.normal(size=40).astype(np.float32) for _ in "sb")
+  by_vmap = jax.jit(jax.vmap(lambda x: native.layer_norm(x, s, b, 1e-6)))(x)
+  for i in range(3):
+    want = native.layer_norm(x[i], s, b, 1e-6)
+    np.testing.assert_array_equal(by_vmap[i], want)

@@ -1,6 +1,6 @@
 """ctjax's compiled CPU kernels, called from XLA programs through its FFI.
 
-Five kernels, each an XLA FFI handler, so they run inside ctjax's jitted
+Six kernels, each an XLA FFI handler, so they run inside ctjax's jitted
 programs (and a user's `jax.jit`, `jax.vmap`, `lax.scan`) like any other
 operation:
 
@@ -26,6 +26,9 @@ operation:
   logits of a block of query rows, their softmax and the block's output
   computed in cache, where XLA wrote the ``[B, H, T, T]`` logits to memory
   between two batched products.
+- ``layernorm.cc``, the encoders' LayerNorm (`ctjax.models.layers.LayerNorm`):
+  two passes over each row (mean, centred variance) with channel vectors,
+  rows split across threads.
 
 They share ``pool.h``'s helper threads and are compiled together, on first
 use, by the host's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``)
@@ -49,6 +52,7 @@ backends use XLA.
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -70,6 +74,7 @@ SOURCES = (
   _HERE / "lloyd.cc",
   _HERE / "depthwise.cc",
   _HERE / "attention.cc",
+  _HERE / "layernorm.cc",
 )
 HEADERS = (_HERE / "pool.h",)
 # FFI target name -> the library's handler symbol.
@@ -80,6 +85,7 @@ TARGETS = {
   "ctjax_kmeans_plus_plus": "CtjaxKmeansPlusPlus",
   "ctjax_depthwise": "CtjaxDepthwise",
   "ctjax_attention": "CtjaxAttention",
+  "ctjax_layer_norm": "CtjaxLayerNorm",
 }
 FLAGS = (
   "-O3",
@@ -418,3 +424,25 @@ def attention(q, k, v, scale: float):
     vmap_method="sequential",
   )
   return call(q, k, v, scale=np.float32(scale))
+
+
+def layer_norm(x, scale, bias, eps: float):
+  """LayerNorm over the last axis, as torch's (biased variance, two passes).
+
+  Args:
+    x: ``[..., D]`` float32; scale, bias: ``[D]`` float32.
+    eps: added to the variance.
+
+  Returns:
+    ``[..., D]`` float32. Under `jax.vmap` the call runs once per batch
+    element.
+  """
+  _require()
+  d = x.shape[-1]
+  call = jax.ffi.ffi_call(
+    "ctjax_layer_norm",
+    jax.ShapeDtypeStruct((math.prod(x.shape[:-1]), d), jnp.float32),
+    vmap_method="sequential",
+  )
+  y = call(x.reshape(-1, d), scale, bias, eps=np.float32(eps))
+  return y.reshape(x.shape)
