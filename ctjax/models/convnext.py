@@ -24,7 +24,7 @@ class Block(nnx.Module):
     self.pwconv1 = layers.Dense(
       "bhwc,cf->bhwf", (dim, 4 * dim), (4 * dim,), rngs=rngs
     )
-    self.act = layers.activation(config.hidden_act)
+    self.act_name = config.hidden_act
     self.pwconv2 = layers.Dense(
       "bhwf,fc->bhwc", (4 * dim, dim), (dim,), rngs=rngs
     )
@@ -36,7 +36,9 @@ class Block(nnx.Module):
 
   def __call__(self, x):
     """x: ``[B, H, W, C]`` -> ``[B, H, W, C]``."""
-    h = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x)))))
+    h = layers.mlp(
+      self.norm(self.dwconv(x)), self.pwconv1, self.act_name, self.pwconv2
+    )
     return x + (self.ls1(h) if self.ls1 is not None else h)
 
 

@@ -33,6 +33,13 @@ CASES = [
     [(18, 18)],
   ),
   (
+    # Widths of whole vectors and MLPs of multiples of 32: on a CPU the
+    # native depthwise convolution's tiles, LayerNorm and MLP kernel run.
+    "native-kernels-widths",
+    dict(hidden_sizes=[32, 48], depths=[2, 1], num_stages=2),
+    [(64, 72)],
+  ),
+  (
     "large-layer-scale",
     dict(
       hidden_sizes=[8, 8],

@@ -450,3 +450,22 @@ def test_layer_norm_under_vmap(kernel, rng):
   for i in range(3):
     want = native.layer_norm(x[i], s, b, 1e-6)
     np.testing.assert_array_equal(by_vmap[i], want)
+
+
+@pytest.mark.parametrize(
+  "rows,c,f,e", [(70, 96, 384, 96), (8, 8, 32, 64), (3, 5, 64, 32)]
+)
+def test_mlp_gelu_equals_float64(kernel, rng, rows, c, f, e):
+  import math
+
+  x = rng.normal(size=(rows, c)).astype(np.float32) * 2
+  w1 = (rng.normal(size=(c, f)) / np.sqrt(c)).astype(np.float32)
+  b1 = rng.normal(size=f).astype(np.float32)
+  w2 = (rng.normal(size=(f, e)) / np.sqrt(f)).astype(np.float32)
+  b2 = rng.normal(size=e).astype(np.float32)
+  got = jax.jit(native.mlp_gelu)(x[None], w1, b1, w2, b2)[0]
+  h = x.astype(np.float64) @ w1 + b1
+  erf = np.vectorize(math.erf)
+  want = (0.5 * h * (1 + erf(h / np.sqrt(2)))) @ w2 + b2
+  assert got.shape == (rows, e)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)

@@ -75,6 +75,7 @@ SOURCES = (
   _HERE / "depthwise.cc",
   _HERE / "attention.cc",
   _HERE / "layernorm.cc",
+  _HERE / "mlp.cc",
 )
 HEADERS = (_HERE / "pool.h",)
 # FFI target name -> the library's handler symbol.
@@ -86,6 +87,7 @@ TARGETS = {
   "ctjax_depthwise": "CtjaxDepthwise",
   "ctjax_attention": "CtjaxAttention",
   "ctjax_layer_norm": "CtjaxLayerNorm",
+  "ctjax_mlp": "CtjaxMlp",
 }
 FLAGS = (
   "-O3",
@@ -446,3 +448,26 @@ def layer_norm(x, scale, bias, eps: float):
   )
   y = call(x.reshape(-1, d), scale, bias, eps=np.float32(eps))
   return y.reshape(x.shape)
+
+
+def mlp_gelu(x, w1, b1, w2, b2):
+  """``gelu(x @ w1 + b1) @ w2 + b2`` with exact (erf) GELU, the hidden
+  layer kept in cache.
+
+  Args:
+    x: ``[..., C]`` float32; w1 ``[C, F]``, b1 ``[F]``, w2 ``[F, E]``, b2
+      ``[E]`` float32, F and E multiples of 32.
+
+  Returns:
+    ``[..., E]`` float32. Under `jax.vmap` the call runs once per batch
+    element.
+  """
+  _require()
+  c, e = x.shape[-1], w2.shape[-1]
+  rows = math.prod(x.shape[:-1])
+  call = jax.ffi.ffi_call(
+    "ctjax_mlp",
+    jax.ShapeDtypeStruct((rows, e), jnp.float32),
+    vmap_method="sequential",
+  )
+  return call(x.reshape(rows, c), w1, b1, w2, b2).reshape(*x.shape[:-1], e)
