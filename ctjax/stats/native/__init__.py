@@ -162,22 +162,31 @@ def _build(cxx: list[str]) -> Path:
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
   os.close(fd)
+  objects = tempfile.mkdtemp(dir=out.parent, suffix=".o.tmp")
   try:
-    cmd = [
-      *cxx,
-      *FLAGS,
-      f"-I{jax.ffi.include_dir()}",
-      *map(str, SOURCES),
-      "-o",
-      tmp,
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if run.returncode != 0:
-      raise RuntimeError(
-        f"{' '.join(cmd)} failed ({run.returncode}): {run.stderr[-2000:]}"
-      )
+    # One compiler per source, all at once (one process compiling them in
+    # turn took 14 s on 2 cores), then one link.
+    jobs = []
+    for src in SOURCES:
+      obj = os.path.join(objects, src.stem + ".o")
+      cmd = [*cxx, *FLAGS, "-c", f"-I{jax.ffi.include_dir()}", str(src)]
+      cmd += ["-o", obj]
+      jobs.append((cmd, subprocess.Popen(cmd, stderr=subprocess.PIPE)))
+    link = [*cxx, *FLAGS, *(c[-1] for c, _ in jobs), "-o", tmp]
+    for cmd, job in jobs + [(link, None)]:
+      if job is None:
+        job = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+      _, err = job.communicate(timeout=600)
+      if job.returncode != 0:
+        for _, other in jobs:
+          other.kill()
+        raise RuntimeError(
+          f"{' '.join(cmd)} failed ({job.returncode}): "
+          f"{err.decode(errors='replace')[-2000:]}"
+        )
     os.replace(tmp, out)  # atomic: a concurrent process sees all or nothing
   finally:
+    shutil.rmtree(objects, ignore_errors=True)
     if os.path.exists(tmp):
       os.remove(tmp)
   return out
