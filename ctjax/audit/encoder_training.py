@@ -56,6 +56,7 @@ from flax import nnx
 from ctjax.audit import datasets as ds
 from ctjax import preprocess as pp
 from ctjax import storage
+from ctjax.stats import native
 from ctjax.models import convert, layers, resnet
 from ctjax.models.export import hf_config, to_hf_tensors
 from ctjax.models.config import (
@@ -516,9 +517,13 @@ def make_train_step(graphdef, config: TrainConfig, optimizer, num_classes: int):
   def step_fn(params, stats, opt_state, data, labels, idx, step, seed):
     key = jax.random.fold_in(jax.random.key(seed), step)
     x = augment(key, data[idx], enc.image_size, config.pad, config.flip)
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, stats, _normalise(x, enc), labels[idx]
-    )
+    # XLA's forms of every layer, as when the shipped encoders were trained
+    # (their weights are reproduced bit for bit); the native kernels would
+    # change the forward pass at rounding level.
+    with native.turned_off():
+      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, stats, _normalise(x, enc), labels[idx]
+      )
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state, loss
 

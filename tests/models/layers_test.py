@@ -144,3 +144,20 @@ def test_native_kernels_differentiate_as_the_xla_path():
     _, got_t = jax.jvp(f, args, tangents)
     _, want_t = jax.jvp(ref, args, tangents)
     np.testing.assert_allclose(got_t, want_t, rtol=1e-4, atol=1e-5)
+
+
+def test_turned_off_traces_the_xla_forms():
+  from ctjax.stats import native
+
+  if native.why_not() is not None:
+    pytest.skip(f"no native kernels here: {native.why_not()}")
+  q = jnp.ones((1, 4, 2, 16))
+  norm = layers.LayerNorm(16, 1e-5)
+  f = lambda q: norm(layers.attention(q, q, q, 0.25))
+  assert "ffi_call" in str(jax.make_jaxpr(f)(q))
+  with native.turned_off():
+    assert native.why_not() is not None
+    # A new function: JAX reuses the trace of one already traced.
+    g = lambda q: norm(layers.attention(q, q, q, 0.25))
+    assert "ffi_call" not in str(jax.make_jaxpr(g)(q))
+  assert native.why_not() is None

@@ -50,6 +50,7 @@ Only float32 on a CPU backend: other dtypes (``jax_enable_x64``) and other
 backends use XLA.
 """
 
+import contextlib
 import ctypes
 import hashlib
 import math
@@ -102,6 +103,7 @@ METRIC_CODES = {"l2": 0, "cosine": 1}
 
 _lock = threading.Lock()
 _state = {"loaded": None, "reason": None}
+_off = threading.local()  # depth of `turned_off` in this thread
 
 
 def cache_dir() -> Path:
@@ -234,10 +236,26 @@ def _require():
     raise RuntimeError(f"the native kernels are unavailable: {reason()}")
 
 
+@contextlib.contextmanager
+def turned_off():
+  """Within it (in this thread), `why_not` says the kernels are turned off,
+  so the encoders' layers traced there use their XLA forms: e.g. to train
+  exactly as before the kernels existed. A function already traced keeps
+  what it was traced with."""
+  depth = getattr(_off, "depth", 0)
+  _off.depth = depth + 1
+  try:
+    yield
+  finally:
+    _off.depth = depth
+
+
 def why_not(dtype=jnp.float32, backend: str | None = None) -> str | None:
   """Why the kernels cannot take ``dtype`` data on ``backend`` (default
   ``jax.default_backend()``), or None where they can (builds them on the
   first call)."""
+  if getattr(_off, "depth", 0):
+    return "they are turned off here (ctjax.stats.native.turned_off)"
   backend = backend or jax.default_backend()
   if backend != "cpu":
     return f"they run on a CPU backend only, not {backend!r}"
