@@ -78,7 +78,7 @@ SOURCES = (
   _HERE / "layernorm.cc",
   _HERE / "mlp.cc",
 )
-HEADERS = (_HERE / "pool.h",)
+HEADERS = (_HERE / "pool.h", _HERE / "simd.h")
 # FFI target name -> the library's handler symbol.
 TARGETS = {
   "ctjax_nearest_in_cell": "CtjaxNearestInCell",

@@ -25,25 +25,16 @@
 #include <cstring>
 
 #include "pool.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#else
-constexpr int kLanes = 8;
-#endif
-
-typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline VecF Load(const float* p) {
-  VecF v;
-  std::memcpy(&v, p, sizeof(VecF));
-  return v;
-}
+using ctjax_native::kLanes;
+using ctjax_native::Load;
+using ctjax_native::VecF;
 
 struct Shape {
   int64_t h, w, c, kh, kw, ph, pw, ho, wo;

@@ -17,26 +17,18 @@
 #include <cstring>
 
 #include "pool.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#else
-constexpr int kLanes = 8;
-#endif
+using ctjax_native::kLanes;
+using ctjax_native::Load;
+using ctjax_native::VecF;
+
 constexpr int64_t kRowsPerItem = 64;
-
-typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline VecF Load(const float* p) {
-  VecF v;
-  std::memcpy(&v, p, sizeof(VecF));
-  return v;
-}
 
 inline float Sum(VecF v) {
   float s = 0.0f;

@@ -22,52 +22,22 @@
 #include <vector>
 
 #include "pool.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#else
-constexpr int kLanes = 8;
-#endif
+using ctjax_native::Exp;
+using ctjax_native::kLanes;
+using ctjax_native::Load;
+using ctjax_native::Store;
+using ctjax_native::VecF;
+
 constexpr int kVecs = 32 / kLanes;  // a tile is 32 columns
 constexpr int kRows = 8;           // rows of a register tile
 constexpr int64_t kPanel = 32;     // rows of a work item
-
-typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-inline VecF Load(const float* p) {
-  VecF v;
-  std::memcpy(&v, p, sizeof(VecF));
-  return v;
-}
-inline void Store(float* p, VecF v) { std::memcpy(p, &v, sizeof(VecF)); }
-
-// exp(x) for x <= 0 (below -87: exp(-87)).
-inline VecF Exp(VecF x) {
-  const VecF lo = VecF{} - 87.0f;
-  x = x < lo ? lo : x;
-  const VecF shifter = VecF{} + 12582912.0f;
-  VecF n = x * 1.44269504088896341f + shifter;
-  n = n - shifter;
-  VecF r = x - n * 0.693145751953125f;
-  r = r - n * 1.428606765330187e-06f;
-  VecF p = VecF{} + (1.0f / 720.0f);
-  p = p * r + (1.0f / 120.0f);
-  p = p * r + (1.0f / 24.0f);
-  p = p * r + (1.0f / 6.0f);
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const VecI e = (__builtin_convertvector(n, VecI) + 127) << 23;
-  VecF two_n;
-  std::memcpy(&two_n, &e, sizeof(VecF));
-  return p * two_n;
-}
 
 inline VecF Gelu(VecF x) {
   const VecF z = x * 0.70710678118654752f;
