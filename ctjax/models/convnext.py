@@ -25,6 +25,7 @@ class Block(nnx.Module):
       "bhwc,cf->bhwf", (dim, 4 * dim), (4 * dim,), rngs=rngs
     )
     self.act_name = config.hidden_act
+    layers.activation(config.hidden_act)  # an unknown name fails here
     self.pwconv2 = layers.Dense(
       "bhwf,fc->bhwc", (4 * dim, dim), (dim,), rngs=rngs
     )

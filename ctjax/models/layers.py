@@ -164,9 +164,10 @@ def attention(q, k, v, scale: float, bias=None):
   q, k, v: ``[B, T, H, K]``; bias: None or broadcastable to ``[B, H, T, T]``
   (float32). Returns ``[B, T, H, K]``. On the CPU, without a bias and in
   float32, it runs ctjax's compiled kernel (`ctjax.stats.native.attention`);
-  otherwise there the heads are moved in front (``[B, H, T, K]``) so both products are plain batched matrix
-  products (~2x faster there than jax.nn.dot_product_attention's einsums),
-  logits and softmax in float32; elsewhere, without a bias,
+  otherwise there the heads are moved in front (``[B, H, T, K]``) so both
+  products are plain batched matrix products (~2x faster there than
+  jax.nn.dot_product_attention's einsums), logits and softmax in float32;
+  elsewhere, without a bias,
   jax.nn.dot_product_attention picks a fused kernel (cuDNN flash attention
   for bfloat16 on GPU).
   """
@@ -222,7 +223,7 @@ class Mlp(nnx.Module):
     self.fc1 = Dense("btd,df->btf", (dim, hidden), (hidden,), rngs=rngs)
     self.fc2 = Dense("btf,fd->btd", (hidden, dim), (dim,), rngs=rngs)
     self.act_name = act
-    self.act = activation(act)
+    activation(act)  # an unknown name fails here, not at the first call
 
   def __call__(self, x):
     """x: ``[B, T, D]`` -> ``[B, T, D]``."""
@@ -367,8 +368,9 @@ def conv2d(x, kernel, bias, stride: int, padding, groups: int = 1):
   C_out``) on the CPU runs, at stride 1 in float32, ctjax's compiled kernel
   (`ctjax.stats.native.depthwise_conv2d`), else ``kh * kw`` shifted
   multiply-adds, which XLA fuses into one loop (its grouped convolution
-  runs ~50x slower there); a 1x1 convolution without padding as a matrix product, and an unpadded
-  stride-1 convolution as a padded one, cropped.
+  runs ~50x slower there); a 1x1 convolution without padding runs as a
+  matrix product, and an unpadded stride-1 convolution as a padded one,
+  cropped.
   """
   ph, pw = padding
   c_in, c_out = x.shape[-1], kernel.shape[-1]
@@ -379,8 +381,9 @@ def conv2d(x, kernel, bias, stride: int, padding, groups: int = 1):
     # there (ConvNeXt-T, batch 8: convolution + LayerNorm 14.2 -> 6.8 ms at
     # 56x56x96, 2.7 -> 1.4 ms at 7x7x768).
     if stride == 1 and native.why_not(x.dtype) is None:
-      # ctjax's compiled kernel (ctjax.stats.native, depthwise.cc): ConvNeXt-T's
-      # 7x7 convolutions ~3x faster than XLA's fused loop (docs/performance.md).
+      # ctjax's compiled kernel (ctjax.stats.native, depthwise.cc):
+      # ConvNeXt-T's 7x7 convolutions ~3x faster than XLA's fused loop
+      # (docs/performance.md).
       if bias is None:
         bias = jnp.zeros((c_out,), x.dtype)
       return with_xla_derivatives(
