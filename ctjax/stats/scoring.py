@@ -132,17 +132,10 @@ def _twice_u(rank, *a):
   return mannwhitney.twice_u(*a)
 
 
-def _project_one_layer(f, gen, valid):
-  """One layer's projected queries ``[m, d]`` and cells ``[m]`` (k for
-  padding) of ``gen [m, D]``."""
-  pg = pca_lib.transform(f.pca, gen)
-  return pg, jnp.where(valid, km.assign(pg, f.centers), f.centers.shape[0])
-
-
-def _search_one_layer(
+def _query_one_layer(
   f,
-  pg,
-  cells,
+  gen,
+  valid,
   *,
   tile_queries,
   tile_train,
@@ -151,9 +144,12 @@ def _search_one_layer(
   points=None,
   row_base=0,
 ):
-  """One layer's 2·U parts, cells, L(q) and nearest training index ``[m]``
-  of projected queries ``pg [m, d]`` in ``cells [m]`` (``points``,
-  ``row_base``: as `neighbors.nearest_in_cell`)."""
+  """One layer: 2·U part ``[m]``, cell ``[m]`` (k for padding), L(q) and
+  nearest training index ``[m]`` of each generated point ``gen [m, D]``
+  (``points``, ``row_base``: as `neighbors.nearest_in_cell`)."""
+  k = f.centers.shape[0]
+  pg = pca_lib.transform(f.pca, gen)
+  cells = jnp.where(valid, km.assign(pg, f.centers), k)
   dist, idx = fitted_lib.nearest(
     f.index,
     pg,
@@ -168,13 +164,6 @@ def _search_one_layer(
   return tu, cells, dist, idx
 
 
-def _query_one_layer(f, gen, valid, **kw):
-  """One layer: 2·U part ``[m]``, cell ``[m]`` (k for padding), L(q) and
-  nearest training index ``[m]`` of each generated point ``gen [m, D]``
-  (``kw``: as `_search_one_layer`)."""
-  return _search_one_layer(f, *_project_one_layer(f, gen, valid), **kw)
-
-
 def project_layers(fitted: fitted_lib.Fitted, gen, valid):
   """Projected generated points and their cells, every layer.
 
@@ -187,7 +176,12 @@ def project_layers(fitted: fitted_lib.Fitted, gen, valid):
     ``(pg [L, m, d], cells [L, m])``; padding rows get cell k.
   """
 
-  return jax.lax.map(lambda a: _project_one_layer(*a, valid), (fitted, gen))
+  def one(a):
+    f, g = a
+    pg = pca_lib.transform(f.pca, g)
+    return pg, jnp.where(valid, km.assign(pg, f.centers), f.centers.shape[0])
+
+  return jax.lax.map(one, (fitted, gen))
 
 
 def twice_u_layers(fitted: fitted_lib.Fitted, dist, cells, *, rank=None):
@@ -250,15 +244,11 @@ def query_parts(
       layers=layers,
     )
   rest, points, n = _stacked_rows(fitted)
-  # Every layer's projection at once (batched products: 13 layers of the
-  # bench's data, 3.8 against 5.0 ms in a loop), then one search after
-  # another, each reading its layer's rows in place.
-  pg, cells = jax.vmap(lambda f, g: _project_one_layer(f, g, valid))(rest, gen)
   return jax.lax.map(
-    lambda a: _search_one_layer(
-      a[0], a[1], a[2], points=points, row_base=a[3] * n, **kw
+    lambda a: _query_one_layer(
+      a[0], a[1], valid, points=points, row_base=a[2] * n, **kw
     ),
-    (rest, pg, cells, jnp.arange(fitted.n_layers, dtype=jnp.int32)),
+    (rest, gen, jnp.arange(fitted.n_layers, dtype=jnp.int32)),
   )
 
 
