@@ -27,24 +27,21 @@
 #include <vector>
 
 #include "pool.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#else
-constexpr int kLanes = 8;
-#endif
+using ctjax_native::kLanes;
+using ctjax_native::VecF;
+using ctjax_native::VecI;
+
 constexpr int kVecs = 2;
 constexpr int kRows = kLanes * kVecs;  // rows of a block
 constexpr int kC = 8;                  // centres per register tile
 constexpr int64_t kChunk = 4096;       // rows summed in float32
-
-typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 struct Problem {
   Problem(const float* x, const float* x_sq, int64_t n, int64_t d)
@@ -325,7 +322,6 @@ ffi::Error LloydImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> x_sq,
   }
   return ffi::Error::Success();
 }
-
 
 // ---------------------------------------------------------------- seeding
 // Greedy k-means++ of every restart at once (kmeans._kmeans_plus_plus): at

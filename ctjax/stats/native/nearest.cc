@@ -35,11 +35,16 @@
 #include <vector>
 
 #include "pool.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using ctjax_native::kLanes;
+using ctjax_native::VecF;
+using ctjax_native::VecI;
 
 // Register tiles: rows of the cell times V vectors of kLanes queries. A
 // block of 32 queries (V = 2) takes 5 rows at a time, a block of 16 (V = 1:
@@ -47,11 +52,9 @@ namespace {
 // Measured on an AVX-512 CPU (one thread, d = 64): 181 GFLOP/s with 2
 // vectors and 5 rows; wider tiles spilled registers (30-55 GFLOP/s).
 #if defined(__AVX512F__)
-constexpr int kLanes = 16;
 constexpr int kRowsOf2 = 5;
 constexpr int kRowsOf1 = 10;
 #else
-constexpr int kLanes = 8;
 constexpr int kRowsOf2 = 4;
 constexpr int kRowsOf1 = 8;
 #endif
@@ -61,9 +64,6 @@ constexpr int kBlock = kLanes * 2;  // queries of a full block
 // scanned by every block before the next panel (they stay in L1).
 constexpr int64_t kChunk = 1000;
 constexpr int64_t kPanel = 40;
-
-typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 template <int kMetric>
 inline VecF Score(VecF dot, float aux) {

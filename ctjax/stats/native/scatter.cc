@@ -22,25 +22,25 @@
 #include <vector>
 
 #include "pool.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
+using ctjax_native::kLanes;
+using ctjax_native::VecF;
+
 #if defined(__AVX512F__)
-constexpr int kLanes = 16;
 constexpr int kI = 8;  // rows of a register tile (broadcast operand)
 #else
-constexpr int kLanes = 8;
 constexpr int kI = 4;
 #endif
 constexpr int kVecs = 2;
 constexpr int kJ = kLanes * kVecs;  // columns of a register tile (vectors)
 constexpr int64_t kPanel = 256;    // rows packed at a time
 constexpr int64_t kFlush = 16;     // panels summed in float32
-
-typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
 
 inline int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 

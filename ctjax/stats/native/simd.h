@@ -1,6 +1,6 @@
-// Vector helpers shared by ctjax's encoder kernels (attention.cc, mlp.cc,
-// layernorm.cc, depthwise.cc): GCC vector types of one machine register
-// (AVX-512: 16 floats, else 8), unaligned loads and stores, and exp.
+// Vector helpers shared by ctjax's native kernels: GCC vector types of one
+// machine register (AVX-512: 16 floats, else 8), unaligned loads and stores,
+// and exp.
 
 #ifndef CTJAX_NATIVE_SIMD_H_
 #define CTJAX_NATIVE_SIMD_H_
