@@ -1,6 +1,6 @@
 """ctjax's compiled CPU kernels, called from XLA programs through its FFI.
 
-Six kernels, each an XLA FFI handler, so they run inside ctjax's jitted
+Seven kernels, each an XLA FFI handler, so they run inside ctjax's jitted
 programs (and a user's `jax.jit`, `jax.vmap`, `lax.scan`) like any other
 operation:
 
@@ -29,6 +29,10 @@ operation:
 - ``layernorm.cc``, the encoders' LayerNorm (`ctjax.models.layers.LayerNorm`):
   two passes over each row (mean, centred variance) with channel vectors,
   rows split across threads.
+- ``mlp.cc``, narrow exact-GELU MLPs (`ctjax.models.layers.mlp`: ConvNeXt's
+  and Swin's first two stages): the hidden layer of 32 rows at a time kept
+  in cache, where XLA wrote it to memory, read it for the GELU and again
+  for the second product.
 
 They share ``pool.h``'s helper threads and are compiled together, on first
 use, by the host's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``)
@@ -236,6 +240,14 @@ def _require():
     raise RuntimeError(f"the native kernels are unavailable: {reason()}")
 
 
+def _kernel(target: str, result):
+  """The FFI call of ``target`` returning ``result`` (a ShapeDtypeStruct or
+  a tuple of them); under `jax.vmap` it runs once per batch element.
+  Raises where the kernels are not available."""
+  _require()
+  return jax.ffi.ffi_call(target, result, vmap_method="sequential")
+
+
 @contextlib.contextmanager
 def turned_off():
   """Within it (in this thread), `why_not` says the kernels are turned off,
@@ -308,15 +320,13 @@ def nearest(points, row_base, aux, starts, queries, q_cells, metric: str):
     sorted row (``inf`` / -1 where there is none). Under `jax.vmap` the
     call runs once per batch element.
   """
-  _require()
   m = queries.shape[0]
-  call = jax.ffi.ffi_call(
+  call = _kernel(
     "ctjax_nearest_in_cell",
     (
       jax.ShapeDtypeStruct((m,), jnp.float32),
       jax.ShapeDtypeStruct((m,), jnp.int32),
     ),
-    vmap_method="sequential",
   )
   return call(
     points,
@@ -341,13 +351,8 @@ def scatter(x, mean):
     rounded once. Memory: about 12 D² bytes per CPU thread. Under
     `jax.vmap` the call runs once per batch element.
   """
-  _require()
   d = x.shape[1]
-  call = jax.ffi.ffi_call(
-    "ctjax_scatter",
-    jax.ShapeDtypeStruct((d, d), jnp.float32),
-    vmap_method="sequential",
-  )
+  call = _kernel("ctjax_scatter", jax.ShapeDtypeStruct((d, d), jnp.float32))
   return call(x, mean)
 
 
@@ -364,15 +369,13 @@ def lloyd(x, x_sq, seeds, tol, max_iter: int):
     ``(centers [R, k, d] float32, n_iter [R] int32, inertia [R] float32)``
     (inertia: the sum of squared distances to the final centres).
   """
-  _require()
-  call = jax.ffi.ffi_call(
+  call = _kernel(
     "ctjax_lloyd",
     (
       jax.ShapeDtypeStruct(seeds.shape, jnp.float32),
       jax.ShapeDtypeStruct(seeds.shape[:1], jnp.int32),
       jax.ShapeDtypeStruct(seeds.shape[:1], jnp.float32),
     ),
-    vmap_method="sequential",
   )
   return call(
     x, x_sq, seeds, jnp.asarray(tol, jnp.float32), max_iter=np.int32(max_iter)
@@ -391,12 +394,10 @@ def kmeans_plus_plus(x, x_sq, first, draws):
   Returns:
     ``[R, k, d]`` float32 starting centres.
   """
-  _require()
   n_restarts, k1, _ = draws.shape
-  call = jax.ffi.ffi_call(
+  call = _kernel(
     "ctjax_kmeans_plus_plus",
     jax.ShapeDtypeStruct((n_restarts, k1 + 1, x.shape[1]), jnp.float32),
-    vmap_method="sequential",
   )
   return call(x, x_sq, first.astype(jnp.int32), draws.astype(jnp.float32))
 
@@ -416,7 +417,6 @@ def depthwise_conv2d(x, w, bias, padding):
     bias in the order of the taps. Under `jax.vmap` the call runs once per
     batch element.
   """
-  _require()
   b, h, wd, c = x.shape
   kh, kw, _ = w.shape
   ph, pw = padding
@@ -426,11 +426,7 @@ def depthwise_conv2d(x, w, bias, padding):
       f"depthwise convolution of {x.shape} by {w.shape} "
       f"with padding {padding} is empty"
     )
-  call = jax.ffi.ffi_call(
-    "ctjax_depthwise",
-    jax.ShapeDtypeStruct(out, jnp.float32),
-    vmap_method="sequential",
-  )
+  call = _kernel("ctjax_depthwise", jax.ShapeDtypeStruct(out, jnp.float32))
   return call(x, w, bias, pad_h=np.int32(ph), pad_w=np.int32(pw))
 
 
@@ -446,12 +442,7 @@ def attention(q, k, v, scale: float):
     subtracted, a polynomial exp within ~2 ulp of expf). Under `jax.vmap`
     the call runs once per batch element.
   """
-  _require()
-  call = jax.ffi.ffi_call(
-    "ctjax_attention",
-    jax.ShapeDtypeStruct(q.shape, jnp.float32),
-    vmap_method="sequential",
-  )
+  call = _kernel("ctjax_attention", jax.ShapeDtypeStruct(q.shape, jnp.float32))
   return call(q, k, v, scale=np.float32(scale))
 
 
@@ -466,12 +457,10 @@ def layer_norm(x, scale, bias, eps: float):
     ``[..., D]`` float32. Under `jax.vmap` the call runs once per batch
     element.
   """
-  _require()
   d = x.shape[-1]
-  call = jax.ffi.ffi_call(
+  call = _kernel(
     "ctjax_layer_norm",
     jax.ShapeDtypeStruct((math.prod(x.shape[:-1]), d), jnp.float32),
-    vmap_method="sequential",
   )
   y = call(x.reshape(-1, d), scale, bias, eps=np.float32(eps))
   return y.reshape(x.shape)
@@ -489,12 +478,7 @@ def mlp_gelu(x, w1, b1, w2, b2):
     ``[..., E]`` float32. Under `jax.vmap` the call runs once per batch
     element.
   """
-  _require()
   c, e = x.shape[-1], w2.shape[-1]
   rows = math.prod(x.shape[:-1])
-  call = jax.ffi.ffi_call(
-    "ctjax_mlp",
-    jax.ShapeDtypeStruct((rows, e), jnp.float32),
-    vmap_method="sequential",
-  )
+  call = _kernel("ctjax_mlp", jax.ShapeDtypeStruct((rows, e), jnp.float32))
   return call(x.reshape(rows, c), w1, b1, w2, b2).reshape(*x.shape[:-1], e)
