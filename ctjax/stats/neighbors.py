@@ -159,7 +159,7 @@ def exact_distance(q: jax.Array, t: jax.Array, metric: str) -> jax.Array:
 def usable_searches(backend: str | None = None) -> tuple[str, ...]:
   """The `SEARCHES` that run on ``backend`` (default
   ``jax.default_backend()``): "native" only on a CPU where the kernel
-  builds (`native.available`)."""
+  can run (`native.why_not`)."""
   native_ok = native.why_not(backend=backend) is None
   return tuple(s for s in SEARCHES if s != "native" or native_ok)
 
@@ -174,8 +174,8 @@ def resolve_search(
   """Maps ``search`` ("auto", "tiled", "dense" or "native") to one of
   `SEARCHES`.
 
-  "auto" is "native" on a CPU where the kernel is available
-  (`native.available`; it is built on the first call) and "tiled" on a CPU
+  "auto" is "native" on a CPU where the kernel can run (`native.why_not`:
+  built on the first call, not `native.turned_off`) and "tiled" on a CPU
   without it (a CPU gains nothing from scoring pairs of different cells);
   on an accelerator it is "dense" (a few large products beat many small
   ones there) when one ``[tile_train, n_queries]`` float32 score block fits
@@ -188,28 +188,23 @@ def resolve_search(
     backend: default ``jax.default_backend()``.
 
   Raises:
-    ValueError: an unknown ``search``, or "native" on another backend than
-      a CPU or where the kernel cannot be built (the message says why).
+    ValueError: an unknown ``search``, or "native" where `native.why_not`
+      finds a reason (another backend than a CPU, the kernel not built,
+      turned off); the message gives it.
   """
   if search not in SEARCHES and search != "auto":
     raise ValueError(
       f"search must be 'auto' or one of {SEARCHES}, got {search!r}"
     )
   backend = backend or jax.default_backend()
-  if search == "native":
-    if backend != "cpu":
-      raise ValueError(
-        f"search='native' runs on a CPU backend only, not {backend!r}"
-      )
-    if not native.available():
-      raise ValueError(
-        f"search='native' is unavailable here: {native.reason()}"
-      )
-    return search
+  if search == "native" or (search == "auto" and backend == "cpu"):
+    why = native.why_not(backend=backend)  # builds the kernel once
+    if search == "auto":
+      return "native" if why is None else "tiled"
+    if why is not None:
+      raise ValueError(f"search='native' cannot run: {why}")
   if search in SEARCHES:
     return search
-  if backend == "cpu":
-    return "native" if native.available() else "tiled"
   if n_queries is not None and 4 * n_queries * tile_train > DENSE_BYTES:
     return "tiled"
   return "dense"

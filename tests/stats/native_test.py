@@ -200,7 +200,9 @@ def test_disabled_falls_back_to_tiled(fresh_state, monkeypatch):
   assert not native.available()
   assert "CTJAX_NATIVE=0" in native.reason()
   assert nb.resolve_search("auto", 500, backend="cpu") == "tiled"
-  with pytest.raises(ValueError, match="unavailable here: disabled"):
+  with pytest.raises(
+    ValueError, match="cannot run: they are unavailable: disabled"
+  ):
     nb.resolve_search("native", backend="cpu")
 
 

@@ -169,6 +169,17 @@ def test_resolve_search():
     nb.resolve_search("fast")
 
 
+def test_turned_off_native_kernels_leave_the_search_to_xla():
+  with native.turned_off():
+    assert nb.resolve_search("auto", 500, backend="cpu") == "tiled"
+    assert "native" not in nb.usable_searches("cpu")
+    with pytest.raises(ValueError, match="cannot run: they are turned off"):
+      nb.resolve_search("native", backend="cpu")
+  assert nb.resolve_search("auto", 500, backend="cpu") == (
+    "native" if native.available() else "tiled"
+  )
+
+
 def test_bad_metric():
   with pytest.raises(ValueError, match="metric must be one of"):
     nb.build_index(jnp.zeros((3, 2)), jnp.zeros(3, jnp.int32), 1, "l1")

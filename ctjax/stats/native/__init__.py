@@ -251,7 +251,9 @@ def _kernel(target: str, result):
 @contextlib.contextmanager
 def turned_off():
   """Within it (in this thread), `why_not` says the kernels are turned off,
-  so the encoders' layers traced there use their XLA forms: e.g. to train
+  so what is traced or resolved there uses XLA's forms: the encoders'
+  layers, the covariance and k-means ("auto" methods) and the search
+  (``search="auto"`` is "tiled"; "native" is an error). E.g. to train
   exactly as before the kernels existed. A function already traced keeps
   what it was traced with."""
   depth = getattr(_off, "depth", 0)
