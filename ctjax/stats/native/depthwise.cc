@@ -34,42 +34,39 @@ namespace {
 
 using ctjax_native::kLanes;
 using ctjax_native::Load;
+using ctjax_native::Store;
 using ctjax_native::VecF;
 
 struct Shape {
   int64_t h, w, c, kh, kw, ph, pw, ho, wo;
 };
 
-// Output column j of channels c0 .. c0 + kLanes - 1, every tap checked
-// against the map's edges (the taps are summed in the same order as Tile's).
-inline void CheckedVec(const float* xb, const float* wt, const float* bias,
-                       const Shape& s, int64_t i, int64_t j, int64_t c0,
-                       float* out) {
-  VecF acc = Load(bias + c0);
-  for (int64_t p = 0; p < s.kh; ++p) {
-    const int64_t hi = i + p - s.ph;
-    if (hi < 0 || hi >= s.h) continue;
-    for (int64_t q = 0; q < s.kw; ++q) {
-      const int64_t wi = j + q - s.pw;
-      if (wi < 0 || wi >= s.w) continue;
-      acc += Load(xb + (hi * s.w + wi) * s.c + c0) *
-             Load(wt + (p * s.kw + q) * s.c + c0);
-    }
-  }
-  std::memcpy(out + j * s.c + c0, &acc, sizeof(VecF));
+// One value (float) or kLanes channels (VecF) at p.
+template <typename T>
+inline T Get(const float* p);
+template <>
+inline float Get<float>(const float* p) {
+  return *p;
+}
+template <>
+inline VecF Get<VecF>(const float* p) {
+  return Load(p);
 }
 
-// The same for one channel (those beyond the last whole vector).
-inline float Checked(const float* xb, const float* wt, float bias,
-                     const Shape& s, int64_t i, int64_t j, int64_t c) {
-  float acc = bias;
+// Output column j of channel c (T = float) or of channels c .. c + kLanes - 1
+// (T = VecF), starting from acc (the bias), every tap checked against the
+// map's edges (the taps are summed in the same order as Tile's).
+template <typename T>
+inline T Checked(const float* xb, const float* wt, T acc, const Shape& s,
+                 int64_t i, int64_t j, int64_t c) {
   for (int64_t p = 0; p < s.kh; ++p) {
     const int64_t hi = i + p - s.ph;
     if (hi < 0 || hi >= s.h) continue;
     for (int64_t q = 0; q < s.kw; ++q) {
       const int64_t wi = j + q - s.pw;
       if (wi < 0 || wi >= s.w) continue;
-      acc += xb[(hi * s.w + wi) * s.c + c] * wt[(p * s.kw + q) * s.c + c];
+      acc += Get<T>(xb + (hi * s.w + wi) * s.c + c) *
+             Get<T>(wt + (p * s.kw + q) * s.c + c);
     }
   }
   return acc;
@@ -104,7 +101,7 @@ inline void Tile(const float* xb, const float* wt, const float* bias,
     }
   }
   for (int t = 0; t < kT; ++t) {
-    std::memcpy(out + (j0 + t) * s.c + c0, &acc[t], sizeof(VecF));
+    Store(out + (j0 + t) * s.c + c0, acc[t]);
   }
 }
 
@@ -143,13 +140,14 @@ void Row(const float* xb, const float* wt, const float* bias, const Shape& s,
   } else {
     for (int64_t j = 0; j < s.wo; ++j) {
       for (int64_t c0 = 0; c0 < whole; c0 += kLanes) {
-        CheckedVec(xb, wt, bias, s, i, j, c0, out_row);
+        Store(out_row + j * s.c + c0,
+              Checked<VecF>(xb, wt, Load(bias + c0), s, i, j, c0));
       }
     }
   }
   for (int64_t j = 0; j < s.wo; ++j) {
     for (int64_t c = whole; c < s.c; ++c) {
-      out_row[j * s.c + c] = Checked(xb, wt, bias[c], s, i, j, c);
+      out_row[j * s.c + c] = Checked<float>(xb, wt, bias[c], s, i, j, c);
     }
   }
 }
