@@ -357,9 +357,12 @@ def family_rows(args):
         def run_torch():
           _torch_states(model, x_torch, dt == jnp.bfloat16)
 
+        # Interleaved rounds: the best of each side, and the median of the
+        # rounds' own ratios (each round times both sides within seconds of
+        # each other, so a slow spell of this shared host hits both).
         jax_ips, torch_ips, default_ips = [], [], []
-        for _ in range(3):  # interleaved rounds; best of each
-          per = args.seconds / 3
+        for _ in range(args.table_rounds):
+          per = args.seconds / args.table_rounds
           torch_ips.append(
             throughput(run_torch, args.batch, per, args.min_iters)
           )
@@ -370,7 +373,10 @@ def family_rows(args):
             else jax_ips[-1]
           )
         j, p, j0 = max(jax_ips), max(torch_ips), max(default_ips)
-        rows.append((name, dtype, len(theirs), j, p, diff, compile_s, j0))
+        paired = [a / b for a, b in zip(jax_ips, torch_ips)]
+        rows.append(
+          (name, dtype, len(theirs), j, p, diff, compile_s, j0, paired)
+        )
         if args.json:
           print(
             "JSON "
@@ -381,6 +387,7 @@ def family_rows(args):
                 ctjax=j,
                 ctjax_xla_defaults=j0,
                 torch=p,
+                round_ratios=paired,
                 diff=diff,
                 compile_s=compile_s,
                 load=os.getloadavg()[0],
@@ -390,7 +397,9 @@ def family_rows(args):
           )
         print(
           f"{name} {dtype}: ctjax {j:.2f} img/s, torch {p:.2f} img/s, "
-          f"ratio {j / p:.2f}x (XLA defaults {j0:.2f} img/s, {j0 / p:.2f}x), "
+          f"ratio {j / p:.2f}x (median of the rounds' ratios "
+          f"{np.median(paired):.2f}x, {min(paired):.2f}-{max(paired):.2f}; "
+          f"XLA defaults {j0:.2f} img/s, {j0 / p:.2f}x), "
           f"max diff {diff:.1e}, compile {compile_s:.1f} s",
           flush=True,
         )
@@ -399,12 +408,14 @@ def family_rows(args):
   print(
     f"| encoder, 224px, batch {args.batch}, {jax.devices()[0].device_kind} "
     "| dtype | hidden states | ctjax img/s | PyTorch img/s | ratio "
+    "| median round ratio (range) "
     "| max rel diff | ctjax compile s | XLA defaults img/s | ratio |"
   )
-  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-  for name, dtype, n, j, p, diff, compile_s, j0 in rows:
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  for name, dtype, n, j, p, diff, compile_s, j0, paired in rows:
     print(
       f"| {name} | {dtype} | {n} | {j:.2f} | {p:.2f} | {j / p:.2f}x "
+      f"| {np.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f}) "
       f"| {diff:.1e} | {compile_s:.1f} | {j0:.2f} | {j0 / p:.2f}x |"
     )
 
@@ -522,6 +533,13 @@ def main():
   )
   parser.add_argument(
     "--rounds", type=int, default=2, help="alternating rounds of --xla_flags"
+  )
+  parser.add_argument(
+    "--table_rounds",
+    type=int,
+    default=5,
+    help="with --families: interleaved rounds per family (--seconds split "
+    "between them)",
   )
   parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument(
