@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 
 from ctjax import embedding_files
+from ctjax import environment
 from ctjax import report
 from ctjax import storage
 from ctjax.reference import CTReference
@@ -601,6 +602,7 @@ def score(
     reference=ref.identity(),
     reference_path=os.fspath(ref_path),
     reference_fitted_now=fitted,
+    environment=environment.describe(),
   )
   if bootstrap:
     summary.update(
@@ -999,7 +1001,10 @@ def evaluate(
     )
     pairs += [(label, c) for c in curves]
   ev = fp.evaluate(lib, pairs)
-  report.write_json(ev.to_dict(), os.path.join(out, "evaluation.json"))
+  report.write_json(
+    dict(ev.to_dict(), environment=environment.describe()),
+    os.path.join(out, "evaluation.json"),
+  )
   report.plot_confusion(
     ev.confusion, ev.labels, os.path.join(out, "confusion.png")
   )
@@ -1138,7 +1143,10 @@ def select(
     seed=seed,
   )
   os.makedirs(out, exist_ok=True)
-  report.write_json(sel.to_dict(), os.path.join(out, "selection.json"))
+  report.write_json(
+    dict(sel.to_dict(), environment=environment.describe()),
+    os.path.join(out, "selection.json"),
+  )
   report.write_bytes(sel.to_csv().encode(), os.path.join(out, "selection.csv"))
   report.plot_selection(sel, os.path.join(out, "selection.png"))
   for kind, layer in sel.recommended.items():

@@ -55,6 +55,7 @@ def test_select_writes_table_and_heat_map(inputs, tmp_path):
   np.testing.assert_array_equal(sel.recommended_index, [0, 2])
   d = json.loads((tmp_path / "out" / "selection.json").read_text())
   assert d["rows"] == sel.to_rows()
+  assert d["environment"]["cpu_cores"] >= 1
   csv = (tmp_path / "out" / "selection.csv").read_text().splitlines()
   assert len(csv) == 1 + 2 * L
   png = (tmp_path / "out" / "selection.png").read_bytes()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -65,6 +66,7 @@ def test_score_with_embeddings(emb_files, tmp_path):
   summary = json.loads((out / "ct_curve.json").read_text())
   np.testing.assert_allclose(summary["ct"], want.ct)
   assert summary["verdict"] == ["copying"] * L
+  assert summary["environment"]["packages"]["numpy"] == np.__version__
   with open(out / "ct_curve.csv") as f:
     rows = list(csv.reader(f))
   assert rows[0] == ["layer", "C_T", "cells used", "verdict"]
@@ -132,6 +134,7 @@ def test_fingerprint_commands(emb_files, tmp_path):
   assert ev.accuracy == 1.0 and ev.n_queries == 4
   saved_ev = json.loads((out / "evaluation.json").read_text())
   assert saved_ev["confusion"] == [[2, 0], [0, 2]]
+  assert saved_ev["environment"]["backend"] == jax.default_backend()
   for png in ("confusion.png", "similarity.png"):
     assert Image.open(out / png).size[0] > 200
 

@@ -43,7 +43,7 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from ctjax import fingerprint, report, selection
+from ctjax import environment, fingerprint, report, selection
 from ctjax.audit import baselines, datasets, generators, probes
 from ctjax.embedding import embed
 from ctjax.reference import CTReference
@@ -719,6 +719,7 @@ def write_report(
 
   ``depth`` is `ctjax.audit.depth.compare_families`'s dict (or None).
   """
+  env = environment.describe()
   pngs = {}
   for enc_name, pc in probe_curves.items():
     pngs[f"probes_{enc_name}"] = report.plot_curves(
@@ -794,6 +795,7 @@ def write_report(
     stage_seconds=stages,
     generator_seconds=gen_seconds,
     plots={k: os.path.basename(v) for k, v in pngs.items()},
+    environment=env,
   )
   if depth is not None:
     results["encoder_families"] = depth["results"]
@@ -808,6 +810,11 @@ def write_report(
     f"ViT shipped with ctjax (trained on T) and its untrained copy. "
     f"Reference: PCA {refs['trained'].n_components} dims, "
     f"{cfg.n_cells} k-means cells, 1 − |cos|, τ = 20/m.",
+    "",
+    f"Run on {environment.summary(env)}. The numbers repeat bit for bit "
+    "on the same package versions (results.json `environment`); other "
+    "versions can differ at rounding level, which training the generators "
+    "can amplify.",
     "",
     "## Probes: C_T per layer (trained encoder)",
     "",

@@ -4,6 +4,7 @@ exact copies read as copying and fresh test images as neither."""
 import json
 import types
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -105,6 +106,9 @@ def test_demo_small(tmp_path):
   assert set(saved["baselines"]) == set(res["baselines"])
   report = (out / "report.md").read_text()
   assert "| copy |" in report and "Wall time per stage" in report
+  # What it ran on, for telling two results' environments apart.
+  assert saved["environment"]["packages"]["jax"] == jax.__version__
+  assert f"jax {jax.__version__}" in report
   assert any("total" in l for l in lines)
   _check_transforms_table(saved, report)
   _check_selection(saved, report)

@@ -1,0 +1,128 @@
+"""What a run ran on: package versions, backend, devices, native kernels.
+
+Numbers from ctjax reproduce bit for bit only on the same package versions:
+XLA's code generation changes between jax releases, and a generator trained
+for a few hundred steps amplifies rounding differences into different
+samples. (The built-in demo's results.json, from the same ctjax commit,
+differed between two machines' package sets by up to 2 in C_T on its GAN
+curves and by a few held-out batches in some accuracies; each was bitwise
+the same from run to run on its own machine.) `describe` is what ``run.py`` writes into its
+results files, so that two results can be told apart from two environments.
+
+  env = ctjax.environment.describe()
+  env["packages"]["jax"]         # "0.10.2"
+  ctjax.environment.summary(env) # one line for a report
+"""
+
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+import jax
+
+# Packages whose versions decide ctjax's numbers (or its tests' oracles).
+PACKAGES = (
+  "ctjax",
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "numpy",
+  "scipy",
+  "scikit-learn",
+  "transformers",
+  "safetensors",
+  "pillow",
+  "torch",
+)
+
+
+def package_version(name: str) -> str | None:
+  """The installed distribution's version, or None where it is not installed
+  (read from its metadata: nothing is imported)."""
+  try:
+    return metadata.version(name)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def _cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+  """The CPU's model name (Linux: /proc/cpuinfo), else what `platform`
+  knows."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+# Environment variables that change what XLA or ctjax compute or how.
+ENV_PREFIXES = ("XLA_", "JAX_", "CTJAX_")
+
+
+def describe(native_kernels: bool = True) -> dict[str, Any]:
+  """The environment of this process, as a JSON-ready dict.
+
+  Starts JAX's default backend if nothing has yet. Keys:
+  - ``python``; ``platform`` (OS and machine); ``cpu`` (the CPU's model);
+    ``cpu_cores`` (this process's affinity mask);
+  - ``packages``: name -> version, or None where not installed (`PACKAGES`);
+  - ``backend``; ``devices``: count and kind of its devices;
+  - ``variables``: the process's ``XLA_*``, ``JAX_*`` and ``CTJAX_*``
+    environment variables;
+  - with ``native_kernels``, ``native_kernels``: "on" or "off: <why>"
+    (`ctjax.stats.native.why_not`, which builds the kernels on its first
+    call on a CPU).
+  """
+  devices = jax.devices()
+  env = {
+    "python": sys.version.split()[0],
+    "platform": f"{platform.system()} {platform.release()} "
+    f"({platform.machine()})",
+    "cpu": cpu_model(),
+    "cpu_cores": _cores(),
+    "packages": {p: package_version(p) for p in PACKAGES},
+    "backend": jax.default_backend(),
+    "devices": {"count": len(devices), "kind": devices[0].device_kind},
+    "variables": {
+      k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)
+    },
+  }
+  if native_kernels:
+    from ctjax.stats import native  # pylint: disable=g-import-not-at-top
+
+    why = native.why_not()
+    env["native_kernels"] = "on" if why is None else f"off: {why}"
+  return env
+
+
+def summary(env: dict[str, Any]) -> str:
+  """One line for a report: backend, devices, cores and the versions that
+  decide the numbers, e.g. ``cpu (1 × cpu, 2 cores); jax 0.10.2, jaxlib
+  0.10.2, flax 0.12.8, numpy 2.4.6; native kernels on``."""
+  pk = env["packages"]
+  versions = ", ".join(
+    f"{p} {pk[p]}"
+    for p in ("jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn")
+    if pk.get(p)
+  )
+  dev = env["devices"]
+  line = (
+    f"{env['backend']} ({dev['count']} × {dev['kind']}, "
+    f"{env['cpu_cores']} cores); python {env['python']}, {versions}"
+  )
+  if "native_kernels" in env:
+    line += f"; native kernels {env['native_kernels']}"
+  return line
