@@ -988,9 +988,12 @@ def main():
 
 
 def dump(path, out):
+  """Writes ``out`` and the environment it was measured in as JSON."""
   if path:
+    from ctjax import environment  # pylint: disable=g-import-not-at-top
+
     with open(path, "w") as f:
-      json.dump(out, f, indent=1)
+      json.dump(dict(out, environment=environment.describe()), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""What a run ran on: package versions, backend, devices, native kernels.
+"""What a run ran on: CPU, package versions, backend, native kernels.
 
-Numbers from ctjax reproduce bit for bit only on the same package versions:
-XLA's code generation changes between jax releases, and a generator trained
-for a few hundred steps amplifies rounding differences into different
-samples. (The built-in demo's results.json, from the same ctjax commit,
-differed between two machines' package sets by up to 2 in C_T on its GAN
-curves and by a few held-out batches in some accuracies; each was bitwise
-the same from run to run on its own machine.) `describe` is what ``run.py`` writes into its
-results files, so that two results can be told apart from two environments.
+Numbers from ctjax repeat bit for bit only on the same CPU features and
+package versions: XLA compiles for the CPU it runs on (AVX-512 or AVX2
+vectors sum in different orders) and changes its code generation between
+releases, the native kernels are built for the host (``-march=native``),
+and a generator trained for a few hundred steps amplifies rounding
+differences into different samples. (The built-in demo's results.json, from
+the same ctjax commit, differed between a Sapphire Rapids machine and an
+AMD EPYC one with other package versions by up to 2 in C_T on its GAN
+curves and by a few held-out batches in some accuracies; each repeated
+itself bit for bit.) `describe` is what ``run.py`` writes into its results
+files, so that two results can be told apart from two environments.
 
   env = ctjax.environment.describe()
   env["packages"]["jax"]         # "0.10.2"
@@ -55,6 +58,23 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
+# Vector instruction sets, widest first, as /proc/cpuinfo names them.
+VECTOR_ISAS = ("avx512f", "avx2", "avx", "sse4_2", "sve", "asimd")
+
+
+def cpu_vector_isa() -> str | None:
+  """The widest of `VECTOR_ISAS` this CPU has (Linux), else None."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+          have = set(line.split(":", 1)[1].split())
+          return next((isa for isa in VECTOR_ISAS if isa in have), None)
+  except OSError:
+    pass
+  return None
+
+
 def cpu_model() -> str:
   """The CPU's model name (Linux: /proc/cpuinfo), else what `platform`
   knows."""
@@ -77,6 +97,7 @@ def describe(native_kernels: bool = True) -> dict[str, Any]:
 
   Starts JAX's default backend if nothing has yet. Keys:
   - ``python``; ``platform`` (OS and machine); ``cpu`` (the CPU's model);
+    ``cpu_vector_isa`` (its widest vector instructions, e.g. "avx2");
     ``cpu_cores`` (this process's affinity mask);
   - ``packages``: name -> version, or None where not installed (`PACKAGES`);
   - ``backend``; ``devices``: count and kind of its devices;
@@ -92,6 +113,7 @@ def describe(native_kernels: bool = True) -> dict[str, Any]:
     "platform": f"{platform.system()} {platform.release()} "
     f"({platform.machine()})",
     "cpu": cpu_model(),
+    "cpu_vector_isa": cpu_vector_isa(),
     "cpu_cores": _cores(),
     "packages": {p: package_version(p) for p in PACKAGES},
     "backend": jax.default_backend(),
@@ -109,9 +131,9 @@ def describe(native_kernels: bool = True) -> dict[str, Any]:
 
 
 def summary(env: dict[str, Any]) -> str:
-  """One line for a report: backend, devices, cores and the versions that
-  decide the numbers, e.g. ``cpu (1 × cpu, 2 cores); jax 0.10.2, jaxlib
-  0.10.2, flax 0.12.8, numpy 2.4.6; native kernels on``."""
+  """One line for a report: backend, devices, CPU, cores and the versions
+  that decide the numbers, e.g. ``cpu (1 × cpu) on AMD EPYC (avx2), 2
+  cores; python 3.11.7, jax 0.10.2, ...; native kernels on``."""
   pk = env["packages"]
   versions = ", ".join(
     f"{p} {pk[p]}"
@@ -119,9 +141,11 @@ def summary(env: dict[str, Any]) -> str:
     if pk.get(p)
   )
   dev = env["devices"]
+  isa = env.get("cpu_vector_isa")
+  cpu = env.get("cpu", "") + (f" ({isa})" if isa else "")
   line = (
-    f"{env['backend']} ({dev['count']} × {dev['kind']}, "
-    f"{env['cpu_cores']} cores); python {env['python']}, {versions}"
+    f"{env['backend']} ({dev['count']} × {dev['kind']}) on {cpu}, "
+    f"{env['cpu_cores']} cores; python {env['python']}, {versions}"
   )
   if "native_kernels" in env:
     line += f"; native kernels {env['native_kernels']}"

@@ -56,3 +56,17 @@ def test_native_kernels_say_why_they_are_off():
   assert f"numpy {np.__version__}" in line
   assert line.endswith(env["native_kernels"])
   assert line.startswith(f"{jax.default_backend()} (")
+  assert env["cpu"] in line
+
+
+def test_vector_isa_is_one_the_cpu_lists():
+  isa = environment.cpu_vector_isa()
+  if not os.path.exists("/proc/cpuinfo"):
+    assert isa is None
+    return
+  with open("/proc/cpuinfo") as f:
+    flags = f.read().split()
+  assert isa in flags
+  # Nothing wider that it skipped.
+  wider = environment.VECTOR_ISAS[: environment.VECTOR_ISAS.index(isa)]
+  assert not set(wider) & set(flags)

@@ -812,9 +812,9 @@ def write_report(
     f"{cfg.n_cells} k-means cells, 1 − |cos|, τ = 20/m.",
     "",
     f"Run on {environment.summary(env)}. The numbers repeat bit for bit "
-    "on the same package versions (results.json `environment`); other "
-    "versions can differ at rounding level, which training the generators "
-    "can amplify.",
+    "on the same CPU features and package versions (results.json "
+    "`environment`); elsewhere they can differ at rounding level, which "
+    "training the generators can amplify.",
     "",
     "## Probes: C_T per layer (trained encoder)",
     "",
