@@ -31,6 +31,7 @@ _LAZY_ATTRS = {
 _LAZY_MODULES = (
   "models",
   "embedding",
+  "environment",
   "preprocess",
   "fingerprint",
   "report",

@@ -31,6 +31,12 @@ def test_versions_are_the_imported_packages():
   json.dumps(env)  # JSON-ready as it is
 
 
+def test_reachable_from_the_package():
+  import ctjax  # pylint: disable=g-import-not-at-top
+
+  assert ctjax.environment is environment
+
+
 def test_missing_package_is_none():
   assert environment.package_version("no-such-distribution-ctjax") is None
 
