@@ -62,30 +62,34 @@ def _cores() -> int:
 VECTOR_ISAS = ("avx512f", "avx2", "avx", "sse4_2", "sve", "asimd")
 
 
-def cpu_vector_isa() -> str | None:
-  """The widest of `VECTOR_ISAS` this CPU has (Linux), else None."""
+def _cpuinfo() -> dict[str, str]:
+  """The first value of each /proc/cpuinfo key (empty where there is no
+  such file)."""
+  info = {}
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.split(":", 1)[0].strip() in ("flags", "Features"):
-          have = set(line.split(":", 1)[1].split())
-          return next((isa for isa in VECTOR_ISAS if isa in have), None)
+        key, sep, value = line.partition(":")
+        if sep:
+          info.setdefault(key.strip(), value.strip())
   except OSError:
     pass
-  return None
+  return info
 
 
-def cpu_model() -> str:
+def cpu_vector_isa(info: dict[str, str] | None = None) -> str | None:
+  """The widest of `VECTOR_ISAS` this CPU has (Linux), else None; ``info``
+  is `_cpuinfo`'s (read when None)."""
+  info = _cpuinfo() if info is None else info
+  have = set(info.get("flags", info.get("Features", "")).split())
+  return next((isa for isa in VECTOR_ISAS if isa in have), None)
+
+
+def cpu_model(info: dict[str, str] | None = None) -> str:
   """The CPU's model name (Linux: /proc/cpuinfo), else what `platform`
-  knows."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+  knows; ``info`` as in `cpu_vector_isa`."""
+  info = _cpuinfo() if info is None else info
+  return info.get("model name") or platform.processor() or platform.machine()
 
 
 # Environment variables that change what XLA or ctjax compute or how.
@@ -108,12 +112,13 @@ def describe(native_kernels: bool = True) -> dict[str, Any]:
     call on a CPU).
   """
   devices = jax.devices()
+  info = _cpuinfo()
   env = {
     "python": sys.version.split()[0],
     "platform": f"{platform.system()} {platform.release()} "
     f"({platform.machine()})",
-    "cpu": cpu_model(),
-    "cpu_vector_isa": cpu_vector_isa(),
+    "cpu": cpu_model(info),
+    "cpu_vector_isa": cpu_vector_isa(info),
     "cpu_cores": _cores(),
     "packages": {p: package_version(p) for p in PACKAGES},
     "backend": jax.default_backend(),
