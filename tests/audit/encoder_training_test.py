@@ -535,6 +535,10 @@ def test_shipped_family_folder_gives_its_recorded_logits(family, dataset):
     f"python -m ctjax.audit.encoder_training --family {family} "
     f"--dataset {dataset}"
   )
+  if dataset == "fashion_mnist" and not _fashion_available():
+    pytest.skip(
+      "Fashion-MNIST files missing (apt-get install dataset-fashion-mnist)"
+    )
   data = ds.load(dataset)
   head = et.default_head(dataset, family)
   pixels = pp.preprocess(
