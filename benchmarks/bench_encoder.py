@@ -300,7 +300,6 @@ def family_rows(args):
   )
   # ctjax's compiled forward (its XLA:CPU options on a CPU) and the same
   # function under XLA's defaults, timed in the same rounds.
-  fwd = encoder_lib.jit_forward()
   fwd_defaults = encoder_lib.jit_forward({})
   # The XLA:CPU options do not apply elsewhere: one compile, one timing.
   cpu = jax.default_backend() == "cpu"
@@ -314,6 +313,8 @@ def family_rows(args):
   with tempfile.TemporaryDirectory() as folder:
     for name in args.families.split(","):
       model, enc = build_family(name, folder, torch_device)
+      # As `Encoder` compiles it (XLA's defaults for Swin).
+      fwd = encoder_lib.jit_forward(encoder_lib.cpu_options(enc.config))
       size = enc.image_size  # 224; 299 for Inception-v3
       rng = np.random.default_rng(0)
       pixels = rng.normal(size=(args.batch, size, size, 3)).astype(np.float32)

@@ -13,6 +13,7 @@ share of the inputs (both policies in `ctjax.sharding`).
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import os
 import warnings
@@ -264,6 +265,7 @@ class _StepSpec:
   pool: str
   dtype: str
   num_prefix: int
+  cpu_options: tuple = ()  # sorted (name, value) XLA:CPU options
 
 
 def _pool_map(h, pool: str, num_prefix: int):
@@ -308,9 +310,39 @@ def _step_impl(spec: _StepSpec, params, images):
   return pooled.astype(jnp.float32)
 
 
-_step = xla_options.cpu_jit(
-  _step_impl, xla_options.ENCODER_CPU_OPTIONS, static_argnums=0
-)
+_STEPS: dict = {}  # sorted XLA:CPU options -> `_step_impl` compiled with them
+
+
+def _step(spec: _StepSpec, params, images):
+  """`_step_impl` compiled with the XLA:CPU options `Encoder` uses for this
+  encoder (``spec.cpu_options``; `ctjax.models.encoder.cpu_options`)."""
+  fn = _STEPS.get(spec.cpu_options)
+  if fn is None:
+    # A partial of its own per set: jit functions of the same Python
+    # function share one cache, so the sets' compilations would mix.
+    fn = xla_options.cpu_jit(
+      functools.partial(_step_impl), dict(spec.cpu_options), static_argnums=0
+    )
+    fn = _STEPS.setdefault(spec.cpu_options, fn)
+  return fn(spec, params, images)
+
+
+def _step_cache_size() -> int:
+  """Compilations of `_step`, over every set of options (for tests)."""
+  return sum(f._cache_size() for f in _STEPS.values())  # pylint: disable=protected-access
+
+
+def _step_clear_cache():
+  """Drops `_step`'s compilations (for tests)."""
+  for f in _STEPS.values():
+    f.clear_cache()
+
+
+def _options_key(encoder) -> tuple:
+  """The XLA:CPU options of ``encoder``'s forward, as a hashable key."""
+  from ctjax.models.encoder import cpu_options  # pylint: disable=g-import-not-at-top
+
+  return tuple(sorted(cpu_options(encoder.config).items()))
 
 
 def _resolve_layers(layers, num_states: int) -> tuple[int, ...]:
@@ -526,6 +558,7 @@ def _embed_source(
     pool,
     dtype,
     encoder.num_prefix_tokens,
+    _options_key(encoder),
   )
   from tqdm.auto import tqdm
 

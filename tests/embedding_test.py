@@ -58,14 +58,14 @@ def torch_pooled(model, encoder, images, pool):
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_matches_torch_with_padded_last_batch(tiny, images, pool):
   encoder, model = tiny
-  embedding._step.clear_cache()
+  embedding._step_clear_cache()
   got = ctjax.embed(encoder, images, pool=pool, batch_size=3, progress=False)
   assert got.shape == (3, 7, 32) and got.dtype == np.float32
   np.testing.assert_allclose(
     got, torch_pooled(model, encoder, images, pool), atol=1e-4
   )
   assert (
-    embedding._step._cache_size() == 1
+    embedding._step_cache_size() == 1
   )  # 7 images in batches of 3: one compilation
   sub = ctjax.embed(
     encoder, images, pool=pool, layers=[-1, 0], batch_size=4, progress=False

@@ -68,16 +68,38 @@ def direct_pooled(encoder, images):
 def test_embed_list_form_matches_pooled_hidden_states(name, images, request):
   encoder = request.getfixturevalue(name)
   assert len(set(encoder.widths)) > 1
-  before = embedding._step._cache_size()
+  before = embedding._step_cache_size()
   got = ctjax.embed(encoder, images, pool="mean", batch_size=4, progress=False)
   # 7 images in batches of 4: the padded last batch reuses the compilation.
-  assert embedding._step._cache_size() - before == 1
+  assert embedding._step_cache_size() - before == 1
   want = direct_pooled(encoder, images)
   assert isinstance(got, list) and len(got) == encoder.num_hidden_states
   for l, (g, w) in enumerate(zip(got, want)):
     assert g.dtype == np.float32
     assert g.shape == (len(images), encoder.widths[l])
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=str(l))
+
+
+def test_swin_compiles_with_xla_defaults(resnet, swin, images):
+  """Swin's forward (`Encoder` and `ctjax.embed`) is compiled with XLA's
+  defaults, whose YNNPACK fusions show as custom fusions in the program;
+  the other families keep ctjax's options, which turn them off."""
+  from ctjax.models import encoder as encoder_lib
+
+  assert encoder_lib.cpu_options(swin.config) == {}
+  assert encoder_lib.cpu_options(resnet.config) == (
+    encoder_lib.CPU_COMPILER_OPTIONS
+  )
+  for enc, fused in ((swin, True), (resnet, False)):
+    pixels = pp.preprocess(images[:2], pp.PreprocessConfig.from_encoder(enc))
+    text = (
+      enc._jitted.lower(enc.graphdef, enc.params, pixels, np.dtype("float32"))
+      .compile()
+      .as_text()
+    )
+    assert ("kind=kCustom" in text) == fused, type(enc.config).__name__
+  ctjax.embed(swin, images[:2], pool="mean", batch_size=2, progress=False)
+  assert () in embedding._STEPS  # pylint: disable=protected-access
 
 
 def test_embed_equal_widths_stay_stacked(resnet, images):

@@ -9,8 +9,9 @@ from_config(config, seed)        -> Encoder   random initialisation
 Encoder.hidden_states(pixels)    -> [L+1, B, T, D] (ViT family, CLIP), or a
                                     tuple of L+1 channels-last arrays
 forward(graphdef, params, pixels, dtype) -> EncoderOutput   (pure, jit-able)
-jit_forward()                    -> forward compiled as ctjax does (XLA:CPU
-                                    options of its own on a CPU)
+jit_forward(cpu_options(config)) -> forward compiled as ctjax does (XLA:CPU
+                                    options of its own on a CPU, XLA's
+                                    defaults for Swin)
 """
 
 from ctjax.models.config import (
@@ -23,7 +24,13 @@ from ctjax.models.config import (
   preset,
 )
 from ctjax.models.convert import from_pretrained, load_state
-from ctjax.models.encoder import Encoder, forward, from_config, jit_forward
+from ctjax.models.encoder import (
+  Encoder,
+  cpu_options,
+  forward,
+  from_config,
+  jit_forward,
+)
 from ctjax.models.vit import EncoderOutput, VisionTransformer
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
   "ResNetConfig",
   "SwinConfig",
   "VisionTransformer",
+  "cpu_options",
   "forward",
   "from_config",
   "from_hf_config",

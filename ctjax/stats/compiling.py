@@ -14,7 +14,13 @@ class cpu_jit:  # pylint: disable=invalid-name
 
   def __init__(self, fun, options: dict, **jit_kw):
     self._plain = jax.jit(fun, **jit_kw)
-    self._tuned = jax.jit(fun, compiler_options=dict(options), **jit_kw)
+    # No options: one function (a second jit of it with empty options
+    # shares its compilations, and would count them twice).
+    self._tuned = (
+      jax.jit(fun, compiler_options=dict(options), **jit_kw)
+      if options
+      else self._plain
+    )
     self._use_tuned = None  # decided at the first call
     self.__wrapped__ = fun
     self.__doc__ = getattr(fun, "__doc__", None)
@@ -43,4 +49,7 @@ class cpu_jit:  # pylint: disable=invalid-name
 
   def _cache_size(self) -> int:
     """Compiled programs of both variants (for tests that count them)."""
-    return self._plain._cache_size() + self._tuned._cache_size()  # pylint: disable=protected-access
+    n = self._plain._cache_size()  # pylint: disable=protected-access
+    if self._tuned is self._plain:
+      return n
+    return n + self._tuned._cache_size()  # pylint: disable=protected-access
