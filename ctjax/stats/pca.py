@@ -74,7 +74,12 @@ def _upper_panels(xc: jax.Array, block: int) -> jax.Array:
   return jnp.concatenate(rows) if len(rows) > 1 else rows[0]
 
 
-CHUNK = 10_000  # rows per step of the covariance and the projection
+CHUNK = 10_000  # rows per step of the covariance (and of `transform` off a CPU)
+# Rows per step of `transform` on a CPU, where a chunk of 1,024 rows
+# (centred copy 3 MB at D = 768) stays in cache: [50000, 768] onto 64 axes,
+# 2-core AMD EPYC, best of 15: 55 ms in chunks of 10,000, 42 ms in chunks
+# of 1,024, the same bits.
+CPU_TRANSFORM_CHUNK = 1024
 # Row panel of the symmetric product (`_upper_panels`); None: the plain xᵀx.
 # Panels of 384 at D = 768 (3/4 of the work) took the same time as the plain
 # product on this project's 2-core CPU (262 vs 267 ms per 50k x 768 layer).
@@ -222,17 +227,22 @@ def transform(
   pca: PCA,
   x: jax.Array,
   *,
-  chunk: int | None = CHUNK,
+  chunk: int | None | str = "auto",
   projection: str | None = None,
 ) -> jax.Array:
   """Projects ``x [n, D]`` onto the axes: ``[n, k]``.
 
   With more than ``chunk`` rows the product runs ``chunk`` rows at a time
-  (``None``: all at once): each row's result is the same, but the centred
-  copy of ``x`` is never materialised whole. ``projection``: see
+  (``None``: all at once; "auto": `CPU_TRANSFORM_CHUNK` on a CPU, `CHUNK`
+  elsewhere): each row's result is the same, but the centred copy of ``x``
+  is never materialised whole. The last chunk ends at row n (it overlaps
+  the one before and computes a few rows again, to the same bits), so
+  ``x`` is never padded or copied. ``projection``: see
   `resolve_projection`.
   """
-  n, d = x.shape
+  if chunk == "auto":
+    chunk = CPU_TRANSFORM_CHUNK if jax.default_backend() == "cpu" else CHUNK
+  n = x.shape[0]
   if resolve_projection(projection) == "dot":
     project = lambda xb: jnp.matmul(
       xb - pca.mean, pca.components, precision=_HI
@@ -244,8 +254,12 @@ def transform(
     )
   if chunk is None or n <= chunk:
     return project(x)
-  n_chunks = -(-n // chunk)
-  pad = n_chunks * chunk - n
-  xs = jnp.concatenate([x, jnp.zeros((pad, d), x.dtype)]) if pad else x
-  out = jax.lax.map(project, xs.reshape(n_chunks, chunk, d))
-  return out.reshape(n_chunks * chunk, -1)[:n]
+
+  def step(i, out):
+    start = jnp.minimum(i * chunk, n - chunk)
+    part = project(jax.lax.dynamic_slice_in_dim(x, start, chunk))
+    return jax.lax.dynamic_update_slice_in_dim(out, part, start, axis=0)
+
+  k = pca.components.shape[1]
+  out = jnp.zeros((n, k), jnp.result_type(x.dtype, pca.components.dtype))
+  return jax.lax.fori_loop(0, -(-n // chunk), step, out)

@@ -94,7 +94,7 @@ def test_chunked_projection_equals_one_product(rng):
     fit.components, np.float64
   )
   np.testing.assert_allclose(whole, ref, rtol=1e-4, atol=1e-4)
-  for chunk in (1000, 333, 250, 7):
+  for chunk in (1000, 999, 333, 250, 7, "auto"):
     got = np.asarray(pca_lib.transform(fit, x, chunk=chunk))
     assert got.shape == whole.shape
     np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-6)
