@@ -2,13 +2,13 @@
 //
 // ctjax.stats.kmeans seeds R restarts (k-means++) in XLA, then hands their
 // centres here. Each iteration is one pass over x for all restarts still
-// running: a block of 32 rows (kept transposed, [d][32]) meets each
-// restart's centres, 8 at a time, with the products in registers; every row
-// goes to its nearest centre (squared distance |x|^2 - 2 x.c + |c|^2,
-// clamped at 0; ties to the lowest centre), and its row is added to that
-// centre's sum. Rows are summed in float32 in fixed chunks of kChunk rows,
-// the chunks in float64 in row order, so the result does not depend on the
-// number of threads. A restart stops as in kmeans._lloyd: when the squared
+// running: a block of 2 vectors of rows (kept transposed) meets each
+// restart's centres, kC at a time (8; 6 with AVX2), with the products in
+// registers; every row goes to its nearest centre (squared distance |x|^2 -
+// 2 x.c + |c|^2, clamped at 0; ties to the lowest centre), and its row is
+// added to that centre's sum. Rows are summed in float32 in fixed chunks
+// of kChunk rows, the chunks in float64 in row order, so the result does
+// not depend on the number of threads. A restart stops as in kmeans._lloyd: when the squared
 // shift of its centres is <= tol, or after max_iter iterations; an empty
 // centre moves onto one of the rows farthest from their centres (scikit-
 // learn's rule). XLA ran the restarts one after another, each iteration
@@ -40,7 +40,16 @@ using ctjax_native::VecI;
 
 constexpr int kVecs = 2;
 constexpr int kRows = kLanes * kVecs;  // rows of a block
-constexpr int kC = 8;                  // centres per register tile
+// Centres per register tile (kC x kVecs sums). With AVX2's 16 registers,
+// 8 (16 sums) spilled: assigning 50,000 rows (d = 64) to k = 10 centres, one
+// thread, 1.30 ms with 8 against 0.97 with 6, 2-core AMD EPYC; the whole
+// k-means of bench_ct's layer (10 restarts) 80-107 against 74-106 ms best
+// of 15, six alternating processes, 5 of 6 pairs faster.
+#if defined(__AVX512F__)
+constexpr int kC = 8;
+#else
+constexpr int kC = 6;  // 12 sums, 2 row vectors, 1 broadcast: 15 registers
+#endif
 constexpr int64_t kChunk = 4096;       // rows summed in float32
 
 struct Problem {
