@@ -8,11 +8,12 @@
 // 2 x.c + |c|^2, clamped at 0; ties to the lowest centre), and its row is
 // added to that centre's sum. Rows are summed in float32 in fixed chunks
 // of kChunk rows, the chunks in float64 in row order, so the result does
-// not depend on the number of threads. A restart stops as in kmeans._lloyd: when the squared
-// shift of its centres is <= tol, or after max_iter iterations; an empty
-// centre moves onto one of the rows farthest from their centres (scikit-
-// learn's rule). XLA ran the restarts one after another, each iteration
-// reading x twice; here x is read once per iteration for all of them.
+// not depend on the number of threads. A restart stops as in
+// kmeans._lloyd: when the squared shift of its centres is <= tol, or after
+// max_iter iterations; an empty centre moves onto one of the rows farthest
+// from their centres (scikit-learn's rule). XLA ran the restarts one after
+// another, each iteration reading x twice; here x is read once per
+// iteration for all of them.
 //
 // Inputs:  x [N, d] f32, x_sq [N] f32, seeds [R, k, d] f32, tol [] f32.
 // Attr:    max_iter.
