@@ -265,7 +265,7 @@ class _StepSpec:
   pool: str
   dtype: str
   num_prefix: int
-  cpu_options: tuple = ()  # sorted (name, value) XLA:CPU options
+  cpu_options: tuple  # sorted (name, value) XLA:CPU options (`_options_key`)
 
 
 def _pool_map(h, pool: str, num_prefix: int):
