@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from ctjax.models import layers
 
@@ -161,3 +162,97 @@ def test_turned_off_traces_the_xla_forms():
     g = lambda q: norm(layers.attention(q, q, q, 0.25))
     assert "ffi_call" not in str(jax.make_jaxpr(g)(q))
   assert native.why_not() is None
+
+
+@pytest.mark.parametrize(
+  "spec,want",
+  [
+    ("btd,dhk->bthk", 1),
+    ("bthk,hkd->btd", 2),
+    ("btf,fd->btd", 1),
+    ("btd,df->btf", 1),
+    ("btd,hd->bth", None),  # the kernel's last axis contracted
+    ("bd,dd->bd", None),  # a repeated letter
+    ("btd,dk->bk", None),  # t summed away
+  ],
+)
+def test_matrix_spec(spec, want):
+  assert layers._matrix_spec(spec) == want
+
+
+def _dense_layers(rng):
+  """A query projection ([D, H, K] kernel) and an output projection ([H, K,
+  D] kernel, two contracted axes), with non-zero biases."""
+  q = layers.Dense("btd,dhk->bthk", (24, 2, 12), (2, 12), rngs=nnx.Rngs(0))
+  o = layers.Dense("bthk,hkd->btd", (2, 12, 40), (40,), rngs=nnx.Rngs(1))
+  for d in (q, o):
+    d.bias[...] = jnp.asarray(rng.normal(size=d.bias[...].shape), jnp.float32)
+  return q, o
+
+
+@pytest.fixture
+def native_dense(monkeypatch):
+  """`layers.dense` gives every product to the kernel (on any CPU with the
+  native kernels: the kernel runs on AVX2 too; only the choice is measured
+  for AVX-512)."""
+  from ctjax.stats import native
+
+  if native.why_not() is not None:
+    pytest.skip(f"no native kernels here: {native.why_not()}")
+  monkeypatch.setattr(native, "has_avx512", lambda: True)
+  monkeypatch.setattr(layers, "NATIVE_DENSE_MIN_SHAPE", (1, 1, 1))
+
+
+@pytest.mark.parametrize("act", [None, "gelu", "quick_gelu"])
+def test_dense_layers_equal_their_einsum(native_dense, act):
+  rng = np.random.default_rng(5)
+  q, o = _dense_layers(rng)
+  x = jnp.asarray(rng.normal(size=(3, 7, 24)), jnp.float32)
+  f = lambda x: o(layers.dense(x, q, act))
+  assert "ffi_call" in str(jax.make_jaxpr(f)(x))
+  want = o._xla(layers.activation(act)(q._xla(x)) if act else q._xla(x))
+  np.testing.assert_allclose(jax.jit(f)(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_layers_differentiate_as_their_einsum(native_dense):
+  import types
+
+  rng = np.random.default_rng(6)
+  q, _ = _dense_layers(rng)
+  x = jnp.asarray(rng.normal(size=(2, 5, 24)), jnp.float32)
+
+  def loss(x, kernel, bias, native_path):
+    # `dense` reads only these four attributes of its layer.
+    layer = types.SimpleNamespace(spec=q.spec, kernel=kernel, bias=bias)
+    layer._xla = lambda x: jnp.einsum(q.spec, x, kernel) + bias
+    y = (
+      layers.dense(x, layer, "gelu")
+      if native_path
+      else layers.gelu(layer._xla(x))
+    )
+    return jnp.sum(jnp.sin(y))
+
+  args = (x, q.kernel[...], q.bias[...])
+  assert "ctjax_dense" in str(jax.make_jaxpr(lambda *a: loss(*a, True))(*args))
+  got = jax.jit(jax.grad(lambda *a: loss(*a, True), argnums=(0, 1, 2)))(*args)
+  want = jax.grad(lambda *a: loss(*a, False), argnums=(0, 1, 2))(*args)
+  for g, h in zip(got, want):
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_kernel_is_chosen_for_vit_b16_products_only(monkeypatch):
+  from ctjax.stats import native
+
+  if native.why_not() is not None:
+    pytest.skip(f"no native kernels here: {native.why_not()}")
+  monkeypatch.setattr(native, "has_avx512", lambda: True)
+  fc1 = layers.Dense("btd,df->btf", (768, 3072), (3072,), rngs=nnx.Rngs(0))
+  traced = lambda batch: str(
+    jax.make_jaxpr(lambda x: layers.dense(x, fc1, "gelu"))(
+      jax.ShapeDtypeStruct((batch, 197, 768), jnp.float32)
+    )
+  )
+  assert "ctjax_dense" in traced(8)  # 1,576 rows: ViT-B/16 at batch 8
+  assert "ctjax_dense" not in traced(4)  # 788 rows: below the gate
+  monkeypatch.setattr(native, "has_avx512", lambda: False)
+  assert "ctjax_dense" not in traced(8)

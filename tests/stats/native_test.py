@@ -471,3 +471,81 @@ def test_mlp_gelu_equals_float64(kernel, rng, rows, c, f, e):
   want = (0.5 * h * (1 + erf(h / np.sqrt(2)))) @ w2 + b2
   assert got.shape == (rows, e)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+
+
+def _dense_f64(x, w, b, act):
+  import math
+
+  h = x.astype(np.float64) @ w.astype(np.float64) + b
+  if act == "gelu":
+    erf = np.vectorize(math.erf)
+    return 0.5 * h * (1 + erf(h / np.sqrt(2)))
+  if act == "quick_gelu":
+    return h / (1 + np.exp(-1.702 * h))
+  return h
+
+
+# Shapes: whole tiles and panels; row and column tails (rows not a multiple
+# of the 12- or 6-row tile, columns not of the 32- or 16-column panel); a
+# depth above the kernel's 768 in uneven chunks (1537); one row; more
+# threads than column blocks (rows split); an empty depth (out = act(b)).
+@pytest.mark.parametrize(
+  "m,k,n",
+  [
+    (48, 64, 64),
+    (29, 100, 70),
+    (25, 1537, 33),
+    (1, 64, 32),
+    (200, 16, 8),
+    (13, 800, 800),
+    (3, 0, 5),
+  ],
+)
+@pytest.mark.parametrize("act", [None, "gelu", "quick_gelu"])
+def test_dense_equals_float64(kernel, rng, m, k, n, act):
+  x = (rng.normal(size=(m, k)) * 2).astype(np.float32)
+  w = (rng.normal(size=(k, n)) / np.sqrt(max(k, 1))).astype(np.float32)
+  b = rng.normal(size=n).astype(np.float32)
+  got = jax.jit(lambda *a: native.dense(*a, act))(x, w, b)
+  assert got.shape == (m, n)
+  np.testing.assert_allclose(
+    got, _dense_f64(x, w, b, act), rtol=1e-5, atol=2e-5
+  )
+
+
+def test_dense_sums_every_product_and_the_bias(kernel, rng):
+  # An entry per (row, column) that only one product reaches: a dropped
+  # tail row, column or depth chunk, or a missing bias, changes its value.
+  m, k, n = 25, 1537, 33
+  x = np.zeros((m, k), np.float32)
+  w = np.zeros((k, n), np.float32)
+  for i in range(m):
+    x[i, (i * 61) % k] = i + 1
+  for j in range(n):
+    w[(j * 47) % k, j] = j + 1
+  b = np.arange(n, dtype=np.float32) / 8
+  got = np.asarray(native.dense(x, w, b))
+  np.testing.assert_array_equal(got, x.astype(np.float64) @ w + b)
+
+
+def test_dense_leading_axes_and_vmap(kernel, rng):
+  x = rng.normal(size=(3, 4, 5, 40)).astype(np.float32)
+  w = rng.normal(size=(40, 24)).astype(np.float32)
+  b = rng.normal(size=24).astype(np.float32)
+  got = native.dense(x, w, b, "gelu")
+  assert got.shape == (3, 4, 5, 24)
+  by_vmap = jax.jit(jax.vmap(lambda x: native.dense(x, w, b, "gelu")))(x)
+  np.testing.assert_array_equal(by_vmap, got)
+  np.testing.assert_allclose(
+    got, _dense_f64(x, w, b, "gelu"), rtol=1e-5, atol=2e-5
+  )
+
+
+def test_dense_rejects_an_unknown_activation(kernel):
+  with pytest.raises(ValueError, match="act must be one of"):
+    native.dense(
+      np.ones((2, 3), np.float32),
+      np.ones((3, 4), np.float32),
+      np.ones(4, np.float32),
+      "relu",
+    )

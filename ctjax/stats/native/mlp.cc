@@ -10,8 +10,7 @@
 // 32-column register tiles; the weights are read in their [in, out] layout
 // (32 consecutive floats per input channel) and stay in L2 for small C.
 //
-// GELU: x / 2 * (1 + erf(x / sqrt 2)), erf by Abramowitz & Stegun 7.1.26
-// (absolute error <= 1.5e-7) with a polynomial exp.
+// GELU: simd.h's (exact form, erf within 1.5e-7).
 //
 // Inputs: x [R, C], w1 [C, F], b1 [F], w2 [F, E], b2 [E], all f32; F and E
 // multiples of 32. Output: out [R, E] f32.
@@ -29,7 +28,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using ctjax_native::Exp;
+using ctjax_native::Gelu;
 using ctjax_native::kLanes;
 using ctjax_native::Load;
 using ctjax_native::Store;
@@ -44,20 +43,6 @@ constexpr int kRows = 8;  // rows of a register tile
 constexpr int kRows = 4;
 #endif
 constexpr int64_t kPanel = 32;     // rows of a work item
-
-inline VecF Gelu(VecF x) {
-  const VecF z = x * 0.70710678118654752f;
-  const VecF a = z < 0 ? -z : z;
-  const VecF t = 1.0f / (1.0f + 0.3275911f * a);
-  VecF poly = VecF{} + 1.061405429f;
-  poly = poly * t - 1.453152027f;
-  poly = poly * t + 1.421413741f;
-  poly = poly * t - 0.284496736f;
-  poly = poly * t + 0.254829592f;
-  const VecF erf_a = 1.0f - poly * t * Exp(-(a * a));
-  const VecF erf_z = z < 0 ? -erf_a : erf_a;
-  return 0.5f * x * (1.0f + erf_z);
-}
 
 // out[r][j0 .. j0 + 32) (row stride ldo) = in[r] @ w[:, j0 ..] + b, r < 8,
 // then GELU when kGelu.

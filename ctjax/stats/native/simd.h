@@ -1,6 +1,6 @@
 // Vector helpers shared by ctjax's native kernels: GCC vector types of one
 // machine register (AVX-512: 16 floats, else 8), unaligned loads and stores,
-// and exp.
+// exp and GELU.
 
 #ifndef CTJAX_NATIVE_SIMD_H_
 #define CTJAX_NATIVE_SIMD_H_
@@ -49,6 +49,22 @@ inline VecF Exp(VecF x) {
   VecF two_n;
   std::memcpy(&two_n, &e, sizeof(VecF));
   return p * two_n;
+}
+
+// Exact GELU, x / 2 * (1 + erf(x / sqrt 2)), with erf by Abramowitz &
+// Stegun 7.1.26 (absolute error <= 1.5e-7) and `Exp`.
+inline VecF Gelu(VecF x) {
+  const VecF z = x * 0.70710678118654752f;
+  const VecF a = z < 0 ? -z : z;
+  const VecF t = 1.0f / (1.0f + 0.3275911f * a);
+  VecF poly = VecF{} + 1.061405429f;
+  poly = poly * t - 1.453152027f;
+  poly = poly * t + 1.421413741f;
+  poly = poly * t - 0.284496736f;
+  poly = poly * t + 0.254829592f;
+  const VecF erf_a = 1.0f - poly * t * Exp(-(a * a));
+  const VecF erf_z = z < 0 ? -erf_a : erf_a;
+  return 0.5f * x * (1.0f + erf_z);
 }
 
 }  // namespace ctjax_native
