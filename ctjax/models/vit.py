@@ -116,11 +116,17 @@ class VisionTransformer(nnx.Module):
   def __call__(self, pixels) -> EncoderOutput:
     """pixels: ``[B, Hpx, Wpx, C]`` normalised -> EncoderOutput."""
     x = self.embed(pixels)
-    states = [x]
-    for block in self.blocks:
-      x = block(x)
-      states.append(x)
+    # Each block writes its output into the stacked buffer and the next
+    # block reads it from there: XLA:CPU then updates the buffer in place,
+    # where `jnp.stack` of the 13 outputs copied them all at the end (24 ms
+    # of a 1 s ViT-B/16 forward at batch 8; forwards 2-4% faster, the same
+    # bits; docs/performance.md).
+    states = jnp.zeros((len(self.blocks) + 1,) + x.shape, x.dtype)
+    states = states.at[0].set(x)
+    for i, block in enumerate(self.blocks):
+      x = block(states[i])
+      states = states.at[i + 1].set(x)
     return EncoderOutput(
-      hidden_states=jnp.stack(states),
+      hidden_states=states,
       last_hidden_state=x if self.norm is None else self.norm(x),
     )
