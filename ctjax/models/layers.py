@@ -322,7 +322,8 @@ def mlp(x, fc1: Dense, act: str, fc2: Dense):
   On a CPU in float32, with exact GELU, biases, output widths that are
   multiples of 32 and weights of at most `NATIVE_MLP_MAX_WEIGHTS` elements,
   ctjax's compiled kernel (`ctjax.stats.native.mlp_gelu`; the XLA form's
-  derivatives); otherwise XLA's products.
+  derivatives); otherwise `dense` for fc1 with the activation, then fc2
+  (ctjax's dense kernel where it applies, else XLA's products).
   """
   w1, w2 = fc1.kernel[...], fc2.kernel[...]
   if (
