@@ -8,6 +8,7 @@ PyTorch's ``[out, in]`` and ``[C_out, C_in / groups, kh, kw]``.
 """
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -95,12 +96,24 @@ def _matrix_spec(spec: str) -> int | None:
 # Swin-T's and ConvNeXt-T's ran 12% and 4% slower whole with the kernel
 # (their products are narrower, or have fewer rows), so they keep XLA's.
 NATIVE_DENSE_MIN_SHAPE = (1024, 768, 768)
+# ...and at most this many CPUs for the process. The kernel wins by how it
+# splits a product between cores: on 2 cores ViT-B/16 ran 3-6% faster with
+# it, on 1 core level with XLA (1.009x); more cores were not measured.
+NATIVE_DENSE_MAX_CPUS = 2
+
+
+def _process_cpus() -> int:
+  """CPUs this process may run on (its affinity mask where there is one)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def dense(x, layer: Dense, act: str | None = None):
   """``activation(act)(layer(x))`` (``act`` None: ``layer(x)``).
 
-  On a CPU with AVX-512, in float32, for a product whose einsum is one
+  On a CPU with AVX-512 and at most `NATIVE_DENSE_MAX_CPUS` cores for this
+  process, in float32, for a product whose einsum is one
   matrix product of at least `NATIVE_DENSE_MIN_SHAPE` and ``act`` in
   `ctjax.stats.native.DENSE_ACTIVATIONS`: ctjax's compiled kernel
   (`ctjax.stats.native.dense`, the activation in its epilogue, with the XLA
@@ -117,6 +130,7 @@ def dense(x, layer: Dense, act: str | None = None):
     and x.shape[x.ndim - c :] == kernel.shape[:c]
     and native.why_not(x.dtype) is None
     and native.has_avx512()
+    and _process_cpus() <= NATIVE_DENSE_MAX_CPUS
   ):
     k = math.prod(kernel.shape[:c])
     n = kernel.size // max(k, 1)

@@ -33,8 +33,8 @@ operation:
   and Swin's first two stages): the hidden layer of 32 rows at a time kept
   in cache, where XLA wrote it to memory, read it for the GELU and again
   for the second product.
-- ``dense.cc``, the encoders' dense layers on an AVX-512 CPU
-  (`ctjax.models.layers.Dense`, `ctjax.models.layers.mlp`): ``x @ w + b``
+- ``dense.cc``, the encoders' dense layers on an AVX-512 CPU with at
+  most 2 cores (`ctjax.models.layers.Dense`, `ctjax.models.layers.mlp`): ``x @ w + b``
   (and GELU) with each thread's block of output columns, its weights packed
   to stay in that core's L2, where XLA:CPU's products split between two
   cores ran 1.7x one core's rate.
