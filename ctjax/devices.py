@@ -44,11 +44,9 @@ def default_count() -> int:
 
   if native.available():  # builds it on first use; starts no JAX backend
     return 1
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    cores = os.cpu_count() or 1
-  return max(1, min(cores, MAX_DEFAULT))
+  from ctjax import threads  # pylint: disable=g-import-not-at-top
+
+  return max(1, min(threads.host_cores(), MAX_DEFAULT))
 
 
 def _initialised() -> bool:

@@ -8,13 +8,13 @@ PyTorch's ``[out, in]`` and ``[C_out, C_in / groups, kh, kw]``.
 """
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ctjax import threads
 from ctjax.stats import native
 
 _init = nnx.initializers.truncated_normal(stddev=0.02)
@@ -102,13 +102,6 @@ NATIVE_DENSE_MIN_SHAPE = (1024, 768, 768)
 NATIVE_DENSE_MAX_CPUS = 2
 
 
-def _process_cpus() -> int:
-  """CPUs this process may run on (its affinity mask where there is one)."""
-  if hasattr(os, "sched_getaffinity"):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
-
-
 def dense(x, layer: Dense, act: str | None = None):
   """``activation(act)(layer(x))`` (``act`` None: ``layer(x)``).
 
@@ -130,7 +123,7 @@ def dense(x, layer: Dense, act: str | None = None):
     and x.shape[x.ndim - c :] == kernel.shape[:c]
     and native.why_not(x.dtype) is None
     and native.has_avx512()
-    and _process_cpus() <= NATIVE_DENSE_MAX_CPUS
+    and threads.host_cores() <= NATIVE_DENSE_MAX_CPUS
   ):
     k = math.prod(kernel.shape[:c])
     n = kernel.size // max(k, 1)

@@ -200,7 +200,7 @@ def native_dense(monkeypatch):
   if native.why_not() is not None:
     pytest.skip(f"no native kernels here: {native.why_not()}")
   monkeypatch.setattr(native, "has_avx512", lambda: True)
-  monkeypatch.setattr(layers, "_process_cpus", lambda: 2)
+  monkeypatch.setattr(layers.threads, "host_cores", lambda: 2)
   monkeypatch.setattr(layers, "NATIVE_DENSE_MIN_SHAPE", (1, 1, 1))
 
 
@@ -248,7 +248,7 @@ def test_dense_kernel_is_chosen_for_vit_b16_products_only(monkeypatch):
   if native.why_not() is not None:
     pytest.skip(f"no native kernels here: {native.why_not()}")
   monkeypatch.setattr(native, "has_avx512", lambda: True)
-  monkeypatch.setattr(layers, "_process_cpus", lambda: 2)
+  monkeypatch.setattr(layers.threads, "host_cores", lambda: 2)
   fc1 = layers.Dense("btd,df->btf", (768, 3072), (3072,), rngs=nnx.Rngs(0))
   traced = lambda batch: str(
     jax.make_jaxpr(lambda x: layers.dense(x, fc1, "gelu"))(
@@ -257,8 +257,8 @@ def test_dense_kernel_is_chosen_for_vit_b16_products_only(monkeypatch):
   )
   assert "ctjax_dense" in traced(8)  # 1,576 rows: ViT-B/16 at batch 8
   assert "ctjax_dense" not in traced(4)  # 788 rows: below the gate
-  monkeypatch.setattr(layers, "_process_cpus", lambda: 16)  # not measured
+  monkeypatch.setattr(layers.threads, "host_cores", lambda: 16)  # not measured
   assert "ctjax_dense" not in traced(8)
-  monkeypatch.setattr(layers, "_process_cpus", lambda: 2)
+  monkeypatch.setattr(layers.threads, "host_cores", lambda: 2)
   monkeypatch.setattr(native, "has_avx512", lambda: False)
   assert "ctjax_dense" not in traced(8)
