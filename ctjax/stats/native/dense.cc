@@ -171,19 +171,19 @@ ffi::Error DenseImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   const float* wp = w.typed_data();
   const float* bp = b.typed_data();
   float* op = out->typed_data();
-  if (k == 0) {  // out = act(b) on every row
-    std::vector<float> row(b.typed_data(), b.typed_data() + n);
-    row.resize((n + kLanes - 1) / kLanes * kLanes, 0.0f);
-    for (size_t j = 0; j < row.size(); j += kLanes) {
-      Store(row.data() + j, Activate(Load(row.data() + j), act));
-    }
-    for (int64_t i = 0; i < m; ++i) std::memcpy(op + i * n, row.data(), n * 4);
-    return ffi::Error::Success();
-  }
   // The bias padded to whole panels (the last panel's columns past n: 0).
   const int64_t panels = (n + kNR - 1) / kNR;
   std::vector<float> bias(panels * kNR, 0.0f);
   std::memcpy(bias.data(), bp, n * sizeof(float));
+  if (k == 0) {  // out = act(b) on every row
+    for (int64_t j = 0; j < panels * kNR; j += kLanes) {
+      Store(bias.data() + j, Activate(Load(bias.data() + j), act));
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      std::memcpy(op + i * n, bias.data(), n * sizeof(float));
+    }
+    return ffi::Error::Success();
+  }
 
   // Column blocks: as many as the threads (or a multiple of them) with at
   // most kBlockCols columns each; rows split too when there are fewer
