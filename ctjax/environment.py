@@ -25,6 +25,8 @@ from typing import Any
 
 import jax
 
+from ctjax import threads
+
 # Packages whose versions decide ctjax's numbers (or its tests' oracles).
 PACKAGES = (
   "ctjax",
@@ -49,13 +51,6 @@ def package_version(name: str) -> str | None:
     return metadata.version(name)
   except metadata.PackageNotFoundError:
     return None
-
-
-def _cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
 
 
 # Vector instruction sets, widest first, as /proc/cpuinfo names them.
@@ -119,7 +114,7 @@ def describe(native_kernels: bool = True) -> dict[str, Any]:
     f"({platform.machine()})",
     "cpu": cpu_model(info),
     "cpu_vector_isa": cpu_vector_isa(info),
-    "cpu_cores": _cores(),
+    "cpu_cores": threads.host_cores(),
     "packages": {p: package_version(p) for p in PACKAGES},
     "backend": jax.default_backend(),
     "devices": {"count": len(devices), "kind": devices[0].device_kind},
