@@ -8,7 +8,8 @@ test, m = 500 generated, D = 768, float32. Measured in one process:
       scipy mannwhitneyu — refitted for every batch, as the authors'
       fingerprinting script does;
   (b) a NumPy/SciPy pipeline that reuses its fit and scores one batch;
-  ctjax cold (fit + score, with and without compilation) and warm (score).
+  ctjax cold (fit + score, with and without compilation; compiled: the
+  median of --cold-reps runs) and warm (score).
 
 Also the float32 GEMM peak measured in the same run, the same-cell FLOP bound
 of a warm batch (Σ_layers Σ_cells m_c · N_c · 2d: the pairs any exact
@@ -594,6 +595,12 @@ def main():
     help="L,N,n,m,D (overrides the CIFAR-10 scale or --quick)",
   )
   ap.add_argument("--warm-reps", type=int, default=10)
+  ap.add_argument(
+    "--cold-reps",
+    type=int,
+    default=3,
+    help="compiled cold fit + score runs (the median is reported)",
+  )
   ap.add_argument("--no-paper", action="store_true", help="skip (a)")
   ap.add_argument("--batches", type=int, default=16, help="for score_many")
   ap.add_argument(
@@ -642,9 +649,19 @@ def main():
   res, t_score_c = timed(ref.score, gen)
   compiled_by_fun, t_compile = clock.take()
   rss_cold = peak_rss_gb()
-  ref, t_fit = timed(ctjax.CTReference.fit, train, test, **fit_kw)
-  res, t_score = timed(ref.score, gen)
-  _, t_recompile = clock.take()  # 0 unless the second fit/score recompiled
+  # The compiled cold fit + score, median of --cold-reps runs: one run moved
+  # 3.5 -> 5.9 s between processes on a 2-core VM (2026-12-02).
+  colds = []
+  for _ in range(args.cold_reps):
+    ref, t_fit = timed(ctjax.CTReference.fit, train, test, **fit_kw)
+    res, t_score = timed(ref.score, gen)
+    colds.append((t_fit + t_score, t_fit, t_score))
+  _, t_recompile = clock.take()  # 0 unless a later fit/score recompiled
+  _, t_fit, t_score = sorted(colds)[len(colds) // 2]
+  print(
+    f"ctjax cold, compiled: {np.round([c[0] for c in colds], 2)} s",
+    flush=True,
+  )
   warm = []
   for i in range(args.warm_reps):
     _, t = timed(ref.score, gen2 if i % 2 else gen)
@@ -948,6 +965,7 @@ def main():
     compile_by_function_s=compiled_by_fun,
     recompile_s=t_recompile,
     cold_s=cold,
+    cold_runs_s=[c[0] for c in colds],
     fit_s=t_fit,
     warm_s=t_warm,
     search=search_kind,
