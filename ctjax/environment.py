@@ -87,6 +87,42 @@ def cpu_model(info: dict[str, str] | None = None) -> str:
   return info.get("model name") or platform.processor() or platform.machine()
 
 
+def cpu_generation(info: dict[str, str] | None = None) -> str | None:
+  """Vendor, family and model numbers (Linux), e.g. ``"AuthenticAMD family
+  26 model 2"`` (Zen 5), which tell apart CPUs whose model name a virtual
+  machine shortens to "AMD EPYC"; None where /proc/cpuinfo lacks them.
+  ``info`` as in `cpu_vector_isa`."""
+  info = _cpuinfo() if info is None else info
+  if "cpu family" not in info or "model" not in info:
+    return None
+  vendor = info.get("vendor_id", "")
+  return f"{vendor} family {info['cpu family']} model {info['model']}".strip()
+
+
+def cpu_caches(root: str = "/sys/devices/system/cpu/cpu0/cache") -> dict:
+  """The first core's caches as Linux's sysfs lists them, e.g. ``{"L1d":
+  "48K", "L1i": "32K", "L2": "1024K", "L3": "32768K"}`` (empty elsewhere);
+  the native kernels' blocking depends on them."""
+  caches = {}
+  try:
+    entries = sorted(os.listdir(root))
+  except OSError:
+    return caches
+  for entry in entries:
+    try:
+      with open(os.path.join(root, entry, "level")) as f:
+        level = f.read().strip()
+      with open(os.path.join(root, entry, "type")) as f:
+        kind = f.read().strip()
+      with open(os.path.join(root, entry, "size")) as f:
+        size = f.read().strip()
+    except OSError:
+      continue
+    suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+    caches[f"L{level}{suffix}"] = size
+  return caches
+
+
 # Environment variables that change what XLA or ctjax compute or how.
 ENV_PREFIXES = ("XLA_", "JAX_", "CTJAX_")
 
@@ -97,6 +133,8 @@ def describe(native_kernels: bool = True) -> dict[str, Any]:
   Starts JAX's default backend if nothing has yet. Keys:
   - ``python``; ``platform`` (OS and machine); ``cpu`` (the CPU's model);
     ``cpu_vector_isa`` (its widest vector instructions, e.g. "avx2");
+    ``cpu_generation`` (vendor, family and model numbers); ``cpu_caches``
+    (one core's, e.g. ``{"L2": "1024K"}``);
     ``cpu_cores`` (this process's affinity mask);
   - ``packages``: name -> version, or None where not installed (`PACKAGES`);
   - ``backend``; ``devices``: count and kind of its devices;
@@ -114,6 +152,8 @@ def describe(native_kernels: bool = True) -> dict[str, Any]:
     f"({platform.machine()})",
     "cpu": cpu_model(info),
     "cpu_vector_isa": cpu_vector_isa(info),
+    "cpu_generation": cpu_generation(info),
+    "cpu_caches": cpu_caches(),
     "cpu_cores": threads.host_cores(),
     "packages": {p: package_version(p) for p in PACKAGES},
     "backend": jax.default_backend(),
@@ -133,7 +173,8 @@ def describe(native_kernels: bool = True) -> dict[str, Any]:
 def summary(env: dict[str, Any]) -> str:
   """One line for a report: backend, devices, CPU, cores and the versions
   that decide the numbers, e.g. ``cpu (1 × cpu) on AMD EPYC (avx2), 2
-  cores; python 3.11.7, jax 0.10.2, ...; native kernels on``."""
+  cores; python 3.11.7, jax 0.10.2, ...; native kernels on``, where the
+  parenthesis also names the CPU's generation and L2 when known."""
   pk = env["packages"]
   versions = ", ".join(
     f"{p} {pk[p]}"
@@ -141,8 +182,11 @@ def summary(env: dict[str, Any]) -> str:
     if pk.get(p)
   )
   dev = env["devices"]
-  isa = env.get("cpu_vector_isa")
-  cpu = env.get("cpu", "") + (f" ({isa})" if isa else "")
+  details = [env.get("cpu_vector_isa"), env.get("cpu_generation")]
+  l2 = env.get("cpu_caches", {}).get("L2")
+  details.append(f"L2 {l2}" if l2 else None)
+  details = "; ".join(d for d in details if d)
+  cpu = env.get("cpu", "") + (f" ({details})" if details else "")
   line = (
     f"{env['backend']} ({dev['count']} × {dev['kind']}) on {cpu}, "
     f"{env['cpu_cores']} cores; python {env['python']}, {versions}"

@@ -76,3 +76,47 @@ def test_vector_isa_is_one_the_cpu_lists():
   # Nothing wider that it skipped.
   wider = environment.VECTOR_ISAS[: environment.VECTOR_ISAS.index(isa)]
   assert not set(wider) & set(flags)
+
+
+def test_cpu_generation_reads_vendor_family_and_model():
+  info = {"vendor_id": "AuthenticAMD", "cpu family": "26", "model": "2"}
+  assert environment.cpu_generation(info) == "AuthenticAMD family 26 model 2"
+  assert environment.cpu_generation({"model name": "AMD EPYC"}) is None
+
+
+def test_cpu_caches_read_a_sysfs_tree(tmp_path):
+  for i, (level, kind, size) in enumerate(
+    [
+      ("1", "Data", "48K"),
+      ("1", "Instruction", "32K"),
+      ("2", "Unified", "1024K"),
+    ]
+  ):
+    d = tmp_path / f"index{i}"
+    d.mkdir()
+    (d / "level").write_text(level + "\n")
+    (d / "type").write_text(kind + "\n")
+    (d / "size").write_text(size + "\n")
+  (tmp_path / "uevent").write_text("")  # not a cache: skipped
+  assert environment.cpu_caches(str(tmp_path)) == {
+    "L1d": "48K",
+    "L1i": "32K",
+    "L2": "1024K",
+  }
+  assert environment.cpu_caches(str(tmp_path / "missing")) == {}
+
+
+def test_summary_names_generation_and_l2():
+  env = environment.describe(native_kernels=False)
+  env.update(
+    cpu="AMD EPYC",
+    cpu_vector_isa="avx512f",
+    cpu_generation="AuthenticAMD family 26 model 2",
+    cpu_caches={"L2": "1024K"},
+  )
+  assert (
+    "on AMD EPYC (avx512f; AuthenticAMD family 26 model 2; L2 1024K), "
+    in environment.summary(env)
+  )
+  env.update(cpu_vector_isa=None, cpu_generation=None, cpu_caches={})
+  assert "on AMD EPYC, " in environment.summary(env)
