@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(
   0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 )
+from ctjax import environment  # noqa: E402
 from ctjax.models import convert, encoder as encoder_lib  # noqa: E402
 from ctjax.models.config import from_hf_config  # noqa: E402
 
@@ -298,6 +299,7 @@ def family_rows(args):
     f"({len(os.sched_getaffinity(0))} cores; pin both with taskset); load "
     f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
   )
+  print(environment.summary(environment.describe()))
   # ctjax's compiled forward (its XLA:CPU options on a CPU) and the same
   # function under XLA's defaults, timed in the same rounds.
   fwd_defaults = encoder_lib.jit_forward({})
