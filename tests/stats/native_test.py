@@ -34,7 +34,7 @@ def fresh_state(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def small_build(monkeypatch, tmp_path):
+def small_build(request, monkeypatch):
   """`fresh_state` building one small source (layernorm.cc) instead of all
   of them: the caching tests need a build, not every kernel (a full build
   took ~30 s on a 2-core Zen 5 while the other test worker ran). The full
@@ -44,10 +44,7 @@ def small_build(monkeypatch, tmp_path):
     pytest.skip(f"native kernels unavailable: {native.reason()}")
   monkeypatch.setattr(native, "SOURCES", (native._HERE / "layernorm.cc",))
   monkeypatch.setattr(native, "TARGETS", {"ctjax_layer_norm": "CtjaxLayerNorm"})
-  monkeypatch.setenv("CTJAX_NATIVE_CACHE", str(tmp_path / "cache"))
-  native._reset_for_tests()
-  yield tmp_path / "cache"
-  native._reset_for_tests()
+  return request.getfixturevalue("fresh_state")
 
 
 def test_builds_where_a_compiler_exists():
