@@ -586,6 +586,9 @@ def streamed_fit(train, test, n_total, chunk=8192):
 
 
 def main():
+  # The benchmark prints its own lines; ctjax's bars would redraw through
+  # them (and through a saved log). CTJAX_PROGRESS=1 brings them back.
+  os.environ.setdefault("CTJAX_PROGRESS", "0")
   if len(sys.argv) == 4 and sys.argv[1] == "--two-devices-child":
     return two_devices_child(sys.argv[2], int(sys.argv[3]))
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctjax import preprocess as pp
+from ctjax import progress as progress_lib
 from ctjax import sharding
 from ctjax import xla_options
 from ctjax.storage import EmbeddingCache
@@ -393,7 +394,8 @@ def embed(
       identity, preprocessing, pool, layers, dtype and a fingerprint of the data;
       an interrupted run resumes from its finished chunks.
     skip_bad: unreadable images are skipped with a warning instead of an error.
-    progress: show a tqdm progress bar.
+    progress: show a tqdm progress bar (``CTJAX_PROGRESS=0`` turns every
+      ctjax bar off).
     chunk_size: images per cached chunk (default 32 batches).
     preprocess: the preprocessing recipe: None (the encoder's:
       `ctjax.preprocess.PreprocessConfig.from_encoder`, from the checkpoint's
@@ -560,9 +562,7 @@ def _embed_source(
     encoder.num_prefix_tokens,
     _options_key(encoder),
   )
-  from tqdm.auto import tqdm
-
-  bar = tqdm(total=n, unit="img", desc="embed", disable=not progress)
+  bar = progress_lib.bar(total=n, unit="img", desc="embed", show=progress)
   chunks, skipped = [], []
   for start in range(0, n, chunk_size):
     stop = min(start + chunk_size, n)

@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ctjax import progress as progress_lib
 from ctjax import sharding, threads
 from ctjax.stats import bootstrap as bootstrap_lib
 from ctjax.stats import compiling
@@ -271,8 +272,6 @@ def _fit_by_layer(train, test, keys, config, mesh=None):
   CIFAR-scale T costs ~1 s per GB of page faults on these VMs; only S layers
   are held twice. The results are gathered on the host, in layer order.
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
   n_layers = train.shape[0]
   if mesh is None and _layer_threads(n_layers) > 1:
     return _fit_in_threads(train, test, keys, config)
@@ -300,11 +299,11 @@ def _fit_by_layer(train, test, keys, config, mesh=None):
       return program(whole(tr), whole(te), jax.device_put(k, layout))
 
   parts = []
-  for start in tqdm(
-    range(0, n_layers, s),
+  for start in progress_lib.bar(
+    iterable=range(0, n_layers, s),
     desc="fit",
     unit="layer" if s == 1 else f"{s} layers",
-    disable=n_layers < 4,
+    show=n_layers >= 4,
     leave=False,
   ):
     layers = [min(start + i, n_layers - 1) for i in range(s)]
@@ -332,8 +331,6 @@ def _fit_in_threads(train, test, keys, config):
   XLA:CPU runs a layer's small steps (k-means, the test-set search) on
   about one core, and programs from different threads run at once. The
   first layer runs alone, compiling the program once."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
   n_layers = train.shape[0]
   n_threads = _layer_threads(n_layers)
   dtype = jax.dtypes.canonicalize_dtype(train.dtype)
@@ -371,11 +368,11 @@ def _fit_in_threads(train, test, keys, config):
       if l or not first:
         fit_layer(t, l)
 
-  with tqdm(
+  with progress_lib.bar(
     total=n_layers,
     desc="fit",
     unit="layer",
-    disable=n_layers < 4,
+    show=n_layers >= 4,
     leave=False,
   ) as bar:
     if first:
@@ -1450,7 +1447,8 @@ class CTReference:
         one after another (`lax.map`). The result is the same.
       split_layers: as in `score` (with the default ``vectorize``).
       progress: a tqdm progress bar over the batches; ``None`` (default)
-        shows one when there are at least 4 chunks.
+        shows one when there are at least 4 chunks (``CTJAX_PROGRESS=0``
+        turns every ctjax bar off).
 
     Returns:
       A `CTResult` whose fields have a leading batch axis: ``ct [B, L]``,
@@ -1665,14 +1663,12 @@ class CTReference:
 
     # Chunk i+1 is padded and sent while chunk i is scored (the device runs
     # asynchronously); at most two chunks are held at once.
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
     n_chunks = -(-n_batches // chunk)
-    with tqdm(
+    with progress_lib.bar(
       total=n_batches,
       desc="score_many",
       unit="batch",
-      disable=not progress if progress is not None else n_chunks < 4,
+      show=progress if progress is not None else n_chunks >= 4,
       leave=False,
     ) as bar:
       pending = None

@@ -41,9 +41,9 @@ import time
 import warnings
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ctjax import environment, fingerprint, report, selection
+from ctjax import progress as progress_lib
 from ctjax.audit import baselines, datasets, generators, probes
 from ctjax.embedding import embed
 from ctjax.reference import CTReference
@@ -360,7 +360,9 @@ def run(
   with stage("post-processing"):
     images = {"clean": samples}
     jobs = [(t, f) for t in cfg.transforms[1:] for f in families]
-    for t, f in tqdm(jobs, desc="post-processing", leave=False):
+    for t, f in progress_lib.bar(
+      iterable=jobs, desc="post-processing", show=True, leave=False
+    ):
       images.setdefault(t, {})[f] = [
         probes.postprocess(t, x, reference=train) for x in samples[f]
       ]
@@ -655,7 +657,9 @@ def transforms_table(feats, images, final_emb, cfg, n_runs):
     }
 
   out = dict(transforms=ts, methods=[], predictions={}, accuracy={}, folds={})
-  for name, fit, source in tqdm(jobs, desc="methods x transforms", leave=False):
+  for name, fit, source in progress_lib.bar(
+    iterable=jobs, desc="methods x transforms", show=True, leave=False
+  ):
     truth, preds = held_out_predictions(fit, data_for(source), n_runs)
     out["truth"] = truth
     out["methods"].append(name)

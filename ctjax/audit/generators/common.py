@@ -13,7 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+
+from ctjax import progress as progress_lib
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -174,8 +175,8 @@ def train_loop(
   length = _chunk_length(num_steps, max_chunk)
   data = jax.tree.map(jnp.asarray, data)
   losses = []
-  with tqdm(
-    total=num_steps, desc=desc, disable=not progress, leave=False
+  with progress_lib.bar(
+    total=num_steps, desc=desc, show=progress, leave=False
   ) as bar:
     for _ in range(math.ceil(num_steps / length)):
       key, sub = jax.random.split(key)

@@ -19,8 +19,8 @@ from typing import Any
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ctjax import progress as progress_lib
 from ctjax.audit.generators import cache, common, ddpm, gan, gmm, kde, vae
 
 
@@ -229,10 +229,10 @@ def samples_for_all(
   """
   families = tuple(families or FAMILIES)
   samples, seconds = {}, {}
-  with tqdm(
+  with progress_lib.bar(
     total=len(families) * len(seeds),
     desc="generator runs",
-    disable=not progress,
+    show=progress,
   ) as bar:
     for family in families:
       start = time.perf_counter()
